@@ -1,0 +1,238 @@
+//! Reading reference fixtures (PyTorch + transformers outputs) and comparing tensors against them.
+//!
+//! A fixture is a directory with a `meta.json` (its `kind` says what was computed) and a
+//! `reference.safetensors` with the inputs and expected outputs. Model crates run their model on the
+//! inputs and report one [`TensorCheck`] per compared tensor; `examples/verify_reference.rs` prints them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use serde::Serialize;
+
+use crate::CoreError;
+
+/// One reference tensor, converted to a flat vector.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReferenceData {
+    /// `F32` tensors.
+    F32(Vec<f32>),
+    /// `I64` tensors (token ids, masks, labels).
+    I64(Vec<i64>),
+}
+
+/// A tensor of a fixture: its shape and values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReferenceTensor {
+    /// The shape, outermost dimension first.
+    pub shape: Vec<usize>,
+    /// The values in row-major order.
+    pub data: ReferenceData,
+}
+
+/// A fixture directory: `meta.json` and `reference.safetensors`.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    /// The fixture directory.
+    pub dir: PathBuf,
+    /// The parsed `meta.json`.
+    pub meta: serde_json::Value,
+    tensors: HashMap<String, ReferenceTensor>,
+}
+
+impl Fixture {
+    /// Reads `dir/meta.json` and `dir/reference.safetensors`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, CoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let bad = |what: String| CoreError::Fixture { dir: dir.clone(), what };
+        let meta_path = dir.join("meta.json");
+        let meta_text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", meta_path.display())))?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&meta_text).map_err(|e| bad(format!("meta.json is not JSON: {e}")))?;
+        let tensors_path = dir.join("reference.safetensors");
+        let bytes = std::fs::read(&tensors_path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", tensors_path.display())))?;
+        let file = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("reference.safetensors is not valid safetensors: {e}")))?;
+        let mut tensors = HashMap::new();
+        for (name, view) in file.tensors() {
+            let raw = view.data();
+            let data = match view.dtype() {
+                Dtype::F32 => ReferenceData::F32(
+                    raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                ),
+                Dtype::I64 => ReferenceData::I64(
+                    raw.chunks_exact(8)
+                        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                        .collect(),
+                ),
+                other => return Err(bad(format!("tensor {name:?} has unsupported dtype {other:?}"))),
+            };
+            tensors.insert(name, ReferenceTensor { shape: view.shape().to_vec(), data });
+        }
+        Ok(Self { dir, meta, tensors })
+    }
+
+    /// The `kind` field of `meta.json`.
+    pub fn kind(&self) -> Result<&str, CoreError> {
+        self.meta
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or_else(|| CoreError::Fixture { dir: self.dir.clone(), what: "meta.json has no \"kind\"".into() })
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The tensor `name`, or an error naming it.
+    pub fn tensor(&self, name: &str) -> Result<&ReferenceTensor, CoreError> {
+        self.tensors.get(name).ok_or_else(|| CoreError::Fixture {
+            dir: self.dir.clone(),
+            what: format!("reference.safetensors has no tensor {name:?}"),
+        })
+    }
+
+    /// An `F32` tensor's shape and values.
+    pub fn f32(&self, name: &str) -> Result<(&[usize], &[f32]), CoreError> {
+        match self.tensor(name)? {
+            ReferenceTensor { shape, data: ReferenceData::F32(values) } => Ok((shape, values)),
+            _ => Err(CoreError::Fixture { dir: self.dir.clone(), what: format!("tensor {name:?} is not F32") }),
+        }
+    }
+
+    /// An `I64` tensor's shape and values.
+    pub fn i64(&self, name: &str) -> Result<(&[usize], &[i64]), CoreError> {
+        match self.tensor(name)? {
+            ReferenceTensor { shape, data: ReferenceData::I64(values) } => Ok((shape, values)),
+            _ => Err(CoreError::Fixture { dir: self.dir.clone(), what: format!("tensor {name:?} is not I64") }),
+        }
+    }
+}
+
+/// How a tolerance is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tolerance {
+    /// `max |ours - reference| <= tol`.
+    Absolute,
+    /// `max |ours - reference| <= tol * max(max |reference|, tiny)`: for gradients, whose scale varies.
+    Relative,
+}
+
+/// The outcome of comparing one tensor with its reference.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TensorCheck {
+    /// What was compared (a tensor name, possibly with a qualifier).
+    pub name: String,
+    /// The largest absolute difference (infinite on a shape mismatch or a non-finite value).
+    pub max_abs_err: f64,
+    /// The tolerance it is held to.
+    pub tolerance: f64,
+    /// Absolute or relative.
+    pub mode: Tolerance,
+    /// Whether it passed.
+    pub ok: bool,
+}
+
+impl TensorCheck {
+    /// Compares `ours` with `reference` element-wise.
+    ///
+    /// ```
+    /// use polarity_core::reference::{TensorCheck, Tolerance};
+    /// let check = TensorCheck::compare("logits", &[1.0, 2.0], &[1.0, 2.00001], 1e-4, Tolerance::Absolute);
+    /// assert!(check.ok);
+    /// let check = TensorCheck::compare("logits", &[1.0], &[1.0, 2.0], 1e-4, Tolerance::Absolute);
+    /// assert!(!check.ok);
+    /// ```
+    pub fn compare(name: impl Into<String>, ours: &[f32], reference: &[f32], tolerance: f64, mode: Tolerance) -> Self {
+        let max_abs_err = if ours.len() != reference.len() {
+            f64::INFINITY
+        } else {
+            ours.iter()
+                .zip(reference)
+                .map(|(a, b)| {
+                    let d = (*a as f64 - *b as f64).abs();
+                    if d.is_nan() { f64::INFINITY } else { d }
+                })
+                .fold(0.0, f64::max)
+        };
+        let bound = match mode {
+            Tolerance::Absolute => tolerance,
+            Tolerance::Relative => {
+                let scale = reference.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max);
+                tolerance * scale.max(1e-12)
+            }
+        };
+        Self { name: name.into(), max_abs_err, tolerance, mode, ok: max_abs_err <= bound }
+    }
+
+    /// An exact comparison of integer sequences (token ids, generated ids); the error is the count of
+    /// differing positions (a length mismatch counts every extra position).
+    pub fn exact(name: impl Into<String>, ours: &[i64], reference: &[i64]) -> Self {
+        let differing = ours.iter().zip(reference).filter(|(a, b)| a != b).count()
+            + ours.len().abs_diff(reference.len());
+        Self {
+            name: name.into(),
+            max_abs_err: differing as f64,
+            tolerance: 0.0,
+            mode: Tolerance::Absolute,
+            ok: differing == 0,
+        }
+    }
+}
+
+impl std::fmt::Display for TensorCheck {
+    /// `name max_abs_err tolerance ok|FAIL`, the line `verify_reference` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tolerance = match self.mode {
+            Tolerance::Absolute => format!("{:.0e}", self.tolerance),
+            Tolerance::Relative => format!("{:.0e}(rel)", self.tolerance),
+        };
+        write!(f, "{} {:.3e} {} {}", self.name, self.max_abs_err, tolerance, if self.ok { "ok" } else { "FAIL" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_tolerance_scales_with_the_reference() {
+        let reference = [100.0, -200.0];
+        assert!(TensorCheck::compare("g", &[100.01, -200.0], &reference, 1e-4, Tolerance::Relative).ok);
+        assert!(!TensorCheck::compare("g", &[100.1, -200.0], &reference, 1e-4, Tolerance::Relative).ok);
+        assert!(!TensorCheck::compare("g", &[f32::NAN, -200.0], &reference, 1e-4, Tolerance::Relative).ok);
+    }
+
+    #[test]
+    fn exact_counts_differences_and_length() {
+        assert!(TensorCheck::exact("ids", &[1, 2, 3], &[1, 2, 3]).ok);
+        let check = TensorCheck::exact("ids", &[1, 9, 3, 4], &[1, 2, 3]);
+        assert_eq!(check.max_abs_err, 2.0);
+        assert!(check.to_string().ends_with("FAIL"));
+    }
+
+    #[test]
+    fn fixture_errors_name_the_problem() {
+        let err = Fixture::open("/no/such/fixture").unwrap_err();
+        assert!(err.to_string().contains("meta.json"), "{err}");
+    }
+
+    #[test]
+    fn reads_a_shared_fixture() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-bert-cls");
+        let fixture = Fixture::open(dir).unwrap();
+        assert_eq!(fixture.kind().unwrap(), "encoder-sequence-classification");
+        let (shape, ids) = fixture.i64("input_ids").unwrap();
+        assert_eq!(shape, &[4, 20]);
+        assert_eq!(ids.len(), 80);
+        assert_eq!(fixture.f32("logits").unwrap().0, &[4, 2]);
+        assert!(fixture.f32("input_ids").is_err());
+        assert!(fixture.tensor("nope").unwrap_err().to_string().contains("nope"));
+    }
+}

@@ -1,0 +1,231 @@
+//! Resolving Hugging Face hub files, cache first.
+//!
+//! Models, tokenizers and datasets are named either by a hub repository id
+//! (`sentence-transformers/all-MiniLM-L6-v2`, `stanfordnlp/imdb`) or by a local directory. A hub id
+//! resolves through [`hf_hub`]'s cache layout (`$HF_HOME/hub/KIND--ORG--NAME/...`), and is downloaded
+//! only when it is missing from the cache and `HF_HUB_OFFLINE` is not set. That way the same code path
+//! serves a laptop on the network and an air-gapped CI machine with a pre-filled cache.
+//!
+//! ```no_run
+//! use polarity_hub::{RepoKind, RepoSource};
+//!
+//! // With HF_HOME=../shared/hf HF_HUB_OFFLINE=1 this resolves from the local cache.
+//! let source = RepoSource::parse("sentence-transformers/all-MiniLM-L6-v2", RepoKind::Model);
+//! let tokenizer_json = source.file("tokenizer.json")?;
+//! # Ok::<(), polarity_hub::HubError>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+use thiserror::Error;
+
+/// Why a file could not be resolved.
+#[derive(Debug, Error)]
+pub enum HubError {
+    /// A local directory was given but the file is not in it.
+    #[error("{file:?} not found in local directory {dir}")]
+    MissingLocalFile {
+        /// The directory that was searched.
+        dir: PathBuf,
+        /// The file that was asked for.
+        file: String,
+    },
+    /// Offline mode, and the file is not in the cache.
+    #[error(
+        "{kind} {repo_id:?}: {file:?} is not in the hub cache at {cache} and HF_HUB_OFFLINE is set; \
+         point HF_HOME at a cache that has it, or unset HF_HUB_OFFLINE to download it"
+    )]
+    NotCached {
+        /// Model or dataset.
+        kind: RepoKind,
+        /// The repository id.
+        repo_id: String,
+        /// The file that was asked for.
+        file: String,
+        /// The hub cache directory that was searched.
+        cache: PathBuf,
+    },
+    /// The file is not cached and downloading it failed (no network, unknown repo, gated model, ...).
+    #[error("{kind} {repo_id:?}: {file:?} is not in the hub cache at {cache} and downloading it failed: {reason}")]
+    Download {
+        /// Model or dataset.
+        kind: RepoKind,
+        /// The repository id.
+        repo_id: String,
+        /// The file that was asked for.
+        file: String,
+        /// The hub cache directory that was searched.
+        cache: PathBuf,
+        /// What the download said.
+        reason: String,
+    },
+}
+
+/// Which kind of hub repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoKind {
+    /// `models--ORG--NAME` in the cache.
+    Model,
+    /// `datasets--ORG--NAME` in the cache.
+    Dataset,
+}
+
+impl std::fmt::Display for RepoKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RepoKind::Model => "model",
+            RepoKind::Dataset => "dataset",
+        })
+    }
+}
+
+/// Where a model or dataset lives: a local directory, or a hub repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoSource {
+    /// Files are read from this directory.
+    Local(PathBuf),
+    /// Files are resolved through the hub cache (and downloaded when allowed).
+    Hub {
+        /// `ORG/NAME`.
+        repo_id: String,
+        /// Model or dataset.
+        kind: RepoKind,
+        /// Branch, tag or commit (`main` by default).
+        revision: String,
+    },
+}
+
+impl RepoSource {
+    /// A local directory when `spec` names an existing directory (or looks like a path), else a hub id
+    /// at revision `main`.
+    pub fn parse(spec: &str, kind: RepoKind) -> Self {
+        let path = Path::new(spec);
+        let looks_like_path = spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~');
+        if path.is_dir() || looks_like_path {
+            RepoSource::Local(path.to_path_buf())
+        } else {
+            RepoSource::hub(spec, kind)
+        }
+    }
+
+    /// A hub repository at revision `main`.
+    pub fn hub(repo_id: &str, kind: RepoKind) -> Self {
+        RepoSource::Hub { repo_id: repo_id.to_string(), kind, revision: "main".to_string() }
+    }
+
+    /// The local path of `file`, from the directory or the hub cache, downloading when allowed.
+    pub fn file(&self, file: &str) -> Result<PathBuf, HubError> {
+        match self {
+            RepoSource::Local(dir) => {
+                let path = dir.join(file);
+                if path.is_file() {
+                    Ok(path)
+                } else {
+                    Err(HubError::MissingLocalFile { dir: dir.clone(), file: file.to_string() })
+                }
+            }
+            RepoSource::Hub { repo_id, kind, revision } => hub_file(repo_id, *kind, revision, file),
+        }
+    }
+
+    /// Whether `file` exists without downloading anything (a local file, or a cached hub file).
+    pub fn has_cached(&self, file: &str) -> bool {
+        match self {
+            RepoSource::Local(dir) => dir.join(file).is_file(),
+            RepoSource::Hub { repo_id, kind, revision } => {
+                hub_cache().repo(repo(repo_id, *kind, revision)).get(file).is_some()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RepoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepoSource::Local(dir) => write!(f, "{}", dir.display()),
+            RepoSource::Hub { repo_id, revision, .. } if revision == "main" => f.write_str(repo_id),
+            RepoSource::Hub { repo_id, revision, .. } => write!(f, "{repo_id}@{revision}"),
+        }
+    }
+}
+
+/// The hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub fn hub_cache() -> Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) if !dir.is_empty() => Cache::new(PathBuf::from(dir)),
+        _ => Cache::from_env(),
+    }
+}
+
+/// Whether `HF_HUB_OFFLINE` asks for no network access (`1`, `true`, `yes` or `on`).
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+fn repo(repo_id: &str, kind: RepoKind, revision: &str) -> Repo {
+    let repo_type = match kind {
+        RepoKind::Model => RepoType::Model,
+        RepoKind::Dataset => RepoType::Dataset,
+    };
+    Repo::with_revision(repo_id.to_string(), repo_type, revision.to_string())
+}
+
+fn hub_file(repo_id: &str, kind: RepoKind, revision: &str, file: &str) -> Result<PathBuf, HubError> {
+    let cache = hub_cache();
+    let repo = repo(repo_id, kind, revision);
+    if let Some(path) = cache.repo(repo.clone()).get(file) {
+        tracing::debug!(%repo_id, file, path = %path.display(), "resolved from the hub cache");
+        return Ok(path);
+    }
+    if offline() {
+        return Err(HubError::NotCached {
+            kind,
+            repo_id: repo_id.to_string(),
+            file: file.to_string(),
+            cache: cache.path().clone(),
+        });
+    }
+    let download_error = |reason: String| HubError::Download {
+        kind,
+        repo_id: repo_id.to_string(),
+        file: file.to_string(),
+        cache: cache.path().clone(),
+        reason,
+    };
+    tracing::info!(%repo_id, file, "downloading from the hub");
+    let api = ApiBuilder::from_cache(cache.clone())
+        .with_progress(true)
+        .build()
+        .map_err(|e| download_error(e.to_string()))?;
+    api.repo(repo).get(file).map_err(|e| download_error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_directory_resolves_files_and_names_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let source = RepoSource::parse(dir.path().to_str().unwrap(), RepoKind::Model);
+        assert_eq!(source, RepoSource::Local(dir.path().to_path_buf()));
+        assert_eq!(source.file("config.json").unwrap(), dir.path().join("config.json"));
+        assert!(source.has_cached("config.json"));
+        let err = source.file("model.safetensors").unwrap_err();
+        assert!(matches!(err, HubError::MissingLocalFile { .. }));
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn hub_ids_parse_as_hub_sources() {
+        let source = RepoSource::parse("stanfordnlp/imdb", RepoKind::Dataset);
+        assert_eq!(source, RepoSource::hub("stanfordnlp/imdb", RepoKind::Dataset));
+        assert_eq!(source.to_string(), "stanfordnlp/imdb");
+        assert!(matches!(RepoSource::parse("./no/such/dir", RepoKind::Model), RepoSource::Local(_)));
+    }
+}

@@ -1,0 +1,1 @@
+//! polarity-tokenize
