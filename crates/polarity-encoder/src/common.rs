@@ -1,0 +1,216 @@
+//! Pieces BERT and DistilBERT share: activations, the attention-mask bias, and transformers'
+//! parameter initialisation.
+
+use burn::module::{Initializer, Param, ParamId};
+use burn::nn::{Embedding, Linear};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+/// A feed-forward activation, named as in transformers' `ACT2FN`.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: the exact GELU, `x * Φ(x)` computed with `erf` (PyTorch's default).
+    Gelu,
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation of GELU.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    /// The activation for a transformers name, or `None` when it is not supported.
+    ///
+    /// ```
+    /// use polarity_encoder::Activation;
+    /// assert_eq!(Activation::from_hf_name("gelu"), Some(Activation::Gelu));
+    /// assert_eq!(Activation::from_hf_name("gelu_new"), Some(Activation::GeluTanh));
+    /// assert_eq!(Activation::from_hf_name("quick_gelu"), None);
+    /// ```
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        match name {
+            "gelu" => Some(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            "silu" | "swish" => Some(Activation::Silu),
+            _ => None,
+        }
+    }
+
+    /// The transformers name written back to `config.json`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_new",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        }
+    }
+
+    /// Applies the activation element-wise.
+    pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Gelu => gelu_erf(x),
+            Activation::GeluTanh => burn::tensor::activation::gelu_approximate(x),
+            Activation::Relu => burn::tensor::activation::relu(x),
+            Activation::Silu => burn::tensor::activation::silu(x),
+        }
+    }
+}
+
+/// The exact GELU, `x/2 * (1 + erf(x/√2))`, composed from tensor ops.
+///
+/// burn's fused `gelu` computes this forward, but its backward pass is the derivative of the tanh
+/// approximation, which puts gradients ~1e-3 (relative) away from PyTorch's. Composing it from `erf`
+/// gives exact gradients through autodiff.
+fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let cdf = x.clone().div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
+    x * cdf
+}
+
+/// The additive attention bias for a `[batch, seq]` mask (1 = token, 0 = padding), laid out as the
+/// attention scores, `[batch, heads, seq, seq]`.
+///
+/// Like transformers, masked keys get the most negative finite float rather than `-inf`, so the
+/// softmax of a fully masked row stays finite and padded rows compute the same values as PyTorch.
+/// The bias is materialised once per forward pass and shared by all layers: a same-shape addition is
+/// several times faster on the CPU backends than broadcasting `[batch, 1, 1, seq]` in every layer.
+pub(crate) fn attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>, heads: usize) -> Tensor<B, 4> {
+    let [batch, seq_len] = attention_mask.dims();
+    let padding = attention_mask.equal_elem(0);
+    Tensor::<B, 2>::zeros([batch, seq_len], &padding.device())
+        .mask_fill(padding, f32::MIN)
+        .reshape([batch, 1, 1, seq_len])
+        .repeat_dim(1, heads)
+        .repeat_dim(2, seq_len)
+}
+
+/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` tensors with an additive bias.
+pub(crate) fn scaled_dot_product_attention<B: Backend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    bias: Tensor<B, 4>,
+    dropout: &burn::nn::Dropout,
+) -> Tensor<B, 4> {
+    let [_, _, _, head_dim] = query.dims();
+    let scores = query.matmul(key.swap_dims(2, 3)).div_scalar((head_dim as f64).sqrt()) + bias;
+    let weights = dropout.forward(burn::tensor::activation::softmax(scores, 3));
+    weights.matmul(value)
+}
+
+/// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`.
+pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [batch, seq_len, width] = x.dims();
+    x.reshape([batch, seq_len, heads, width / heads]).swap_dims(1, 2)
+}
+
+/// `[batch, heads, seq, head_dim]` -> `[batch, seq, heads * head_dim]`.
+pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [batch, heads, seq_len, head_dim] = x.dims();
+    x.swap_dims(1, 2).reshape([batch, seq_len, heads * head_dim])
+}
+
+/// The hidden state of the first (`[CLS]`) token: `[batch, seq, hidden]` -> `[batch, hidden]`.
+pub(crate) fn first_token<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, _, width] = hidden.dims();
+    hidden.slice([0..batch, 0..1, 0..width]).reshape([batch, width])
+}
+
+/// A `Linear` initialised as transformers does: weights `N(0, std)`, bias zero.
+pub(crate) fn init_linear<B: Backend>(d_input: usize, d_output: usize, std: f64, device: &B::Device) -> Linear<B> {
+    Linear {
+        weight: Initializer::Normal { mean: 0.0, std }.init([d_input, d_output], device),
+        bias: Some(Initializer::Zeros.init([d_output], device)),
+    }
+}
+
+/// An `Embedding` initialised as transformers does: `N(0, std)`, with the padding row zeroed.
+///
+/// The table is drawn lazily (loading a checkpoint never pays for it). The padding row is zeroed
+/// inside the initialiser, before the tensor is marked as requiring gradients, so that on an
+/// autodiff backend the parameter stays a leaf (a `Param::init_mapper` would make it a computed
+/// tensor without gradients).
+pub(crate) fn init_embedding<B: Backend>(
+    count: usize,
+    width: usize,
+    std: f64,
+    padding_idx: Option<usize>,
+    device: &B::Device,
+) -> Embedding<B> {
+    let init = move |device: &B::Device, require_grad: bool| {
+        let mut table = Tensor::<B, 2>::random([count, width], Distribution::Normal(0.0, std), device);
+        if let Some(pad) = padding_idx.filter(|&pad| pad < count) {
+            table = table.slice_assign([pad..pad + 1, 0..width], Tensor::zeros([1, width], device));
+        }
+        if require_grad { table.require_grad() } else { table }
+    };
+    Embedding { weight: Param::uninitialized(ParamId::new(), init, device.clone(), true, Shape::new([count, width])) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn exact_gelu_matches_erf_values_and_derivative() {
+        let device = Default::default();
+        let xs = [-3.0f32, -1.0, -0.1, 0.0, 0.5, 2.0];
+        let x = Tensor::<Autodiff<B>, 1>::from_floats(xs, &device).require_grad();
+        let y = Activation::Gelu.forward(x.clone());
+        let grads = y.clone().sum().backward();
+        let values = y.into_data().to_vec::<f32>().unwrap();
+        let slopes = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        for ((x, y), slope) in xs.iter().map(|&x| x as f64).zip(values).zip(slopes) {
+            let cdf = 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+            let pdf = (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!((y as f64 - x * cdf).abs() < 1e-6, "gelu({x})");
+            assert!((slope as f64 - (cdf + x * pdf)).abs() < 1e-5, "gelu'({x}) = {slope}");
+        }
+    }
+
+    /// Abramowitz-Stegun 7.1.26 is only 1e-7 accurate; a short series is exact enough here.
+    fn erf(x: f64) -> f64 {
+        // erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)), converges fast for |x| <= 3.
+        let mut sum = 0.0;
+        let mut term = x;
+        for n in 0..80 {
+            sum += term / (2 * n + 1) as f64;
+            term *= -x * x / (n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn attention_bias_masks_padding_only() {
+        let device = Default::default();
+        let mask = Tensor::<B, 2, Int>::from_ints([[1, 1, 0]], &device);
+        let bias = attention_bias(mask, 2);
+        assert_eq!(bias.dims(), [1, 2, 3, 3]);
+        let expected: Vec<f32> = [0.0, 0.0, f32::MIN].repeat(6);
+        assert_eq!(bias.into_data().to_vec::<f32>().unwrap(), expected);
+    }
+
+    #[test]
+    fn embedding_padding_row_is_zero() {
+        let device = Default::default();
+        let embedding = init_embedding::<B>(4, 3, 0.02, Some(1), &device);
+        let table = embedding.weight.val().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(&table[3..6], &[0.0, 0.0, 0.0]);
+        assert!(table[..3].iter().any(|v| *v != 0.0));
+        // On an autodiff backend the table must remain a trainable leaf.
+        let trainable = init_embedding::<Autodiff<B>>(4, 3, 0.02, Some(1), &device);
+        assert!(trainable.weight.val().is_require_grad());
+    }
+
+    #[test]
+    fn activation_names_round_trip() {
+        for act in [Activation::Gelu, Activation::GeluTanh, Activation::Relu, Activation::Silu] {
+            assert_eq!(Activation::from_hf_name(act.hf_name()), Some(act));
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! DistilBERT (Sanh et al., 2019) as transformers' `modeling_distilbert.py` computes it.
+//!
+//! Module and field names follow transformers' parameter names (`embeddings.word_embeddings`,
+//! `transformer.layer.N.attention.q_lin`, `sa_layer_norm`, `ffn.lin1`, ...); only the embeddings'
+//! `LayerNorm` is spelled `layer_norm`. [`DistilBertForSequenceClassification`] adds transformers'
+//! head on the `[CLS]` hidden state: pre_classifier -> ReLU -> dropout -> classifier.
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::train::ClassificationOutput;
+use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
+use serde_json::{Map, Value};
+
+use crate::common::{
+    Activation, attention_bias, first_token, init_embedding, init_linear, merge_heads, scaled_dot_product_attention,
+    split_heads,
+};
+use crate::hf_config::{HfConfig, HfConfigJson};
+use crate::pretrained::{HfModel, ParameterNaming};
+use crate::{EncoderError, EncoderOutput, cross_entropy, validate_batch};
+
+/// transformers hard-codes this epsilon for every DistilBERT layer norm (it is not in the config).
+const LAYER_NORM_EPS: f64 = 1e-12;
+
+/// The hyper-parameters of a DistilBERT checkpoint, named as in transformers' `DistilBertConfig`.
+#[derive(Config, Debug)]
+pub struct DistilBertConfig {
+    /// Size of the WordPiece vocabulary.
+    pub vocab_size: usize,
+    /// Width of every hidden state.
+    pub dim: usize,
+    /// Number of transformer layers.
+    pub n_layers: usize,
+    /// Attention heads per layer (`dim` must be a multiple).
+    pub n_heads: usize,
+    /// Width of the feed-forward layer.
+    pub hidden_dim: usize,
+    /// The longest sequence the position embeddings cover.
+    pub max_position_embeddings: usize,
+    /// The feed-forward activation (`activation`).
+    #[config(default = "Activation::Gelu")]
+    pub activation: Activation,
+    /// Dropout on embeddings and feed-forward outputs (training only).
+    #[config(default = 0.1)]
+    pub dropout: f64,
+    /// Dropout on attention probabilities (training only).
+    #[config(default = 0.1)]
+    pub attention_dropout: f64,
+    /// Dropout between pre_classifier and classifier (training only).
+    #[config(default = 0.2)]
+    pub seq_classif_dropout: f64,
+    /// Standard deviation of freshly initialised weights.
+    #[config(default = 0.02)]
+    pub initializer_range: f64,
+    /// Whether the position embeddings are the fixed sinusoids (when freshly initialised).
+    #[config(default = false)]
+    pub sinusoidal_pos_embds: bool,
+    /// The padding token id (its embedding row is zero when freshly initialised).
+    #[config(default = 0)]
+    pub pad_token_id: usize,
+    /// Number of classes of the sequence-classification head.
+    #[config(default = 2)]
+    pub num_labels: usize,
+}
+
+impl DistilBertConfig {
+    /// The same architecture with every dropout probability set to zero, so an autodiff backend
+    /// computes transformers' eval-mode outputs (reference gradients are computed that way).
+    pub fn without_dropout(&self) -> Self {
+        self.clone().with_dropout(0.0).with_attention_dropout(0.0).with_seq_classif_dropout(0.0)
+    }
+
+    /// A bare encoder with this config, freshly initialised.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> DistilBertModel<B> {
+        let std = self.initializer_range;
+        let dim = self.dim;
+        let layer_norm = || LayerNormConfig::new(dim).with_epsilon(LAYER_NORM_EPS).init(device);
+        let dropout = || DropoutConfig::new(self.dropout).init();
+        let block = || TransformerBlock {
+            attention: MultiHeadSelfAttention {
+                q_lin: init_linear(dim, dim, std, device),
+                k_lin: init_linear(dim, dim, std, device),
+                v_lin: init_linear(dim, dim, std, device),
+                out_lin: init_linear(dim, dim, std, device),
+                dropout: DropoutConfig::new(self.attention_dropout).init(),
+                n_heads: self.n_heads,
+            },
+            sa_layer_norm: layer_norm(),
+            ffn: Ffn {
+                lin1: init_linear(dim, self.hidden_dim, std, device),
+                lin2: init_linear(self.hidden_dim, dim, std, device),
+                activation: self.activation,
+                dropout: dropout(),
+            },
+            output_layer_norm: layer_norm(),
+        };
+        let position_embeddings = if self.sinusoidal_pos_embds {
+            Embedding { weight: Param::from_tensor(sinusoidal_table(self.max_position_embeddings, dim, device)) }
+        } else {
+            init_embedding(self.max_position_embeddings, dim, std, None, device)
+        };
+        DistilBertModel {
+            embeddings: DistilBertEmbeddings {
+                word_embeddings: init_embedding(self.vocab_size, dim, std, Some(self.pad_token_id), device),
+                position_embeddings,
+                layer_norm: layer_norm(),
+                dropout: dropout(),
+            },
+            transformer: Transformer { layer: (0..self.n_layers).map(|_| block()).collect() },
+            config: self.clone(),
+        }
+    }
+
+    /// A sequence classifier with this config, freshly initialised.
+    pub fn init_classifier<B: Backend>(&self, device: &B::Device) -> DistilBertForSequenceClassification<B> {
+        let std = self.initializer_range;
+        DistilBertForSequenceClassification {
+            distilbert: self.init(device),
+            pre_classifier: init_linear(self.dim, self.dim, std, device),
+            classifier: init_linear(self.dim, self.num_labels, std, device),
+            dropout: DropoutConfig::new(self.seq_classif_dropout).init(),
+        }
+    }
+}
+
+/// transformers' `create_sinusoidal_embeddings`: sin on even columns, cos on odd ones.
+fn sinusoidal_table<B: Backend>(positions: usize, dim: usize, device: &B::Device) -> Tensor<B, 2> {
+    let values: Vec<f32> = (0..positions)
+        .flat_map(|pos| {
+            (0..dim).map(move |j| {
+                let angle = pos as f64 / 10_000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+                (if j % 2 == 0 { angle.sin() } else { angle.cos() }) as f32
+            })
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, [positions, dim]), device)
+}
+
+impl HfConfig for DistilBertConfig {
+    const MODEL_TYPE: &'static str = "distilbert";
+
+    fn from_hf(config: &HfConfigJson) -> Result<Self, EncoderError> {
+        config.expect_model_type(Self::MODEL_TYPE)?;
+        let act_name = config.str_or("activation", "gelu")?;
+        let activation = Activation::from_hf_name(act_name)
+            .ok_or_else(|| config.invalid("activation", format!("{act_name:?} is not a supported activation")))?;
+        let dim = config.required_usize("dim")?;
+        let n_heads = config.required_usize("n_heads")?;
+        if n_heads == 0 || dim % n_heads != 0 {
+            return Err(config.invalid("n_heads", format!("{n_heads} does not divide dim {dim}")));
+        }
+        Ok(DistilBertConfig::new(
+            config.required_usize("vocab_size")?,
+            dim,
+            config.required_usize("n_layers")?,
+            n_heads,
+            config.required_usize("hidden_dim")?,
+            config.required_usize("max_position_embeddings")?,
+        )
+        .with_activation(activation)
+        .with_dropout(config.f64_or("dropout", 0.1)?)
+        .with_attention_dropout(config.f64_or("attention_dropout", 0.1)?)
+        .with_seq_classif_dropout(config.f64_or("seq_classif_dropout", 0.2)?)
+        .with_initializer_range(config.f64_or("initializer_range", 0.02)?)
+        .with_sinusoidal_pos_embds(config.bool_or("sinusoidal_pos_embds", false)?)
+        .with_pad_token_id(config.usize_or("pad_token_id", 0)?)
+        .with_num_labels(config.num_labels()?))
+    }
+
+    fn to_hf(&self) -> Map<String, Value> {
+        let mut map = Map::new();
+        map.insert("vocab_size".into(), self.vocab_size.into());
+        map.insert("dim".into(), self.dim.into());
+        map.insert("n_layers".into(), self.n_layers.into());
+        map.insert("n_heads".into(), self.n_heads.into());
+        map.insert("hidden_dim".into(), self.hidden_dim.into());
+        map.insert("max_position_embeddings".into(), self.max_position_embeddings.into());
+        map.insert("activation".into(), self.activation.hf_name().into());
+        map.insert("dropout".into(), self.dropout.into());
+        map.insert("attention_dropout".into(), self.attention_dropout.into());
+        map.insert("seq_classif_dropout".into(), self.seq_classif_dropout.into());
+        map.insert("initializer_range".into(), self.initializer_range.into());
+        map.insert("sinusoidal_pos_embds".into(), self.sinusoidal_pos_embds.into());
+        map.insert("pad_token_id".into(), self.pad_token_id.into());
+        map
+    }
+}
+
+/// Word + position embeddings, then layer norm and dropout (DistilBERT has no segment embeddings).
+#[derive(Module, Debug)]
+pub struct DistilBertEmbeddings<B: Backend> {
+    /// `[vocab_size, dim]`.
+    pub word_embeddings: Embedding<B>,
+    /// `[max_position_embeddings, dim]`, indexed by absolute position.
+    pub position_embeddings: Embedding<B>,
+    /// transformers' `LayerNorm`.
+    pub layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+}
+
+impl<B: Backend> DistilBertEmbeddings<B> {
+    /// `[batch, seq]` ids -> `[batch, seq, dim]`.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [_, seq_len] = input_ids.dims();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq_len as i64, &input_ids.device()).reshape([1, seq_len]);
+        let embeddings = self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(positions);
+        self.dropout.forward(self.layer_norm.forward(embeddings))
+    }
+}
+
+/// Multi-head self-attention with its output projection.
+#[derive(Module, Debug)]
+pub struct MultiHeadSelfAttention<B: Backend> {
+    /// Query projection.
+    pub q_lin: Linear<B>,
+    /// Key projection.
+    pub k_lin: Linear<B>,
+    /// Value projection.
+    pub v_lin: Linear<B>,
+    /// Output projection.
+    pub out_lin: Linear<B>,
+    dropout: Dropout,
+    n_heads: usize,
+}
+
+impl<B: Backend> MultiHeadSelfAttention<B> {
+    /// `[batch, seq, dim]` -> `[batch, seq, dim]`.
+    pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let query = split_heads(self.q_lin.forward(hidden.clone()), self.n_heads);
+        let key = split_heads(self.k_lin.forward(hidden.clone()), self.n_heads);
+        let value = split_heads(self.v_lin.forward(hidden), self.n_heads);
+        let context = merge_heads(scaled_dot_product_attention(query, key, value, bias, &self.dropout));
+        self.out_lin.forward(context)
+    }
+}
+
+/// The position-wise feed-forward network.
+#[derive(Module, Debug)]
+pub struct Ffn<B: Backend> {
+    /// `dim -> hidden_dim`.
+    pub lin1: Linear<B>,
+    /// `hidden_dim -> dim`.
+    pub lin2: Linear<B>,
+    activation: Activation,
+    dropout: Dropout,
+}
+
+impl<B: Backend> Ffn<B> {
+    /// `dropout(lin2(activation(lin1(x))))`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.dropout.forward(self.lin2.forward(self.activation.forward(self.lin1.forward(x))))
+    }
+}
+
+/// One post-norm transformer layer.
+#[derive(Module, Debug)]
+pub struct TransformerBlock<B: Backend> {
+    /// Self-attention.
+    pub attention: MultiHeadSelfAttention<B>,
+    /// Norm after the attention residual.
+    pub sa_layer_norm: LayerNorm<B>,
+    /// Feed-forward network.
+    pub ffn: Ffn<B>,
+    /// Norm after the feed-forward residual.
+    pub output_layer_norm: LayerNorm<B>,
+}
+
+impl<B: Backend> TransformerBlock<B> {
+    /// `[batch, seq, dim]` -> `[batch, seq, dim]`.
+    pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let attended = self.sa_layer_norm.forward(self.attention.forward(hidden.clone(), bias) + hidden);
+        self.output_layer_norm.forward(self.ffn.forward(attended.clone()) + attended)
+    }
+}
+
+/// The stack of layers (`transformer.layer.N`).
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend> {
+    /// The layers, in order.
+    pub layer: Vec<TransformerBlock<B>>,
+}
+
+/// The bare DistilBERT encoder (transformers' `DistilBertModel`; it has no pooler).
+#[derive(Module, Debug)]
+pub struct DistilBertModel<B: Backend> {
+    /// Token and position embeddings.
+    pub embeddings: DistilBertEmbeddings<B>,
+    /// The transformer layers.
+    pub transformer: Transformer<B>,
+    config: DistilBertConfig,
+}
+
+impl<B: Backend> DistilBertModel<B> {
+    /// Runs the encoder (`token_type_ids` are ignored: DistilBERT has no segments). Padded
+    /// positions are masked out as keys; their own hidden states carry no meaning.
+    ///
+    /// # Panics
+    ///
+    /// When the sequence is longer than `max_position_embeddings` or an id is outside its
+    /// vocabulary; [`validate`](Self::validate) checks the length up front.
+    pub fn forward(&self, batch: TokenBatch<B>) -> EncoderOutput<B> {
+        EncoderOutput { last_hidden_state: self.encode(batch), pooler_output: None }
+    }
+
+    /// The last hidden state `[batch, seq, dim]`.
+    pub fn encode(&self, batch: TokenBatch<B>) -> Tensor<B, 3> {
+        let bias = attention_bias(batch.attention_mask, self.config.n_heads);
+        let mut hidden = self.embeddings.forward(batch.input_ids);
+        for layer in &self.transformer.layer {
+            hidden = layer.forward(hidden, bias.clone());
+        }
+        hidden
+    }
+
+    /// Checks that the batch's tensors agree in shape and fit `max_position_embeddings`.
+    pub fn validate(&self, batch: &TokenBatch<B>) -> Result<(), EncoderError> {
+        validate_batch(batch, self.config.max_position_embeddings)
+    }
+}
+
+impl<B: Backend> HfModel<B> for DistilBertModel<B> {
+    type Config = DistilBertConfig;
+    const ARCHITECTURE: &'static str = "DistilBertModel";
+
+    fn naming() -> ParameterNaming {
+        ParameterNaming { nested: false, optional_modules: &[], ..NAMING }
+    }
+
+    fn from_config(config: &DistilBertConfig, device: &B::Device) -> Self {
+        config.init(device)
+    }
+
+    fn config(&self) -> &DistilBertConfig {
+        &self.config
+    }
+}
+
+/// DistilBERT with transformers' sequence-classification head on the `[CLS]` hidden state:
+/// pre_classifier -> ReLU -> dropout -> classifier.
+#[derive(Module, Debug)]
+pub struct DistilBertForSequenceClassification<B: Backend> {
+    /// The encoder.
+    pub distilbert: DistilBertModel<B>,
+    /// `dim -> dim`.
+    pub pre_classifier: Linear<B>,
+    /// `dim -> num_labels`.
+    pub classifier: Linear<B>,
+    dropout: Dropout,
+}
+
+impl<B: Backend> DistilBertForSequenceClassification<B> {
+    /// `[batch, num_labels]` logits.
+    pub fn forward(&self, batch: TokenBatch<B>) -> Tensor<B, 2> {
+        let cls = first_token(self.distilbert.encode(batch));
+        let pooled = burn::tensor::activation::relu(self.pre_classifier.forward(cls));
+        self.classifier.forward(self.dropout.forward(pooled))
+    }
+
+    /// Logits and the mean cross-entropy loss, in the shape burn's `Learner` expects.
+    pub fn forward_classification(&self, batch: LabelledBatch<B>) -> ClassificationOutput<B> {
+        let output = self.forward(batch.tokens);
+        let loss = cross_entropy(output.clone(), batch.labels.clone());
+        ClassificationOutput { loss, output, targets: batch.labels }
+    }
+
+    /// See [`DistilBertModel::validate`].
+    pub fn validate(&self, batch: &TokenBatch<B>) -> Result<(), EncoderError> {
+        self.distilbert.validate(batch)
+    }
+}
+
+impl<B: Backend> HfModel<B> for DistilBertForSequenceClassification<B> {
+    type Config = DistilBertConfig;
+    const ARCHITECTURE: &'static str = "DistilBertForSequenceClassification";
+
+    fn naming() -> ParameterNaming {
+        NAMING
+    }
+
+    fn from_config(config: &DistilBertConfig, device: &B::Device) -> Self {
+        config.init_classifier(device)
+    }
+
+    fn config(&self) -> &DistilBertConfig {
+        &self.distilbert.config
+    }
+
+    fn num_labels(&self) -> Option<usize> {
+        Some(self.distilbert.config.num_labels)
+    }
+}
+
+impl<B: Backend> ClassScorer<B> for DistilBertForSequenceClassification<B> {
+    fn class_scores(&self, batch: TokenBatch<B>) -> Tensor<B, 2> {
+        self.forward(batch)
+    }
+}
+
+/// transformers' names for `DistilBertForSequenceClassification`; `DistilBertModel` is the same, un-nested.
+const NAMING: ParameterNaming = ParameterNaming {
+    renamed_segments: &[("layer_norm", "LayerNorm")],
+    backbone_prefix: "distilbert",
+    backbone_modules: &["embeddings", "transformer"],
+    nested: true,
+    optional_modules: &["pre_classifier", "classifier"],
+};
