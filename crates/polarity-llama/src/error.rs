@@ -1,0 +1,179 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything that can go wrong in polarity-llama: configs, checkpoints (safetensors, GGUF, PEFT
+/// adapters), tokenizers and reference fixtures.
+///
+/// Shapes in messages are in checkpoint (PyTorch) layout, `[out_features, in_features]` for linear
+/// weights, so they can be compared with what `safetensors` or `gguf-dump` print.
+#[derive(Debug, Error)]
+pub enum LlamaError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A JSON file (`config.json`, `adapter_config.json`, an index) is not what was expected.
+    #[error("{path}: invalid JSON: {reason}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What serde said.
+        reason: String,
+    },
+    /// A hub file could not be resolved (not cached offline, download failed, missing locally).
+    #[error(transparent)]
+    Hub(#[from] polarity_hub::HubError),
+    /// A reference fixture could not be read.
+    #[error(transparent)]
+    Core(#[from] polarity_core::CoreError),
+    /// A model configuration that is inconsistent or asks for something this crate does not implement.
+    #[error("invalid Llama config: {0}")]
+    InvalidConfig(String),
+    /// A feature of a checkpoint or config that is understood but not implemented.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+
+    /// The checkpoint lacks tensors the model needs.
+    #[error("{source_name}: missing tensor(s) {}", tensors.join(", "))]
+    MissingTensors {
+        /// The checkpoint (file or directory).
+        source_name: String,
+        /// The tensor names, as the checkpoint would spell them.
+        tensors: Vec<String>,
+    },
+    /// A checkpoint tensor whose shape differs from the model's parameter.
+    #[error("{source_name}: tensor {tensor} has shape {found:?}, the model expects {expected:?}")]
+    ShapeMismatch {
+        /// The checkpoint (file or directory).
+        source_name: String,
+        /// The tensor name, as the checkpoint spells it.
+        tensor: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+        /// The shape in the checkpoint.
+        found: Vec<usize>,
+    },
+    /// Tensors in an adapter checkpoint that match no adapter of the model (loading them would
+    /// silently drop part of the adapter).
+    #[error("{source_name}: tensor(s) {} match no LoRA adapter of the model", tensors.join(", "))]
+    UnexpectedTensors {
+        /// The checkpoint (file or directory).
+        source_name: String,
+        /// The tensor names, as the checkpoint spells them.
+        tensors: Vec<String>,
+    },
+    /// A checkpoint tensor could not be read or converted.
+    #[error("{source_name}: cannot load tensor {tensor}: {reason}")]
+    TensorLoad {
+        /// The checkpoint (file or directory).
+        source_name: String,
+        /// The tensor name.
+        tensor: String,
+        /// Why.
+        reason: String,
+    },
+    /// A safetensors file could not be opened or parsed.
+    #[error("{path}: {reason}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What burn-store or safetensors said.
+        reason: String,
+    },
+
+    /// A GGUF file ends before a value that its header announces.
+    #[error("GGUF truncated: {what} needs {needed} byte(s) at offset {offset}, the file has {len}")]
+    GgufTruncated {
+        /// What was being read.
+        what: String,
+        /// Where it starts.
+        offset: u64,
+        /// How many bytes it needs.
+        needed: u64,
+        /// The file length.
+        len: u64,
+    },
+    /// The file does not start with the `GGUF` magic.
+    #[error("not a GGUF file: magic is {0:02x?}, expected \"GGUF\"")]
+    GgufBadMagic([u8; 4]),
+    /// A GGUF version this reader does not handle (v1 used 32-bit counts).
+    #[error("GGUF version {0} is not supported (expected 2 or 3)")]
+    GgufUnsupportedVersion(u32),
+    /// A metadata value type id outside the GGUF specification.
+    #[error("GGUF metadata {key:?}: unknown value type {type_id}")]
+    GgufUnknownValueType {
+        /// The metadata key.
+        key: String,
+        /// The type id in the file.
+        type_id: u32,
+    },
+    /// A tensor type id that is not a ggml type this reader knows the layout of.
+    #[error("GGUF tensor {tensor:?}: unknown ggml type {type_id}")]
+    GgufUnknownTensorType {
+        /// The tensor name.
+        tensor: String,
+        /// The type id in the file.
+        type_id: u32,
+    },
+    /// A known ggml type whose dequantisation is not implemented.
+    #[error("GGUF tensor {tensor:?}: dequantising ggml type {ggml_type} is not implemented")]
+    GgufUnsupportedTensorType {
+        /// The tensor name.
+        tensor: String,
+        /// The ggml type name.
+        ggml_type: String,
+    },
+    /// A metadata key the model or tokenizer needs is absent.
+    #[error("GGUF metadata key {0:?} is missing")]
+    GgufMissingKey(String),
+    /// A metadata value of the wrong type.
+    #[error("GGUF metadata {key:?}: expected {expected}, found {found}")]
+    GgufWrongType {
+        /// The metadata key.
+        key: String,
+        /// The expected type.
+        expected: &'static str,
+        /// What the file has.
+        found: String,
+    },
+    /// A structurally invalid GGUF file (bad sizes, offsets, alignment, strings, ...).
+    #[error("invalid GGUF file: {0}")]
+    GgufInvalid(String),
+
+    /// Building or running a tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A label word that is not a single token of the tokenizer.
+    #[error("label word {word:?} is {count} tokens ({ids:?}); label-word scoring needs exactly one")]
+    LabelWordNotSingleToken {
+        /// The word, with its leading space.
+        word: String,
+        /// How many tokens it encodes to.
+        count: usize,
+        /// The ids.
+        ids: Vec<u32>,
+    },
+    /// A reference fixture of a kind this crate does not verify, or with inconsistent contents.
+    #[error("fixture {dir}: {what}")]
+    Fixture {
+        /// The fixture directory.
+        dir: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl LlamaError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        LlamaError::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn json(path: impl Into<PathBuf>, error: impl std::fmt::Display) -> Self {
+        LlamaError::Json { path: path.into(), reason: error.to_string() }
+    }
+}

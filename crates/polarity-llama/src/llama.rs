@@ -1,0 +1,698 @@
+//! Llama (`LlamaForCausalLM`) in burn, in one flat file.
+//!
+//! The structure and field names mirror Hugging Face's parameter names, so a checkpoint key like
+//! `model.layers.3.self_attn.q_proj.weight` is the path of the same tensor here (every projection is a
+//! [`LoraLinear`], whose frozen base weight lives at `…q_proj.base_layer.weight`, PEFT's spelling):
+//!
+//! ```text
+//! Llama
+//! ├── model: LlamaModel
+//! │   ├── embed_tokens: Embedding            [vocab, hidden]
+//! │   ├── layers: Vec<LlamaDecoderLayer>
+//! │   │   ├── input_layernorm: RmsNorm
+//! │   │   ├── self_attn: LlamaAttention        q_proj, k_proj, v_proj, o_proj (grouped-query)
+//! │   │   ├── post_attention_layernorm: RmsNorm
+//! │   │   └── mlp: LlamaMlp                    gate_proj, up_proj, down_proj (SwiGLU)
+//! │   ├── norm: RmsNorm
+//! │   └── rotary_emb: RotaryEmbedding          inverse frequencies (default or `llama3` scaling)
+//! └── lm_head: Option<Linear>                  None = tied to embed_tokens
+//! ```
+//!
+//! Batches are right-padded: the attention of every query combines the causal mask with the padding
+//! mask of the keys, and positions are `0..seq_len` for every row, as transformers does when it is
+//! given an attention mask and no position ids.
+
+use std::path::Path;
+
+use burn::config::Config;
+use burn::module::{AutodiffModule, Initializer, Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::module::linear;
+use serde::Deserialize;
+
+use crate::LlamaError;
+use crate::lora::LoraLinear;
+
+/// The standard deviation of random weights: transformers' default `initializer_range`.
+const INITIALIZER_STD: f64 = 0.02;
+
+/// The label value that [`causal_lm_loss`] ignores, as PyTorch's `CrossEntropyLoss` does.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// The `llama3` RoPE frequency scaling (Llama 3.1 and later): low frequencies are divided by `factor`,
+/// high ones kept, and the band between smoothly interpolated.
+#[derive(Config, Debug, PartialEq)]
+pub struct Llama3RopeScaling {
+    /// How much longer the extended context is than the original one.
+    pub factor: f64,
+    /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled fully.
+    pub low_freq_factor: f64,
+    /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are not scaled.
+    pub high_freq_factor: f64,
+    /// The context length the model was pre-trained with.
+    pub original_max_position_embeddings: usize,
+}
+
+/// The hyper-parameters of a Llama model, named as in Hugging Face's `config.json`.
+///
+/// Read a `config.json` with [`LlamaConfig::from_hf_json`] (both the `rope_scaling` spelling and the
+/// newer `rope_parameters` one are accepted), or build one in code:
+///
+/// ```
+/// use polarity_llama::LlamaConfig;
+///
+/// let config = LlamaConfig::llama3_8b_instruct().with_num_hidden_layers(2);
+/// assert_eq!(config.resolved_head_dim(), 128);
+/// assert_eq!(config.num_key_value_groups(), 4);
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// Number of token embeddings.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads: 1 (multi-query) up to `num_attention_heads` (multi-head).
+    pub num_key_value_heads: usize,
+    /// Width of one head; `hidden_size / num_attention_heads` when absent.
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    #[config(default = 1e-6)]
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    /// `llama3` RoPE scaling, if any.
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    /// The longest context the model is meant for (informational; RoPE is computed on the fly).
+    #[config(default = 2048)]
+    pub max_position_embeddings: usize,
+    /// Whether the output projection reuses the token embeddings.
+    #[config(default = false)]
+    pub tie_word_embeddings: bool,
+    /// Whether q/k/v/o projections have biases.
+    #[config(default = false)]
+    pub attention_bias: bool,
+    /// Whether the MLP projections have biases.
+    #[config(default = false)]
+    pub mlp_bias: bool,
+}
+
+/// `config.json` as transformers writes it, before defaults are resolved.
+#[derive(Deserialize)]
+struct HfLlamaConfig {
+    model_type: Option<String>,
+    hidden_act: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<HfRopeParameters>,
+    rope_parameters: Option<HfRopeParameters>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+}
+
+/// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5, which also holds `rope_theta`).
+#[derive(Deserialize)]
+struct HfRopeParameters {
+    rope_type: Option<String>,
+    /// The legacy spelling of `rope_type`.
+    #[serde(rename = "type")]
+    legacy_type: Option<String>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+impl HfRopeParameters {
+    fn scaling(&self) -> Result<Option<Llama3RopeScaling>, LlamaError> {
+        let rope_type = self.rope_type.as_deref().or(self.legacy_type.as_deref()).unwrap_or("default");
+        match rope_type {
+            "default" => Ok(None),
+            "llama3" => {
+                let field = |value: Option<f64>, name: &str| {
+                    value.ok_or_else(|| LlamaError::InvalidConfig(format!("llama3 RoPE scaling without {name}")))
+                };
+                Ok(Some(Llama3RopeScaling {
+                    factor: field(self.factor, "factor")?,
+                    low_freq_factor: field(self.low_freq_factor, "low_freq_factor")?,
+                    high_freq_factor: field(self.high_freq_factor, "high_freq_factor")?,
+                    original_max_position_embeddings: self.original_max_position_embeddings.ok_or_else(|| {
+                        LlamaError::InvalidConfig("llama3 RoPE scaling without original_max_position_embeddings".into())
+                    })?,
+                }))
+            }
+            other => {
+                Err(LlamaError::Unsupported(format!("RoPE type {other:?} (only default and llama3 are implemented)")))
+            }
+        }
+    }
+}
+
+impl LlamaConfig {
+    /// Parses a Hugging Face `config.json`, resolving transformers' defaults.
+    pub fn from_hf_json(json: &str) -> Result<Self, LlamaError> {
+        let hf: HfLlamaConfig =
+            serde_json::from_str(json).map_err(|e| LlamaError::InvalidConfig(format!("config.json: {e}")))?;
+        if let Some(model_type) = hf.model_type.as_deref().filter(|t| *t != "llama") {
+            return Err(LlamaError::Unsupported(format!("model_type {model_type:?} (expected \"llama\")")));
+        }
+        if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(LlamaError::Unsupported(format!("hidden_act {act:?} (Llama uses silu)")));
+        }
+        // transformers 5 moved rope_theta into rope_parameters; older configs keep it at the top.
+        let rope = hf.rope_parameters.as_ref().or(hf.rope_scaling.as_ref());
+        let rope_theta = rope.and_then(|r| r.rope_theta).or(hf.rope_theta).unwrap_or(10000.0);
+        let rope_scaling = match rope {
+            Some(rope) => rope.scaling()?,
+            None => None,
+        };
+        let config = LlamaConfig {
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_hidden_layers: hf.num_hidden_layers,
+            num_attention_heads: hf.num_attention_heads,
+            num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+            head_dim: hf.head_dim,
+            rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: hf.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
+            attention_bias: hf.attention_bias.unwrap_or(false),
+            mlp_bias: hf.mlp_bias.unwrap_or(false),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a Hugging Face `config.json` file.
+    pub fn from_hf_file(path: &Path) -> Result<Self, LlamaError> {
+        let json = std::fs::read_to_string(path).map_err(|e| LlamaError::io(path, e))?;
+        Self::from_hf_json(&json).map_err(|e| match e {
+            LlamaError::InvalidConfig(what) => LlamaError::InvalidConfig(format!("{}: {what}", path.display())),
+            other => other,
+        })
+    }
+
+    /// `meta-llama/Meta-Llama-3-8B-Instruct`'s architecture (32 layers; benches shrink it with
+    /// [`with_num_hidden_layers`](Self::with_num_hidden_layers)). Meta ships it with
+    /// `rope_type: default`; the `llama3` scaling here is Llama 3.1's (factor 8, low 1, high 4,
+    /// original context 8192), so benches exercise the full RoPE path.
+    pub fn llama3_8b_instruct() -> Self {
+        LlamaConfig::new(128_256, 4096, 14_336, 32, 32, 8)
+            .with_rms_norm_eps(1e-5)
+            .with_rope_theta(500_000.0)
+            .with_rope_scaling(Some(Llama3RopeScaling::new(8.0, 1.0, 4.0, 8192)))
+            .with_max_position_embeddings(8192)
+    }
+
+    /// The same configuration with `num_hidden_layers` layers (benches shrink large models this way;
+    /// `#[derive(Config)]` only generates `with_*` for optional fields).
+    pub fn with_num_hidden_layers(mut self, num_hidden_layers: usize) -> Self {
+        self.num_hidden_layers = num_hidden_layers;
+        self
+    }
+
+    /// The width of one attention head.
+    pub fn resolved_head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// How many query heads share one key/value head.
+    pub fn num_key_value_groups(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads.max(1)
+    }
+
+    /// Checks that the sizes are consistent (what `init` would otherwise trip over).
+    pub fn validate(&self) -> Result<(), LlamaError> {
+        let invalid = |what: String| Err(LlamaError::InvalidConfig(what));
+        for (name, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+        ] {
+            if value == 0 {
+                return invalid(format!("{name} is 0"));
+            }
+        }
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            return invalid(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return invalid(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {} (and head_dim is not given)",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        let head_dim = self.resolved_head_dim();
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return invalid(format!("head_dim {head_dim} must be even and positive for RoPE"));
+        }
+        if !(self.rope_theta > 0.0 && self.rms_norm_eps > 0.0) {
+            return invalid(format!(
+                "rope_theta {} and rms_norm_eps {} must be positive",
+                self.rope_theta, self.rms_norm_eps
+            ));
+        }
+        if let Some(s) = &self.rope_scaling
+            && !(s.factor > 0.0 && s.high_freq_factor > s.low_freq_factor && s.low_freq_factor > 0.0)
+        {
+            return invalid(format!(
+                "llama3 RoPE scaling {s:?} needs factor > 0 and high_freq_factor > low_freq_factor > 0"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The RoPE inverse frequencies, `[head_dim / 2]`, computed in `f32` as transformers does
+    /// (`_compute_default_rope_parameters`, then `_compute_llama3_parameters` when scaled).
+    pub fn rope_inverse_frequencies(&self) -> Vec<f32> {
+        let head_dim = self.resolved_head_dim();
+        let base = self.rope_theta as f32;
+        let default = (0..head_dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / head_dim as f32));
+        let Some(scaling) = &self.rope_scaling else {
+            return default.collect();
+        };
+        let factor = scaling.factor as f32;
+        let (low, high) = (scaling.low_freq_factor as f32, scaling.high_freq_factor as f32);
+        let old_context = scaling.original_max_position_embeddings as f32;
+        let (low_freq_wavelen, high_freq_wavelen) = (old_context / low, old_context / high);
+        default
+            .map(|inv_freq| {
+                let wavelen = 2.0 * std::f32::consts::PI / inv_freq;
+                if wavelen < high_freq_wavelen {
+                    inv_freq
+                } else if wavelen > low_freq_wavelen {
+                    inv_freq / factor
+                } else {
+                    let smooth = (old_context / wavelen - low) / (high - low);
+                    (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+                }
+            })
+            .collect()
+    }
+
+    /// A model with random weights (N(0, 0.02) like transformers, norms at 1), lazily initialised: a
+    /// parameter is only drawn when first used, so loading a checkpoint over it costs no sampling.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Llama<B>, LlamaError> {
+        self.validate()?;
+        let normal = Initializer::Normal { mean: 0.0, std: INITIALIZER_STD };
+        let linear = |d_input: usize, d_output: usize, bias: bool| {
+            LinearConfig::new(d_input, d_output).with_bias(bias).with_initializer(normal.clone()).init(device)
+        };
+        let projection = |d_input, d_output, bias| LoraLinear::new(linear(d_input, d_output, bias));
+        let rms_norm = || RmsNorm::new(self.hidden_size, self.rms_norm_eps, device);
+        let head_dim = self.resolved_head_dim();
+        let (hidden, heads, kv_heads) = (self.hidden_size, self.num_attention_heads, self.num_key_value_heads);
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| LlamaDecoderLayer {
+                input_layernorm: rms_norm(),
+                self_attn: LlamaAttention {
+                    q_proj: projection(hidden, heads * head_dim, self.attention_bias),
+                    k_proj: projection(hidden, kv_heads * head_dim, self.attention_bias),
+                    v_proj: projection(hidden, kv_heads * head_dim, self.attention_bias),
+                    o_proj: projection(heads * head_dim, hidden, self.attention_bias),
+                    num_heads: heads,
+                    num_key_value_heads: kv_heads,
+                    head_dim,
+                },
+                post_attention_layernorm: rms_norm(),
+                mlp: LlamaMlp {
+                    gate_proj: projection(hidden, self.intermediate_size, self.mlp_bias),
+                    up_proj: projection(hidden, self.intermediate_size, self.mlp_bias),
+                    down_proj: projection(self.intermediate_size, hidden, self.mlp_bias),
+                },
+            })
+            .collect();
+        let inverse_frequencies = self.rope_inverse_frequencies();
+        let inv_freq_len = inverse_frequencies.len();
+        Ok(Llama {
+            model: LlamaModel {
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, hidden)
+                    .with_initializer(normal.clone())
+                    .init(device),
+                layers,
+                norm: rms_norm(),
+                rotary_emb: RotaryEmbedding {
+                    inv_freq: Tensor::from_data(TensorData::new(inverse_frequencies, [inv_freq_len]), device),
+                },
+            },
+            lm_head: (!self.tie_word_embeddings).then(|| linear(hidden, self.vocab_size, false)),
+        })
+    }
+}
+
+/// `LlamaForCausalLM`: the decoder stack and the language-model head.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// The decoder stack (`model.*` in checkpoints).
+    pub model: LlamaModel<B>,
+    /// The output projection; `None` when tied to `model.embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+}
+
+impl<B: AutodiffBackend> Llama<B> {
+    /// The same model on the inner backend (no autodiff, dropout off), for evaluation.
+    pub fn inference(&self) -> Llama<B::InnerBackend> {
+        self.valid()
+    }
+}
+
+/// `LlamaModel`: embeddings, decoder layers and the final norm.
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed_tokens: Embedding<B>,
+    /// The decoder layers.
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    /// The norm after the last layer.
+    pub norm: RmsNorm<B>,
+    /// Rotary position embedding frequencies (not a checkpoint tensor).
+    pub rotary_emb: RotaryEmbedding<B>,
+}
+
+/// One pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer<B: Backend> {
+    /// The norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Grouped-query self-attention.
+    pub self_attn: LlamaAttention<B>,
+    /// The norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+    /// The SwiGLU MLP.
+    pub mlp: LlamaMlp<B>,
+}
+
+/// Grouped-query self-attention with rotary position embeddings.
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    /// `[hidden] -> [num_heads * head_dim]`.
+    pub q_proj: LoraLinear<B>,
+    /// `[hidden] -> [num_key_value_heads * head_dim]`.
+    pub k_proj: LoraLinear<B>,
+    /// `[hidden] -> [num_key_value_heads * head_dim]`.
+    pub v_proj: LoraLinear<B>,
+    /// `[num_heads * head_dim] -> [hidden]`.
+    pub o_proj: LoraLinear<B>,
+    /// Number of query heads.
+    pub num_heads: usize,
+    /// Number of key/value heads (each shared by `num_heads / num_key_value_heads` query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct LlamaMlp<B: Backend> {
+    /// `[hidden] -> [intermediate]`, through SiLU.
+    pub gate_proj: LoraLinear<B>,
+    /// `[hidden] -> [intermediate]`.
+    pub up_proj: LoraLinear<B>,
+    /// `[intermediate] -> [hidden]`.
+    pub down_proj: LoraLinear<B>,
+}
+
+/// Root-mean-square layer norm with a learned scale (no bias, no mean subtraction).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// The scale, `[hidden]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Added to the mean square before the square root.
+    pub eps: f64,
+}
+
+/// The RoPE inverse frequencies; the angles are computed per forward pass for the positions used.
+#[derive(Module, Debug)]
+pub struct RotaryEmbedding<B: Backend> {
+    /// `[head_dim / 2]`, see [`LlamaConfig::rope_inverse_frequencies`].
+    pub inv_freq: Tensor<B, 1>,
+}
+
+/// The cosines and sines of the rotary angles of positions `0..seq_len`, `[seq_len, head_dim]`.
+#[derive(Clone, Debug)]
+pub struct RopeTables<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Next-token logits `[batch, seq_len, vocab]` for right-padded `input_ids` (`[batch, seq_len]`);
+    /// `attention_mask` is 1 on real tokens and 0 on padding (`None`: no padding).
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
+        self.logits(self.model.forward(input_ids, attention_mask))
+    }
+
+    /// The language-model head: logits from final hidden states `[..., hidden]`.
+    pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => self.tied_logits(hidden),
+        }
+    }
+
+    /// Tied head: the embedding matrix `E` (`[vocab, hidden]`) doubles as the output projection,
+    /// `logits = h Eᵀ`. CPU backends copy a transposed operand before multiplying, so for a few rows
+    /// (scoring, generation) `(E hᵀ)ᵀ` is computed instead, transposing the small matrices rather than `E`.
+    fn tied_logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        let embeddings = self.model.embed_tokens.weight.val();
+        let [vocab, width] = embeddings.dims();
+        let mut dims = hidden.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        if rows >= width {
+            return linear(hidden, embeddings.transpose(), None);
+        }
+        dims[D - 1] = vocab;
+        let flat = hidden.reshape([rows, width]);
+        embeddings.matmul(flat.transpose()).transpose().reshape(dims)
+    }
+
+    /// The next-token logits after the last real token of each row, `[batch, vocab]`: one forward
+    /// pass, and the head only runs on the rows' last positions. Every row needs at least one real
+    /// token (an all-padding row reads position 0).
+    pub fn last_token_logits(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [batch, _] = input_ids.dims();
+        let hidden = self.model.forward(input_ids, Some(attention_mask.clone()));
+        let [_, _, width] = hidden.dims();
+        let last_position = (attention_mask.sum_dim(1) - 1).clamp_min(0); // [batch, 1]
+        let index = last_position.reshape([batch, 1, 1]).expand([batch, 1, width]);
+        self.logits(hidden.gather(1, index).reshape([batch, width]))
+    }
+
+    /// The number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// The vocabulary size (rows of the embedding matrix).
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.lazy_shape()[0]
+    }
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// The final hidden states `[batch, seq_len, hidden]` (after `norm`).
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
+        let [batch, seq_len] = input_ids.dims();
+        let device = input_ids.device();
+        let rope = self.rotary_emb.tables(seq_len, &device);
+        let blocked = blocked_keys(attention_mask, batch, seq_len, &device);
+        let mut hidden = self.embed_tokens.forward(input_ids);
+        for layer in &self.layers {
+            hidden = layer.forward(hidden, &rope, blocked.clone());
+        }
+        self.norm.forward(hidden)
+    }
+}
+
+/// `[batch, 1, seq_len, seq_len]`, true where query `i` must not see key `j`: future keys (`j > i`)
+/// and padding keys. With right padding every query keeps at least key 0, so no row is fully masked.
+fn blocked_keys<B: Backend>(
+    attention_mask: Option<Tensor<B, 2, Int>>,
+    batch: usize,
+    seq_len: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let future = Tensor::<B, 2, Bool>::tril_mask([seq_len, seq_len], 0, device)
+        .reshape([1, 1, seq_len, seq_len])
+        .expand([batch, 1, seq_len, seq_len]);
+    match attention_mask {
+        None => future,
+        Some(mask) => {
+            let padding = mask.equal_elem(0).reshape([batch, 1, 1, seq_len]).expand([batch, 1, seq_len, seq_len]);
+            future.bool_or(padding)
+        }
+    }
+}
+
+impl<B: Backend> LlamaDecoderLayer<B> {
+    /// `[batch, seq_len, hidden] -> [batch, seq_len, hidden]`.
+    pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeTables<B>, blocked: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let hidden = hidden.clone() + self.self_attn.forward(self.input_layernorm.forward(hidden), rope, blocked);
+        hidden.clone() + self.mlp.forward(self.post_attention_layernorm.forward(hidden))
+    }
+
+    /// The seven projections with their checkpoint names relative to the layer (`self_attn.q_proj`, ...),
+    /// in transformers' order.
+    pub fn projections(&self) -> [(&'static str, &LoraLinear<B>); 7] {
+        [
+            ("self_attn.q_proj", &self.self_attn.q_proj),
+            ("self_attn.k_proj", &self.self_attn.k_proj),
+            ("self_attn.v_proj", &self.self_attn.v_proj),
+            ("self_attn.o_proj", &self.self_attn.o_proj),
+            ("mlp.gate_proj", &self.mlp.gate_proj),
+            ("mlp.up_proj", &self.mlp.up_proj),
+            ("mlp.down_proj", &self.mlp.down_proj),
+        ]
+    }
+
+    /// Rebuilds the layer with `f(name, projection)` applied to each of the seven projections (names as
+    /// in [`projections`](Self::projections)); the first error stops the rebuild.
+    pub fn try_map_projections<E>(
+        self,
+        mut f: impl FnMut(&'static str, LoraLinear<B>) -> Result<LoraLinear<B>, E>,
+    ) -> Result<Self, E> {
+        let LlamaDecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp } = self;
+        Ok(LlamaDecoderLayer {
+            input_layernorm,
+            self_attn: LlamaAttention {
+                q_proj: f("self_attn.q_proj", self_attn.q_proj)?,
+                k_proj: f("self_attn.k_proj", self_attn.k_proj)?,
+                v_proj: f("self_attn.v_proj", self_attn.v_proj)?,
+                o_proj: f("self_attn.o_proj", self_attn.o_proj)?,
+                ..self_attn
+            },
+            post_attention_layernorm,
+            mlp: LlamaMlp {
+                gate_proj: f("mlp.gate_proj", mlp.gate_proj)?,
+                up_proj: f("mlp.up_proj", mlp.up_proj)?,
+                down_proj: f("mlp.down_proj", mlp.down_proj)?,
+            },
+        })
+    }
+}
+
+impl<B: Backend> LlamaAttention<B> {
+    /// `[batch, seq_len, hidden] -> [batch, seq_len, hidden]`.
+    pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeTables<B>, blocked: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let [batch, seq_len, _] = hidden.dims();
+        let heads = |x: Tensor<B, 3>, num_heads: usize| {
+            x.reshape([batch, seq_len, num_heads, self.head_dim]).swap_dims(1, 2) // [batch, heads, seq, head_dim]
+        };
+        let query = rope.apply(heads(self.q_proj.forward(hidden.clone()), self.num_heads));
+        let key = rope.apply(heads(self.k_proj.forward(hidden.clone()), self.num_key_value_heads));
+        let value = heads(self.v_proj.forward(hidden), self.num_key_value_heads);
+        let groups = self.num_heads / self.num_key_value_heads;
+        let (key, value) = (repeat_kv(key, groups), repeat_kv(value, groups));
+
+        let scores = query.matmul(key.swap_dims(2, 3)).mul_scalar((self.head_dim as f64).powf(-0.5));
+        // Filling (rather than adding -inf) keeps every row finite even if it were fully masked.
+        let scores = scores.mask_fill(blocked.expand([batch, self.num_heads, seq_len, seq_len]), f32::MIN);
+        let context = softmax(scores, 3).matmul(value); // [batch, heads, seq, head_dim]
+        let context = context.swap_dims(1, 2).reshape([batch, seq_len, self.num_heads * self.head_dim]);
+        self.o_proj.forward(context)
+    }
+}
+
+/// Repeats each key/value head `groups` times, `[b, kv_heads, s, d] -> [b, kv_heads * groups, s, d]`,
+/// so query head `h` meets key/value head `h / groups` (transformers' `repeat_kv`).
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, kv_heads, seq_len, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, seq_len, head_dim]).reshape([
+        batch,
+        kv_heads * groups,
+        seq_len,
+        head_dim,
+    ])
+}
+
+impl<B: Backend> LlamaMlp<B> {
+    /// `[..., hidden] -> [..., hidden]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// A norm of width `size` with unit scale.
+    pub fn new(size: usize, eps: f64, device: &B::Device) -> Self {
+        Self { weight: Initializer::Ones.init([size], device), eps }
+    }
+
+    /// `x / sqrt(mean(x²) + eps) * weight` over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let inverse_rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt().recip();
+        x * inverse_rms * self.weight.val().unsqueeze()
+    }
+}
+
+impl<B: Backend> RotaryEmbedding<B> {
+    /// The rotation tables of positions `0..seq_len`.
+    pub fn tables(&self, seq_len: usize, device: &B::Device) -> RopeTables<B> {
+        let [half] = self.inv_freq.dims();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq_len as i64, device).float().reshape([seq_len, 1]);
+        let angles = positions * self.inv_freq.clone().reshape([1, half]); // [seq, head_dim / 2]
+        // transformers' layout: the two halves of a head share frequencies (rotate_half convention).
+        let angles = Tensor::cat(vec![angles.clone(), angles], 1);
+        RopeTables { cos: angles.clone().cos(), sin: angles.sin() }
+    }
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Rotates `[batch, heads, seq_len, head_dim]`: `x * cos + rotate_half(x) * sin`.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, _, seq_len, head_dim] = x.dims();
+        let cos = self.cos.clone().reshape([1, 1, seq_len, head_dim]);
+        let sin = self.sin.clone().reshape([1, 1, seq_len, head_dim]);
+        let half = head_dim / 2;
+        let rotated = Tensor::cat(vec![x.clone().narrow(3, half, half).neg(), x.clone().narrow(3, 0, half)], 3);
+        x * cos + rotated * sin
+    }
+}
+
+/// The mean next-token cross-entropy of a causal LM, as transformers computes it: the label at
+/// position `t` is predicted from the logits at `t - 1`, and labels equal to [`IGNORE_INDEX`] (-100)
+/// are left out of the mean. `logits` is `[batch, seq_len, vocab]`, `labels` `[batch, seq_len]`;
+/// the result has one element (NaN when no label counts, like PyTorch).
+pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [batch, seq_len, vocab] = logits.dims();
+    let predicted = seq_len.saturating_sub(1);
+    let count = batch * predicted;
+    let logits = logits.narrow(1, 0, predicted).reshape([count, vocab]);
+    let targets = labels.narrow(1, 1, predicted).reshape([count]);
+    let counted = targets.clone().not_equal_elem(IGNORE_INDEX);
+    // Ignored labels gather class 0 and are then zeroed, so the gather index is always in range.
+    let safe_targets = targets.mask_fill(counted.clone().bool_not(), 0).reshape([count, 1]);
+    let nll = log_softmax(logits, 1).gather(1, safe_targets).reshape([count]).neg();
+    let weights = counted.float();
+    (nll * weights.clone()).sum() / weights.sum()
+}

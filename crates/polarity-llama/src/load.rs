@@ -1,0 +1,387 @@
+//! Loading checkpoints into a [`Llama`]: Hugging Face safetensors (one file or sharded) and GGUF.
+//!
+//! Both paths produce burn-store [`TensorSnapshot`]s named by module path and in PyTorch layout; one
+//! function checks them against the model's parameters (missing tensors and shape mismatches are typed
+//! errors naming the tensor) and applies them with burn-store's [`PyTorchToBurnAdapter`], which
+//! transposes linear weights to burn's `[in, out]`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_store::{
+    ApplyError, KeyRemapper, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
+};
+use polarity_hub::RepoSource;
+
+use crate::gguf::{GgufFile, GgufTensor, unpermute_rope_rows};
+use crate::llama::{Llama, Llama3RopeScaling, LlamaConfig};
+use crate::{LlamaError, LlamaTokenizer};
+
+/// The single-file checkpoint name transformers writes.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint (`weight_map`: tensor name → shard file).
+pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Which parameters of a model a checkpoint provides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Everything except LoRA adapters (a base model checkpoint).
+    Base,
+    /// Only the LoRA adapters (a PEFT adapter checkpoint).
+    Adapters,
+}
+
+impl Part {
+    fn covers(self, module_path: &str) -> bool {
+        let is_adapter = module_path.contains(".adapter.");
+        match self {
+            Part::Base => !is_adapter,
+            Part::Adapters => is_adapter,
+        }
+    }
+}
+
+/// Tensors read from a checkpoint, named by module path, in PyTorch layout.
+pub(crate) struct Checkpoint {
+    /// The file or directory, for messages.
+    pub name: String,
+    /// The tensors.
+    pub tensors: Vec<TensorSnapshot>,
+    /// How a module path is spelled in the checkpoint (for messages).
+    pub checkpoint_name: fn(&str) -> String,
+}
+
+/// Hugging Face keys to module paths: a projection's own weight is the frozen `base_layer` of its
+/// [`LoraLinear`](crate::LoraLinear), PEFT's spelling (`q_proj.weight` -> `q_proj.base_layer.weight`).
+pub(crate) fn hf_key_remapper() -> KeyRemapper {
+    KeyRemapper::new()
+        .add_pattern(r"^(.+_proj)\.(weight|bias)$", "${1}.base_layer.${2}")
+        // A constant, valid pattern: this cannot fail.
+        .unwrap_or_default()
+}
+
+/// The Hugging Face key of a module path (the inverse of [`hf_key_remapper`]).
+pub(crate) fn hf_key(module_path: &str) -> String {
+    module_path.replace(".base_layer.", ".")
+}
+
+/// Checks `checkpoint` against the parameters of `module` that `part` covers, then loads them.
+///
+/// Returns the checkpoint tensors that match no parameter (for a base model they are only logged:
+/// transformers' checkpoints may carry buffers such as `rotary_emb.inv_freq`; for adapters they are an
+/// error, since dropping adapter weights would silently change the model).
+pub(crate) fn apply_checkpoint<B: Backend, M: Module<B>>(
+    mut module: M,
+    checkpoint: Checkpoint,
+    part: Part,
+) -> Result<(M, Vec<String>), LlamaError> {
+    let Checkpoint { name: source_name, tensors, checkpoint_name } = checkpoint;
+    let mut expected = ParamShapes::default();
+    module.visit(&mut expected);
+    let expected: BTreeMap<String, Vec<usize>> =
+        expected.params.into_iter().filter(|(path, _)| part.covers(path)).collect();
+
+    let mut found: BTreeMap<String, TensorSnapshot> = BTreeMap::new();
+    let mut unused = Vec::new();
+    for snapshot in tensors {
+        let path = snapshot.full_path();
+        if expected.contains_key(&path) {
+            found.insert(path, snapshot);
+        } else {
+            unused.push(checkpoint_name(&path));
+        }
+    }
+    unused.sort();
+
+    let missing: Vec<String> =
+        expected.keys().filter(|path| !found.contains_key(*path)).map(|path| checkpoint_name(path)).collect();
+    if !missing.is_empty() {
+        return Err(LlamaError::MissingTensors { source_name, tensors: missing });
+    }
+    for (path, shape) in &expected {
+        let snapshot = &found[path];
+        if snapshot.shape.as_slice() != shape.as_slice() {
+            return Err(LlamaError::ShapeMismatch {
+                source_name,
+                tensor: checkpoint_name(path),
+                expected: shape.clone(),
+                found: snapshot.shape.to_vec(),
+            });
+        }
+    }
+    if part == Part::Adapters && !unused.is_empty() {
+        return Err(LlamaError::UnexpectedTensors { source_name, tensors: unused });
+    }
+    for tensor in &unused {
+        tracing::warn!(checkpoint = %source_name, tensor, "checkpoint tensor matches no model parameter; ignored");
+    }
+
+    let snapshots = found.into_values().map(as_f32).collect();
+    let result = module.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), false);
+    if let Some(error) = result.errors.first() {
+        let path = match error {
+            ApplyError::ShapeMismatch { path, .. }
+            | ApplyError::DTypeMismatch { path, .. }
+            | ApplyError::AdapterError { path, .. }
+            | ApplyError::LoadError { path, .. } => path,
+        };
+        return Err(LlamaError::TensorLoad { source_name, tensor: checkpoint_name(path), reason: error.to_string() });
+    }
+    if let Some((path, _)) = result.missing.iter().find(|(path, _)| part.covers(path)) {
+        return Err(LlamaError::MissingTensors { source_name, tensors: vec![checkpoint_name(path)] });
+    }
+    Ok((module, unused))
+}
+
+/// A snapshot whose data is converted to `f32` when read (checkpoints may be f16, bf16 or f64; the
+/// models here compute in f32).
+fn as_f32(snapshot: TensorSnapshot) -> TensorSnapshot {
+    if snapshot.dtype == DType::F32 || !snapshot.dtype.is_float() {
+        return snapshot;
+    }
+    let read = snapshot.clone_data_fn();
+    TensorSnapshot::from_closure(
+        Rc::new(move || read().map(|data| data.convert::<f32>())),
+        DType::F32,
+        snapshot.shape.clone(),
+        snapshot.path_stack.clone().unwrap_or_default(),
+        snapshot.container_stack.clone().unwrap_or_default(),
+        snapshot.tensor_id.unwrap_or_default(),
+    )
+}
+
+/// The float parameters of a module: module path and shape in PyTorch layout, read without
+/// materialising lazily initialised parameters.
+#[derive(Default)]
+struct ParamShapes {
+    path: Vec<String>,
+    containers: Vec<String>,
+    params: Vec<(String, Vec<usize>)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamShapes {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let mut shape = param.lazy_shape().to_vec();
+        // burn's Linear stores [in, out]; checkpoints store PyTorch's [out, in].
+        if D == 2 && self.containers.last().is_some_and(|c| c == "Struct:Linear") {
+            shape.reverse();
+        }
+        self.params.push((self.path.join("."), shape));
+    }
+}
+
+/// Reads safetensors files through burn-store, renaming keys with `remapper`.
+pub(crate) fn read_safetensors(files: &[PathBuf], remapper: &KeyRemapper) -> Result<Vec<TensorSnapshot>, LlamaError> {
+    let mut tensors = Vec::new();
+    for file in files {
+        let mut store = SafetensorsStore::from_file(file.clone()).remap(remapper.clone());
+        let snapshots = store
+            .get_all_snapshots()
+            .map_err(|e| LlamaError::Safetensors { path: file.clone(), reason: e.to_string() })?;
+        tensors.extend(snapshots.values().cloned());
+    }
+    Ok(tensors)
+}
+
+/// The safetensors files of a checkpoint: the shards listed by `model.safetensors.index.json`, or
+/// `model.safetensors`. Cached files are preferred, so an offline hub cache needs only one of them.
+pub fn safetensors_files(source: &RepoSource) -> Result<Vec<PathBuf>, LlamaError> {
+    let sharded = source.has_cached(SAFETENSORS_INDEX_FILE)
+        || (!source.has_cached(SAFETENSORS_FILE) && source.file(SAFETENSORS_FILE).is_err());
+    if !sharded {
+        return Ok(vec![source.file(SAFETENSORS_FILE)?]);
+    }
+    let index_path = source.file(SAFETENSORS_INDEX_FILE)?;
+    let index_text = std::fs::read_to_string(&index_path).map_err(|e| LlamaError::io(&index_path, e))?;
+    let index: serde_json::Value = serde_json::from_str(&index_text).map_err(|e| LlamaError::json(&index_path, e))?;
+    let weight_map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| LlamaError::json(&index_path, "no \"weight_map\" object"))?;
+    let mut shards: Vec<&str> = Vec::new();
+    for (tensor, shard) in weight_map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| LlamaError::json(&index_path, format!("shard of {tensor:?} is not a string")))?;
+        if !shards.contains(&shard) {
+            shards.push(shard);
+        }
+    }
+    shards.sort_unstable();
+    shards.into_iter().map(|shard| source.file(shard).map_err(LlamaError::from)).collect()
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads a Hugging Face Llama checkpoint (`config.json` and safetensors, one file or sharded) from
+    /// a hub id or a local directory, resolving hub files cache-first (see [`polarity_hub`]).
+    pub fn from_pretrained(source: &RepoSource, device: &B::Device) -> Result<Self, LlamaError> {
+        let config = LlamaConfig::from_hf_file(&source.file("config.json")?)?;
+        let files = safetensors_files(source)?;
+        config.init(device)?.load_safetensors(&files, &source.to_string())
+    }
+
+    /// Loads Hugging Face-named safetensors `files` into this model (all its non-adapter parameters
+    /// must be present with matching shapes). `source_name` is used in error messages.
+    pub fn load_safetensors(self, files: &[PathBuf], source_name: &str) -> Result<Self, LlamaError> {
+        let tensors = read_safetensors(files, &hf_key_remapper())?;
+        let checkpoint = Checkpoint { name: source_name.to_string(), tensors, checkpoint_name: hf_key };
+        apply_checkpoint(self, checkpoint, Part::Base).map(|(model, _unused)| model)
+    }
+
+    /// Loads a llama.cpp GGUF file: the model (dequantised to f32) and its tokenizer.
+    pub fn from_gguf(path: &Path, device: &B::Device) -> Result<(Self, LlamaTokenizer), LlamaError> {
+        let gguf = GgufFile::open(path)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let tokenizer = LlamaTokenizer::from_gguf(&gguf)?;
+        let model = config.init(device)?.load_gguf(&gguf, &config, &path.display().to_string())?;
+        Ok((model, tokenizer))
+    }
+
+    /// Loads the tensors of a parsed GGUF file into this model (built from `config`, typically
+    /// [`LlamaConfig::from_gguf`]). Tensors are dequantised lazily, one at a time, as they are applied.
+    pub fn load_gguf(self, gguf: &GgufFile, config: &LlamaConfig, source_name: &str) -> Result<Self, LlamaError> {
+        let mut tensors = Vec::new();
+        for info in &gguf.tensors {
+            let Some(hf_name) = hf_name_of_gguf_tensor(&info.name)? else {
+                tracing::warn!(gguf = source_name, tensor = %info.name, "GGUF tensor has no Llama counterpart; ignored");
+                continue;
+            };
+            if !info.ggml_type.can_dequantize() {
+                return Err(LlamaError::GgufUnsupportedTensorType {
+                    tensor: info.name.clone(),
+                    ggml_type: info.ggml_type.name().to_string(),
+                });
+            }
+            let Some(tensor) = gguf.tensor(&info.name) else { continue };
+            // llama.cpp permutes the rows of q/k for its RoPE layout; the heads decide how to undo it.
+            let rope_heads = if info.name.contains(".attn_q.") {
+                Some(config.num_attention_heads)
+            } else if info.name.contains(".attn_k.") {
+                Some(config.num_key_value_heads)
+            } else {
+                None
+            };
+            tensors.push(gguf_snapshot(tensor, &hf_name, rope_heads));
+        }
+        let (tensors, _) = hf_key_remapper().remap(tensors);
+        let checkpoint = Checkpoint { name: source_name.to_string(), tensors, checkpoint_name: hf_key };
+        apply_checkpoint(self, checkpoint, Part::Base).map(|(model, _unused)| model)
+    }
+}
+
+/// A lazily dequantised GGUF tensor under its Hugging Face name.
+fn gguf_snapshot(tensor: GgufTensor, hf_name: &str, rope_heads: Option<usize>) -> TensorSnapshot {
+    let shape = tensor.info.shape();
+    let read_shape = shape.clone();
+    let read = move || {
+        let values = tensor.to_f32()?;
+        let values = match (rope_heads, read_shape.as_slice()) {
+            (Some(heads), &[rows, cols]) => unpermute_rope_rows(&values, rows, cols, heads)?,
+            _ => values,
+        };
+        Ok(TensorData::new(values, read_shape.clone()))
+    };
+    TensorSnapshot::from_closure(
+        Rc::new(move || read().map_err(|e: LlamaError| burn_store::TensorSnapshotError::DataError(e.to_string()))),
+        DType::F32,
+        shape.into(),
+        hf_name.split('.').map(str::to_string).collect(),
+        Vec::new(),
+        ParamId::new(),
+    )
+}
+
+/// The Hugging Face name of a llama.cpp tensor (`blk.3.attn_q.weight` ->
+/// `model.layers.3.self_attn.q_proj.weight`), `None` for tensors Llama does not use.
+pub fn hf_name_of_gguf_tensor(gguf_name: &str) -> Result<Option<String>, LlamaError> {
+    let global = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        "rope_freqs.weight" => {
+            return Err(LlamaError::Unsupported(
+                "GGUF rope_freqs.weight (llama.cpp's stored RoPE frequency factors)".into(),
+            ));
+        }
+        _ => None,
+    };
+    if let Some(name) = global {
+        return Ok(Some(name.to_string()));
+    }
+    let Some(rest) = gguf_name.strip_prefix("blk.") else { return Ok(None) };
+    let Some((layer, rest)) = rest.split_once('.') else { return Ok(None) };
+    if layer.parse::<usize>().is_err() {
+        return Ok(None);
+    }
+    let Some((module, param)) = rest.rsplit_once('.') else { return Ok(None) };
+    let hf_module = match module {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        _ => return Ok(None),
+    };
+    Ok(Some(format!("model.layers.{layer}.{hf_module}.{param}")))
+}
+
+impl LlamaConfig {
+    /// The configuration stored in a GGUF file's `llama.*` metadata, resolved as transformers' GGUF
+    /// loader does (`rope.dimension_count` is the head width; no `output.weight` means tied embeddings).
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self, LlamaError> {
+        let architecture = gguf.str("general.architecture")?;
+        if architecture != "llama" {
+            return Err(LlamaError::Unsupported(format!("GGUF architecture {architecture:?} (expected \"llama\")")));
+        }
+        let key = |name: &str| format!("llama.{name}");
+        let heads = gguf.usize(&key("attention.head_count"))?;
+        let vocab_size = match gguf.opt_usize(&key("vocab_size"))? {
+            Some(size) => size,
+            None => gguf.strings("tokenizer.ggml.tokens")?.len(),
+        };
+        let rope_scaling: Option<Llama3RopeScaling> = match gguf.get(&key("rope.scaling.type")).and_then(|v| v.as_str())
+        {
+            None | Some("none") => None,
+            Some(other) => return Err(LlamaError::Unsupported(format!("GGUF RoPE scaling type {other:?}"))),
+        };
+        let config = LlamaConfig {
+            vocab_size,
+            hidden_size: gguf.usize(&key("embedding_length"))?,
+            intermediate_size: gguf.usize(&key("feed_forward_length"))?,
+            num_hidden_layers: gguf.usize(&key("block_count"))?,
+            num_attention_heads: heads,
+            num_key_value_heads: gguf.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(heads),
+            head_dim: match gguf.opt_usize(&key("attention.key_length"))? {
+                Some(width) => Some(width),
+                None => gguf.opt_usize(&key("rope.dimension_count"))?,
+            },
+            rms_norm_eps: gguf.opt_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            rope_theta: gguf.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0),
+            rope_scaling,
+            max_position_embeddings: gguf.opt_usize(&key("context_length"))?.unwrap_or(2048),
+            tie_word_embeddings: gguf.tensor_info("output.weight").is_none(),
+            attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
+            mlp_bias: gguf.tensor_info("blk.0.ffn_up.bias").is_some(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}

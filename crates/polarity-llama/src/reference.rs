@@ -1,0 +1,276 @@
+//! Verification against PyTorch + transformers reference fixtures (see `shared/fixtures`).
+//!
+//! Two fixture kinds are handled, for any Llama configuration in those formats:
+//!
+//! - `causal-lm-lora`: a Hugging Face model directory and a PEFT adapter; compares the base logits,
+//!   the logits with the adapter, the logits after merging it, the answer-only loss and the adapter
+//!   gradients of that loss;
+//! - `causal-lm-prompts`: a GGUF file (or a Hugging Face checkpoint) and prompts; compares the prompt
+//!   token ids, the next-token logits after each prompt, the label-word scores and a greedy continuation.
+//!
+//! [`verify`] runs on [`polarity_core::backend::DefaultBackend`] (the CPU, or CUDA with the `cuda`
+//! feature), [`verify_on`] on any backend; gradients use burn's autodiff on top of it.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use polarity_core::backend::{DefaultBackend, default_device};
+use polarity_core::reference::{Fixture, TensorCheck, Tolerance};
+use polarity_hub::{RepoKind, RepoSource};
+use serde_json::Value;
+
+use crate::{LabelWords, Llama, LlamaError, LlamaTokenizer, causal_lm_loss, right_padded_batch};
+
+/// The `meta.json` kind of a LoRA fixture.
+pub const LORA_KIND: &str = "causal-lm-lora";
+/// The `meta.json` kind of a prompts fixture.
+pub const PROMPTS_KIND: &str = "causal-lm-prompts";
+
+/// Logits of small float32 models: transformers and burn agree to about 1e-5.
+pub const LOGITS_TOLERANCE: f64 = 1e-4;
+/// The mean cross-entropy.
+pub const LOSS_TOLERANCE: f64 = 1e-5;
+/// Gradients, relative to the largest reference magnitude.
+pub const GRADIENT_TOLERANCE: f64 = 1e-4;
+/// Logits of a real 30-layer model over a few hundred tokens, where float32 rounding accumulates.
+pub const PROMPT_LOGITS_TOLERANCE: f64 = 1e-3;
+
+/// Runs the model a fixture describes on the default backend and compares every reference tensor.
+///
+/// `model_override` replaces the fixture's model: a directory or hub id of a Hugging Face checkpoint,
+/// or (for `causal-lm-prompts`) a `.gguf` file.
+pub fn verify(fixture_dir: &Path, model_override: Option<&str>) -> Result<Vec<TensorCheck>, LlamaError> {
+    verify_on::<DefaultBackend>(fixture_dir, model_override, &default_device()?)
+}
+
+/// [`verify`] on the backend `B`.
+pub fn verify_on<B: Backend>(
+    fixture_dir: &Path,
+    model_override: Option<&str>,
+    device: &B::Device,
+) -> Result<Vec<TensorCheck>, LlamaError> {
+    let fixture = Fixture::open(fixture_dir)?;
+    match fixture.kind()? {
+        LORA_KIND => verify_lora::<B>(&fixture, model_override, device),
+        PROMPTS_KIND => verify_prompts::<B>(&fixture, model_override, device),
+        other => Err(fixture_error(&fixture, format!("kind {other:?} is not a causal-LM fixture"))),
+    }
+}
+
+fn fixture_error(fixture: &Fixture, what: impl Into<String>) -> LlamaError {
+    LlamaError::Fixture { dir: fixture.dir.clone(), what: what.into() }
+}
+
+fn meta_str<'a>(fixture: &'a Fixture, key: &str) -> Result<&'a str, LlamaError> {
+    fixture
+        .meta
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| fixture_error(fixture, format!("meta.json has no string {key:?}")))
+}
+
+/// A path from meta.json: relative to the fixture directory, else to the shared root two levels up
+/// (`shared/fixtures/NAME` -> `shared`), which is how `model_path` is written.
+fn fixture_path(fixture: &Fixture, relative: &str) -> PathBuf {
+    let in_fixture = fixture.dir.join(relative);
+    if in_fixture.exists() {
+        return in_fixture;
+    }
+    match fixture.dir.parent().and_then(Path::parent) {
+        Some(shared) if shared.join(relative).exists() => shared.join(relative),
+        _ => in_fixture,
+    }
+}
+
+fn int_tensor<B: Backend, const D: usize>(
+    fixture: &Fixture,
+    name: &str,
+    device: &B::Device,
+) -> Result<Tensor<B, D, Int>, LlamaError> {
+    let (shape, values) = fixture.i64(name)?;
+    if shape.len() != D {
+        return Err(fixture_error(fixture, format!("{name} has shape {shape:?}, expected rank {D}")));
+    }
+    Ok(Tensor::from_data(TensorData::new(values.to_vec(), shape.to_vec()), device))
+}
+
+/// Compares `ours` with the fixture tensor `reference`; a shape difference fails the check.
+fn compare(
+    fixture: &Fixture,
+    name: &str,
+    reference: &str,
+    ours: TensorData,
+    tolerance: f64,
+    mode: Tolerance,
+) -> Result<TensorCheck, LlamaError> {
+    let (shape, expected) = fixture.f32(reference)?;
+    let ours_shape = ours.shape.to_vec();
+    let values: Vec<f32> =
+        ours.convert::<f32>().into_vec().map_err(|e| fixture_error(fixture, format!("{name}: {e:?}")))?;
+    let mut check = TensorCheck::compare(name, &values, expected, tolerance, mode);
+    if ours_shape != shape {
+        check.max_abs_err = f64::INFINITY;
+        check.ok = false;
+    }
+    Ok(check)
+}
+
+fn verify_lora<B: Backend>(
+    fixture: &Fixture,
+    model_override: Option<&str>,
+    device: &B::Device,
+) -> Result<Vec<TensorCheck>, LlamaError> {
+    let model_spec = match model_override {
+        Some(spec) => spec.to_string(),
+        None => fixture_path(fixture, meta_str(fixture, "model_dir")?).display().to_string(),
+    };
+    let adapter_dir = fixture_path(fixture, meta_str(fixture, "adapter_dir")?);
+    let base = Llama::<Autodiff<B>>::from_pretrained(&RepoSource::parse(&model_spec, RepoKind::Model), device)?;
+
+    let input_ids = int_tensor::<Autodiff<B>, 2>(fixture, "input_ids", device)?;
+    let attention_mask = int_tensor::<Autodiff<B>, 2>(fixture, "attention_mask", device)?;
+    let labels = int_tensor::<Autodiff<B>, 2>(fixture, "lora_labels", device)?;
+    let mut checks = Vec::new();
+
+    let logits = base.inference().forward(input_ids.clone().inner(), Some(attention_mask.clone().inner()));
+    checks.push(compare(fixture, "logits", "logits", logits.into_data(), LOGITS_TOLERANCE, Tolerance::Absolute)?);
+
+    let (lora, _config) = base.load_lora(&RepoSource::Local(adapter_dir))?;
+    let lora_logits = lora.forward(input_ids.clone(), Some(attention_mask.clone()));
+    checks.push(compare(
+        fixture,
+        "lora_logits",
+        "lora_logits",
+        lora_logits.to_data(),
+        LOGITS_TOLERANCE,
+        Tolerance::Absolute,
+    )?);
+
+    let loss = causal_lm_loss(lora_logits, labels);
+    checks.push(compare(fixture, "lora_loss", "lora_loss", loss.to_data(), LOSS_TOLERANCE, Tolerance::Absolute)?);
+
+    let grads = loss.backward();
+    let gradients = lora.lora_gradients(&grads);
+    for reference in fixture.names().into_iter().filter(|name| name.starts_with("grad.")) {
+        let parameter = &reference["grad.".len()..];
+        let check = match gradients.iter().find(|(name, _)| name == parameter) {
+            Some((_, grad)) => {
+                compare(fixture, reference, reference, grad.clone(), GRADIENT_TOLERANCE, Tolerance::Relative)?
+            }
+            None => TensorCheck::compare(reference, &[], &[0.0], GRADIENT_TOLERANCE, Tolerance::Relative),
+        };
+        checks.push(check);
+    }
+
+    let merged = lora.merge_lora().inference();
+    let merged_logits = merged.forward(input_ids.inner(), Some(attention_mask.inner()));
+    checks.push(compare(
+        fixture,
+        "merged_logits",
+        "merged_logits",
+        merged_logits.into_data(),
+        LOGITS_TOLERANCE,
+        Tolerance::Absolute,
+    )?);
+    Ok(checks)
+}
+
+/// The model and tokenizer of a `causal-lm-prompts` fixture: a GGUF file, or a Hugging Face checkpoint
+/// with `tokenizer.json`.
+fn prompt_model<B: Backend>(
+    fixture: &Fixture,
+    model_override: Option<&str>,
+    device: &B::Device,
+) -> Result<(Llama<B>, LlamaTokenizer), LlamaError> {
+    let spec = match model_override {
+        Some(spec) => spec.to_string(),
+        None => meta_str(fixture, "model_path")?.to_string(),
+    };
+    if spec.ends_with(".gguf") {
+        let path = if Path::new(&spec).exists() { PathBuf::from(&spec) } else { fixture_path(fixture, &spec) };
+        return Llama::from_gguf(&path, device);
+    }
+    let source = RepoSource::parse(&spec, RepoKind::Model);
+    let tokenizer = LlamaTokenizer::from_file(&source.file("tokenizer.json")?)?;
+    Ok((Llama::from_pretrained(&source, device)?, tokenizer))
+}
+
+fn verify_prompts<B: Backend>(
+    fixture: &Fixture,
+    model_override: Option<&str>,
+    device: &B::Device,
+) -> Result<Vec<TensorCheck>, LlamaError> {
+    let (model, tokenizer) = prompt_model::<B>(fixture, model_override, device)?;
+    let mut checks = Vec::new();
+
+    let prompts: Vec<&str> = fixture
+        .meta
+        .get("prompts")
+        .and_then(Value::as_array)
+        .and_then(|items| items.iter().map(Value::as_str).collect())
+        .ok_or_else(|| fixture_error(fixture, "meta.json has no array of string \"prompts\""))?;
+    let encoded = prompts.iter().map(|prompt| tokenizer.encode(prompt)).collect::<Result<Vec<_>, _>>()?;
+    let (id_shape, reference_ids) = fixture.i64("prompt_ids")?;
+    let width = id_shape.get(1).copied().unwrap_or(0).max(encoded.iter().map(Vec::len).max().unwrap_or(0));
+    let padded: Vec<i64> = encoded
+        .iter()
+        .flat_map(|row| row.iter().map(|&id| i64::from(id)).chain(std::iter::repeat(0)).take(width))
+        .collect();
+    checks.push(TensorCheck::exact("prompt_ids", &padded, reference_ids));
+    let lengths: Vec<i64> = encoded.iter().map(|row| row.len() as i64).collect();
+    checks.push(TensorCheck::exact("prompt_lengths", &lengths, fixture.i64("prompt_lengths")?.1));
+
+    let label_words = LabelWords::from_tokenizer(&tokenizer)?;
+    let label_ids = fixture.meta.get("label_token_ids");
+    let reference_label = |word: &str| {
+        label_ids
+            .and_then(|ids| ids.get(word))
+            .and_then(Value::as_array)
+            .and_then(|ids| ids.first())
+            .and_then(Value::as_i64)
+    };
+    if let (Some(negative), Some(positive)) = (reference_label("negative"), reference_label("positive")) {
+        let ours = label_words.ids().map(i64::from);
+        checks.push(TensorCheck::exact("label_token_ids", &ours, &[negative, positive]));
+    }
+
+    let batch = right_padded_batch::<B>(&encoded, 0, device);
+    let last_logits = model.last_token_logits(batch.input_ids, batch.attention_mask);
+    let label_scores = label_words.select(last_logits.clone());
+    checks.push(compare(
+        fixture,
+        "last_logits",
+        "last_logits",
+        last_logits.into_data(),
+        PROMPT_LOGITS_TOLERANCE,
+        Tolerance::Absolute,
+    )?);
+
+    if let Some(rows) = fixture.meta.get("rows").and_then(Value::as_array) {
+        let reference_scores: Vec<f32> = rows
+            .iter()
+            .flat_map(|row| ["score_negative", "score_positive"].map(|key| row.get(key).and_then(Value::as_f64)))
+            .map(|score| score.map(|s| s as f32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| fixture_error(fixture, "meta.json rows lack score_negative/score_positive"))?;
+        let ours: Vec<f32> = label_scores.into_data().convert::<f32>().into_vec().unwrap_or_default();
+        checks.push(TensorCheck::compare(
+            "label_scores",
+            &ours,
+            &reference_scores,
+            PROMPT_LOGITS_TOLERANCE,
+            Tolerance::Absolute,
+        ));
+    }
+
+    if let Some(greedy_prompt) = fixture.meta.get("greedy").and_then(|g| g.get("prompt")).and_then(Value::as_str) {
+        let (_, reference) = fixture.i64("greedy_ids")?;
+        let prompt = tokenizer.encode(greedy_prompt)?;
+        let new_tokens = reference.len().saturating_sub(prompt.len());
+        let generated = model.generate_greedy(std::slice::from_ref(&prompt), new_tokens, None, device);
+        let ours: Vec<i64> = prompt.iter().chain(generated.iter().flatten()).map(|&id| i64::from(id)).collect();
+        checks.push(TensorCheck::exact("greedy_ids", &ours, reference));
+    }
+    Ok(checks)
+}
