@@ -1,0 +1,289 @@
+//! The trainer's settings, with Hugging Face `TrainingArguments`' names and defaults where they exist.
+
+use std::path::PathBuf;
+
+use polarity_tokenize::{BatchOrder, InOrder, LengthBucketed, Shuffled, TokenizeError};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// How long the learning rate warms up linearly from 0 (HF `warmup_steps` / `warmup_ratio`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Warmup {
+    /// A fixed number of optimiser steps.
+    Steps(usize),
+    /// A fraction of all optimiser steps, rounded up (`ceil(total * ratio)`, as HF's `get_warmup_steps`).
+    Ratio(f64),
+}
+
+impl Warmup {
+    /// The number of warmup steps in a run of `total_steps` optimiser steps (at most `total_steps`).
+    ///
+    /// ```
+    /// use polarity_train::Warmup;
+    /// assert_eq!(Warmup::Ratio(0.1).steps(125), 13);
+    /// assert_eq!(Warmup::Steps(500).steps(125), 125);
+    /// ```
+    pub fn steps(self, total_steps: usize) -> usize {
+        let steps = match self {
+            Warmup::Steps(steps) => steps,
+            Warmup::Ratio(ratio) => (total_steps as f64 * ratio).ceil() as usize,
+        };
+        steps.min(total_steps)
+    }
+}
+
+/// Which examples form each training batch, per epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainOrder {
+    /// [`LengthBucketed`] with the epoch's seed: little padding, random enough for SGD (the default).
+    LengthBucketed {
+        /// Batches per length-sorted chunk.
+        chunk_batches: usize,
+    },
+    /// A plain seeded shuffle every epoch ([`Shuffled`]).
+    Shuffled,
+    /// The given order every epoch ([`InOrder`]); for tests and ablations.
+    InOrder,
+}
+
+impl Default for TrainOrder {
+    fn default() -> Self {
+        TrainOrder::LengthBucketed { chunk_batches: 50 }
+    }
+}
+
+impl TrainOrder {
+    /// The batches (indices into `lengths`) of 0-based `epoch` in a run seeded with `seed`.
+    ///
+    /// The order is a pure function of `(seed, epoch)`, which is what lets a resumed run continue
+    /// mid-epoch with exactly the batches an uninterrupted one would have seen.
+    pub fn batches(
+        self,
+        lengths: &[usize],
+        batch_size: usize,
+        seed: u64,
+        epoch: usize,
+    ) -> Result<Vec<Vec<usize>>, TokenizeError> {
+        let seed = seed.wrapping_add(epoch as u64);
+        match self {
+            TrainOrder::LengthBucketed { chunk_batches } => {
+                LengthBucketed { seed, chunk_batches }.batches(lengths, batch_size)
+            }
+            TrainOrder::Shuffled => Shuffled { seed }.batches(lengths, batch_size),
+            TrainOrder::InOrder => InOrder.batches(lengths, batch_size),
+        }
+    }
+}
+
+/// The evaluation metric that picks the best epoch (HF `metric_for_best_model`, greater is better).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    /// Accuracy on the evaluation set.
+    Accuracy,
+    /// Macro-averaged F1 on the evaluation set.
+    MacroF1,
+}
+
+/// Where and how often to write resumable checkpoints (HF `output_dir` / `save_steps` / `save_total_limit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointConfig {
+    /// The directory holding `checkpoint-<step>/` folders, `latest` and the best model.
+    pub dir: PathBuf,
+    /// Save every this many optimiser steps (0: only at the end of each epoch).
+    pub every_steps: usize,
+    /// How many `checkpoint-<step>/` folders to keep (at least 1).
+    pub keep_last: usize,
+    /// Continue from `dir/latest` when it exists (a missing checkpoint starts afresh).
+    pub resume: bool,
+}
+
+impl CheckpointConfig {
+    /// Checkpoints in `dir` every `every_steps` steps, keeping the last 2, not resuming.
+    pub fn new(dir: impl Into<PathBuf>, every_steps: usize) -> Self {
+        Self { dir: dir.into(), every_steps, keep_last: 2, resume: false }
+    }
+
+    /// Whether to resume from `dir/latest`.
+    pub fn with_resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// How many checkpoints to keep.
+    pub fn with_keep_last(mut self, keep_last: usize) -> Self {
+        self.keep_last = keep_last;
+        self
+    }
+}
+
+/// Everything a [`Trainer`](crate::Trainer) run is configured by.
+///
+/// Defaults follow HF `TrainingArguments` (AdamW, lr 2e-5, betas 0.9/0.999, eps 1e-8, clipping at
+/// global norm 1.0, 3 epochs, batch size 8, seed 42) except the weight decay, 0.01 (HF: 0.0), the
+/// usual choice for BERT fine-tuning.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per micro-batch (HF `per_device_train_batch_size`).
+    pub batch_size: usize,
+    /// Examples per evaluation batch.
+    pub eval_batch_size: usize,
+    /// Micro-batches per optimiser step (HF `gradient_accumulation_steps`).
+    pub grad_accum: usize,
+    /// The peak learning rate.
+    pub learning_rate: f64,
+    /// AdamW's decoupled weight decay, applied to every parameter except biases and LayerNorm weights.
+    pub weight_decay: f64,
+    /// AdamW's first-moment decay.
+    pub beta1: f64,
+    /// AdamW's second-moment decay.
+    pub beta2: f64,
+    /// AdamW's epsilon.
+    pub epsilon: f64,
+    /// Linear warmup from 0, then linear decay to 0 at the last step.
+    pub warmup: Warmup,
+    /// Clip the global gradient norm to this (HF `max_grad_norm`); `None` disables clipping.
+    pub max_grad_norm: Option<f64>,
+    /// Seeds the batch order (per epoch) and the backend (dropout, per step).
+    pub seed: u64,
+    /// How training batches are formed.
+    pub train_order: TrainOrder,
+    /// Keep the best epoch's model by this metric and return it at the end (HF `load_best_model_at_end`);
+    /// `None` returns the last model.
+    pub best_metric: Option<BestMetric>,
+    /// Resumable checkpoints; `None` writes nothing.
+    pub checkpoint: Option<CheckpointConfig>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            batch_size: 8,
+            eval_batch_size: 32,
+            grad_accum: 1,
+            learning_rate: 2e-5,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            warmup: Warmup::Steps(0),
+            max_grad_norm: Some(1.0),
+            seed: 42,
+            train_order: TrainOrder::default(),
+            best_metric: Some(BestMetric::Accuracy),
+            checkpoint: None,
+            progress: true,
+        }
+    }
+}
+
+macro_rules! with {
+    ($(#[$doc:meta] $name:ident: $field:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[$doc]
+            pub fn $name(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
+
+impl TrainerConfig {
+    with! {
+        /// Sets [`epochs`](Self::epochs).
+        with_epochs: epochs: usize,
+        /// Sets [`batch_size`](Self::batch_size).
+        with_batch_size: batch_size: usize,
+        /// Sets [`eval_batch_size`](Self::eval_batch_size).
+        with_eval_batch_size: eval_batch_size: usize,
+        /// Sets [`grad_accum`](Self::grad_accum).
+        with_grad_accum: grad_accum: usize,
+        /// Sets [`learning_rate`](Self::learning_rate).
+        with_learning_rate: learning_rate: f64,
+        /// Sets [`weight_decay`](Self::weight_decay).
+        with_weight_decay: weight_decay: f64,
+        /// Sets [`warmup`](Self::warmup).
+        with_warmup: warmup: Warmup,
+        /// Sets [`max_grad_norm`](Self::max_grad_norm).
+        with_max_grad_norm: max_grad_norm: Option<f64>,
+        /// Sets [`seed`](Self::seed).
+        with_seed: seed: u64,
+        /// Sets [`train_order`](Self::train_order).
+        with_train_order: train_order: TrainOrder,
+        /// Sets [`best_metric`](Self::best_metric).
+        with_best_metric: best_metric: Option<BestMetric>,
+        /// Sets [`checkpoint`](Self::checkpoint).
+        with_checkpoint: checkpoint: Option<CheckpointConfig>,
+        /// Sets [`progress`](Self::progress).
+        with_progress: progress: bool,
+    }
+
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |what: String| Err(TrainError::InvalidConfig(what));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return bad("batch sizes must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum must be at least 1".into());
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return bad(format!("learning rate {} must be finite and non-negative", self.learning_rate));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("weight decay {} must be finite and non-negative", self.weight_decay));
+        }
+        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return bad(format!("{name} {beta} must be in [0, 1)"));
+            }
+        }
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return bad(format!("epsilon {} must be finite and positive", self.epsilon));
+        }
+        if let Warmup::Ratio(ratio) = self.warmup
+            && !(0.0..=1.0).contains(&ratio)
+        {
+            return bad(format!("warmup ratio {ratio} must be in [0, 1]"));
+        }
+        if let Some(norm) = self.max_grad_norm
+            && !(norm.is_finite() && norm > 0.0)
+        {
+            return bad(format!("max_grad_norm {norm} must be finite and positive"));
+        }
+        if let TrainOrder::LengthBucketed { chunk_batches: 0 } = self.train_order {
+            return bad("chunk_batches must be at least 1".into());
+        }
+        if let Some(checkpoint) = &self.checkpoint
+            && checkpoint.keep_last == 0
+        {
+            return bad("checkpoint keep_last must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The settings that shape the trajectory (everything but checkpointing and the progress bar);
+    /// a resumed run must match the interrupted one on these.
+    pub(crate) fn trajectory(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.remove("checkpoint");
+            map.remove("progress");
+            // The evaluation batch size does not change the metrics.
+            map.remove("eval_batch_size");
+        }
+        value
+    }
+}

@@ -1,0 +1,365 @@
+//! The training loop.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::lr_scheduler::LrScheduler;
+use burn::module::{AutodiffModule, ParamId};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use polarity_core::EpochReport;
+use polarity_metrics::ClassificationReport;
+use polarity_tokenize::TokenizedExample;
+
+use crate::checkpoint::{self, Best, Fingerprint, TrainState};
+use crate::eval::evaluate;
+use crate::grads::{ParamGroups, clip_grad_norm, grad_norm, split_grads};
+use crate::{BestMetric, LinearWarmupDecay, Objective, TrainError, TrainerConfig};
+
+/// What a training run returns.
+#[derive(Debug)]
+pub struct TrainOutcome<M> {
+    /// The trained model: the best epoch's when [`TrainerConfig::best_metric`] is set and an
+    /// evaluation set was given, else the last one.
+    pub model: M,
+    /// One report per epoch (also those completed before a resume).
+    pub history: Vec<EpochReport>,
+    /// The evaluation report of each epoch, where an evaluation set was given.
+    pub eval_reports: Vec<ClassificationReport>,
+    /// The 1-based epoch whose model [`model`](Self::model) is, when the best one was kept.
+    pub best_epoch: Option<usize>,
+    /// Optimiser steps taken in the whole run.
+    pub global_steps: usize,
+    /// The checkpoint the run resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
+}
+
+impl<M> TrainOutcome<M> {
+    /// Seconds spent training (evaluation and checkpointing excluded), summed over epochs.
+    pub fn train_seconds(&self) -> f64 {
+        self.history.iter().map(|r| r.train_seconds).sum()
+    }
+
+    /// Training examples per second over the whole run.
+    pub fn train_samples_per_second(&self) -> f64 {
+        let samples: f64 = self.history.iter().map(|r| r.train_seconds * r.train_samples_per_second).sum();
+        samples / self.train_seconds().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// The Hugging Face Trainer loop, generic over the autodiff backend.
+///
+/// See the [crate documentation](crate) for what a step does and an example.
+#[derive(Clone, Debug)]
+pub struct Trainer<B: AutodiffBackend> {
+    config: TrainerConfig,
+    device: B::Device,
+    interrupt_after: Option<usize>,
+}
+
+/// A step's dropout seed: a SplitMix64 mix of the run's seed and the step.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer running on `device`.
+    pub fn new(config: TrainerConfig, device: B::Device) -> Self {
+        Self { config, device, interrupt_after: None }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// The device.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Stops the run with [`TrainError::Interrupted`] right after global optimiser step `step`, as if
+    /// the process had been killed there (checkpoints written up to then stay; nothing else is saved).
+    /// For testing resumption.
+    pub fn interrupt_after(mut self, step: usize) -> Self {
+        self.interrupt_after = Some(step);
+        self
+    }
+
+    /// Optimiser steps per epoch for `examples` training examples: `ceil(ceil(examples / batch) / accum)`
+    /// (a last, partial accumulation still makes a step, as in HF Trainer).
+    pub fn steps_per_epoch(&self, examples: usize) -> usize {
+        examples.div_ceil(self.config.batch_size.max(1)).div_ceil(self.config.grad_accum.max(1))
+    }
+
+    /// Trains `model` on `train`, evaluating on `eval` after every epoch.
+    ///
+    /// Each optimiser step: reseed the backend from `(seed, step)` (dropout), run `grad_accum`
+    /// micro-batches, each loss weighted by its share of the step's examples (so accumulation equals one
+    /// big batch), stop on a non-finite loss, clip the global gradient norm, then AdamW with the
+    /// scheduled learning rate: decayed parameters and biases/norm weights in two groups.
+    pub fn fit<M, O>(
+        &self,
+        model: M,
+        objective: &O,
+        train: &[TokenizedExample],
+        eval: Option<&[TokenizedExample]>,
+    ) -> Result<TrainOutcome<M>, TrainError>
+    where
+        M: AutodiffModule<B>,
+        O: Objective<B, M>,
+    {
+        let config = &self.config;
+        config.validate()?;
+        if train.is_empty() {
+            return Err(TrainError::EmptyDataset { which: "training set" });
+        }
+        if eval.is_some_and(<[_]>::is_empty) {
+            return Err(TrainError::EmptyDataset { which: "evaluation set" });
+        }
+        let lengths: Vec<usize> = train.iter().map(|item| item.tokens.len()).collect();
+        let steps_per_epoch = self.steps_per_epoch(train.len());
+        let total_steps = steps_per_epoch * config.epochs;
+        let mut schedule = LinearWarmupDecay::new(config.learning_rate, config.warmup.steps(total_steps), total_steps);
+        let adamw = |weight_decay: f64| {
+            AdamWConfig::new()
+                .with_beta_1(config.beta1 as f32)
+                .with_beta_2(config.beta2 as f32)
+                .with_epsilon(config.epsilon as f32)
+                .with_weight_decay(weight_decay as f32)
+        };
+        let mut decay_optimizer = adamw(config.weight_decay).init::<B, M>();
+        let mut plain_optimizer = adamw(0.0).init::<B, M>();
+
+        let mut model = model;
+        let mut state = TrainState::fresh(config, Fingerprint::of(train, eval), total_steps);
+        let mut best_model: Option<M> = None;
+        let mut resumed_from = None;
+        if let Some(checkpointing) = config.checkpoint.as_ref().filter(|c| c.resume)
+            && let Some(path) = checkpoint::latest_checkpoint(&checkpointing.dir)?
+        {
+            let loaded = checkpoint::load_state(&path)?;
+            loaded.check_resumes(&state, &path)?;
+            model = checkpoint::load_model::<B, M>(model, &path.join(checkpoint::MODEL_FILE), &self.device)?;
+            decay_optimizer = checkpoint::load_optimizer::<B, M, _>(
+                decay_optimizer,
+                &path.join(checkpoint::OPTIMIZER_DECAY_FILE),
+                &self.device,
+            )?;
+            plain_optimizer = checkpoint::load_optimizer::<B, M, _>(
+                plain_optimizer,
+                &path.join(checkpoint::OPTIMIZER_NO_DECAY_FILE),
+                &self.device,
+            )?;
+            if let Some(best) = loaded.best {
+                let file = checkpoint::best_file(&checkpointing.dir, best.epoch);
+                best_model = Some(checkpoint::load_model::<B, M>(model.clone(), &file, &self.device)?);
+            }
+            tracing::info!(checkpoint = %path.display(), step = loaded.global_step, "resuming");
+            state = loaded;
+            resumed_from = Some(path);
+        }
+        schedule = schedule.at_step(state.global_step);
+        // After a resume the parameter ids are the checkpoint's, so group them only now.
+        let no_decay: HashSet<ParamId> = ParamGroups::of::<B, M>(&model).no_decay_ids();
+
+        let bar = self.progress_bar(total_steps, state.global_step);
+        let mut last_checkpoint = resumed_from.clone();
+
+        while state.epoch < config.epochs {
+            let epoch = state.epoch;
+            let order = config.train_order.batches(&lengths, config.batch_size, config.seed, epoch)?;
+            for step_batches in order.chunks(config.grad_accum).skip(state.steps_in_epoch) {
+                let started = Instant::now();
+                B::seed(&self.device, step_seed(config.seed, state.global_step));
+                let step = state.global_step + 1;
+                let step_samples: usize = step_batches.iter().map(Vec::len).sum();
+                let mut accumulator = GradientsAccumulator::<M>::new();
+                let mut single: Option<GradientsParams> = None;
+                let mut step_loss = 0.0;
+                for (micro_batch, indices) in step_batches.iter().enumerate() {
+                    let items: Vec<&TokenizedExample> = indices.iter().map(|&i| &train[i]).collect();
+                    let loss = objective.loss(&model, &items, &self.device)?;
+                    if loss.dims() != [1] {
+                        return Err(TrainError::Model(format!("the loss has shape {:?}, expected [1]", loss.dims())));
+                    }
+                    let value: f64 = loss.clone().into_scalar().elem();
+                    if !value.is_finite() {
+                        return Err(TrainError::NonFiniteLoss { epoch: epoch + 1, step, micro_batch, loss: value });
+                    }
+                    let weight = items.len() as f64 / step_samples as f64;
+                    step_loss += value * weight;
+                    let loss = if step_batches.len() > 1 { loss.mul_scalar(weight) } else { loss };
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    if step_batches.len() > 1 {
+                        accumulator.accumulate(&model, grads);
+                    } else {
+                        single = Some(grads);
+                    }
+                }
+                let grads = single.unwrap_or_else(|| accumulator.grads());
+                let (grads, norm) = match config.max_grad_norm {
+                    Some(max_norm) => clip_grad_norm::<B, M>(&model, grads, max_norm),
+                    None => {
+                        let norm = grad_norm::<B, M>(&model, &grads);
+                        (grads, norm)
+                    }
+                };
+                if !norm.is_finite() {
+                    return Err(TrainError::NonFiniteGradNorm { epoch: epoch + 1, step, norm });
+                }
+                let (decayed, plain) = split_grads::<B, M>(&model, grads, &no_decay);
+                let lr = schedule.step();
+                model = decay_optimizer.step(lr, model, decayed);
+                model = plain_optimizer.step(lr, model, plain);
+
+                state.global_step = step;
+                state.steps_in_epoch += 1;
+                state.epoch_loss_sum += step_loss;
+                state.epoch_samples += step_samples;
+                state.epoch_train_seconds += started.elapsed().as_secs_f64();
+                bar.inc(1);
+                bar.set_message(format!(
+                    "epoch {}/{} loss {:.4} lr {:.2e} grad-norm {:.3} {:.1} samples/s",
+                    epoch + 1,
+                    config.epochs,
+                    state.epoch_loss_sum / state.steps_in_epoch as f64,
+                    lr,
+                    norm,
+                    state.epoch_samples as f64 / state.epoch_train_seconds.max(f64::MIN_POSITIVE),
+                ));
+                tracing::debug!(step, loss = step_loss, lr, grad_norm = norm, "step");
+
+                if let Some(checkpointing) = &config.checkpoint
+                    && checkpointing.every_steps > 0
+                    && step.is_multiple_of(checkpointing.every_steps)
+                {
+                    last_checkpoint = Some(checkpoint::save::<B, M, _>(
+                        &checkpointing.dir,
+                        checkpointing.keep_last,
+                        &state,
+                        &model,
+                        &decay_optimizer,
+                        &plain_optimizer,
+                    )?);
+                }
+                if self.interrupt_after == Some(step) {
+                    bar.abandon();
+                    return Err(TrainError::Interrupted { step, checkpoint: last_checkpoint });
+                }
+            }
+
+            // End of epoch: evaluate, report, keep the best.
+            let evaluation = match eval {
+                Some(data) => Some(evaluate::<B::InnerBackend, M::InnerModule, O>(
+                    objective,
+                    &model.valid(),
+                    data,
+                    config.eval_batch_size,
+                    &self.device,
+                )?),
+                None => None,
+            };
+            let report = EpochReport {
+                epoch: epoch + 1,
+                train_loss: state.epoch_loss_sum / state.steps_in_epoch.max(1) as f64,
+                eval_accuracy: evaluation.as_ref().map(|e| e.report.accuracy),
+                eval_macro_f1: evaluation.as_ref().map(|e| e.report.macro_f1),
+                train_seconds: state.epoch_train_seconds,
+                train_samples_per_second: state.epoch_samples as f64 / state.epoch_train_seconds.max(f64::MIN_POSITIVE),
+            };
+            bar.println(format!(
+                "epoch {}/{}: train loss {:.4}{}, {:.1}s, {:.1} samples/s",
+                report.epoch,
+                config.epochs,
+                report.train_loss,
+                match (report.eval_accuracy, report.eval_macro_f1) {
+                    (Some(accuracy), Some(f1)) => format!(", eval accuracy {accuracy:.4}, macro-F1 {f1:.4}"),
+                    _ => String::new(),
+                },
+                report.train_seconds,
+                report.train_samples_per_second,
+            ));
+            tracing::info!(?report, "epoch done");
+            if let (Some(metric), Some(evaluation)) = (config.best_metric, &evaluation) {
+                let value = match metric {
+                    BestMetric::Accuracy => evaluation.report.accuracy,
+                    BestMetric::MacroF1 => evaluation.report.macro_f1,
+                };
+                if state.best.is_none_or(|best| value > best.value) {
+                    state.best = Some(Best { epoch: epoch + 1, value });
+                    if let Some(checkpointing) = &config.checkpoint {
+                        checkpoint::save_best::<B, M>(&checkpointing.dir, epoch + 1, &model)?;
+                    }
+                    best_model = Some(model.clone());
+                }
+            }
+            state.history.push(report);
+            if let Some(evaluation) = evaluation {
+                state.eval_reports.push(evaluation.report);
+            }
+            state.epoch += 1;
+            state.steps_in_epoch = 0;
+            state.epoch_loss_sum = 0.0;
+            state.epoch_samples = 0;
+            state.epoch_train_seconds = 0.0;
+            if let Some(checkpointing) = &config.checkpoint {
+                last_checkpoint = Some(checkpoint::save::<B, M, _>(
+                    &checkpointing.dir,
+                    checkpointing.keep_last,
+                    &state,
+                    &model,
+                    &decay_optimizer,
+                    &plain_optimizer,
+                )?);
+            }
+        }
+        bar.finish_and_clear();
+
+        let best_epoch = match (config.best_metric, best_model) {
+            (Some(_), Some(best)) => {
+                model = best;
+                state.best.map(|b| b.epoch)
+            }
+            _ => None,
+        };
+        Ok(TrainOutcome {
+            model,
+            history: state.history,
+            eval_reports: state.eval_reports,
+            best_epoch,
+            global_steps: state.global_step,
+            resumed_from,
+        })
+    }
+
+    fn progress_bar(&self, total_steps: usize, position: usize) -> ProgressBar {
+        let bar = ProgressBar::with_draw_target(
+            Some(total_steps as u64),
+            if self.config.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+        );
+        let style = ProgressStyle::with_template("[{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_position(position as u64);
+        bar
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_seed;
+
+    #[test]
+    fn step_seeds_differ_by_step_and_seed() {
+        assert_ne!(step_seed(42, 0), step_seed(42, 1));
+        assert_ne!(step_seed(42, 0), step_seed(43, 0));
+        assert_eq!(step_seed(42, 7), step_seed(42, 7));
+    }
+}
