@@ -1,0 +1,191 @@
+//! Encoder throughput on burn's two pure-Rust CPU backends, `NdArray<f32>` and `Flex<f32>`.
+//!
+//! ```text
+//! HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo bench --bench encoder
+//! HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo bench --bench encoder -- minilm/flex   # a subset
+//! ```
+//!
+//! What is measured (criterion's `elem/s` is samples/s, except in `gemm`, where it is FLOP/s):
+//!
+//! - `forward`: inference, no autodiff. MiniLM (`sentence-transformers/all-MiniLM-L6-v2`, real weights
+//!   from the hub cache, fresh classification head) at batch 32, sequence 128 and 256; BERT-base and
+//!   DistilBERT shapes with random weights (configs built here with the real hyper-parameters) at
+//!   batch 8, sequence 128.
+//! - `train_step`: one MiniLM training step at batch 16, sequence 256 on `Autodiff<backend>`: forward
+//!   with dropout, cross-entropy, backward, and an AdamW step through burn's optimizer.
+//! - `gemm`: one `[512, 768] x [768, 768]` matmul, the shape of a hidden-size projection, in FLOP/s.
+//!
+//! Inputs are real IMDB test reviews (rows `0..n/2` negative and `12500..12500+n/2` positive, as
+//! `scripts/pytorch_reference.py` takes them), tokenized with MiniLM's tokenizer, truncated at the
+//! sequence length and padded to the batch's longest review, exactly as training and evaluation batch
+//! them. The shapes used are printed before measuring.
+//!
+//! The models are slow on two cores (seconds per iteration), so every group uses flat sampling with
+//! criterion's minimum of 10 samples and short warm-up and measurement times.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use polarity::data::{ImdbDataset, Split, hub};
+use polarity::hub::{RepoKind, RepoSource};
+use polarity::tokenize::{Encode, HfTokenizer, PaddingBatcher};
+use polarity::{LabelledBatch, TokenBatch};
+use polarity_encoder::{BertConfig, DistilBertConfig, EncoderClassifier};
+
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// bert-base-uncased and distilbert-base-uncased share MiniLM's WordPiece vocabulary.
+const VOCAB: usize = 30_522;
+const SEED: u64 = 42;
+/// The learning rate of the training step (the value hardly matters for speed).
+const LR: f64 = 5e-5;
+
+fn imdb_test() -> &'static ImdbDataset {
+    static TEST: OnceLock<ImdbDataset> = OnceLock::new();
+    TEST.get_or_init(|| hub::load_split(hub::IMDB_REPO, Split::Test).expect("IMDB test split in the hub cache"))
+}
+
+/// `batch` real reviews, half negative (rows from 0), half positive (rows from 12,500), tokenized,
+/// truncated at `max_length` and padded to the longest.
+fn review_batch<B: Backend>(batch: usize, max_length: usize, device: &B::Device) -> LabelledBatch<B> {
+    let examples = imdb_test().examples();
+    let negatives = examples.len() / 2;
+    let rows: Vec<usize> = (0..batch / 2).chain(negatives..negatives + batch - batch / 2).collect();
+    let texts: Vec<&str> = rows.iter().map(|&i| examples[i].text.as_str()).collect();
+    let tokenizer = HfTokenizer::from_pretrained(MINILM, max_length).expect("MiniLM tokenizer in the hub cache");
+    let tokens = tokenizer.encode_batch(&texts).expect("IMDB reviews encode");
+    let lengths: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
+    let batcher = PaddingBatcher::new(tokenizer.pad_id());
+    let padded = batcher.pad::<B>(&tokens.iter().collect::<Vec<_>>(), device);
+    let real: usize = lengths.iter().sum();
+    let [b, s] = padded.dims();
+    eprintln!(
+        "inputs: batch {batch}, truncated at {max_length}: tensors [{b}, {s}], token lengths {}..={}, {:.1}% padding",
+        lengths.iter().min().unwrap(),
+        lengths.iter().max().unwrap(),
+        100.0 * (b * s - real) as f64 / (b * s) as f64,
+    );
+    let labels: Vec<i64> = rows.iter().map(|&i| examples[i].label.index() as i64).collect();
+    LabelledBatch { tokens: padded, labels: Tensor::from_data(TensorData::new(labels, [batch]), device) }
+}
+
+fn minilm<B: Backend>(device: &B::Device) -> EncoderClassifier<B> {
+    B::seed(device, SEED);
+    EncoderClassifier::from_pretrained(&RepoSource::parse(MINILM, RepoKind::Model), device)
+        .expect("MiniLM in the hub cache")
+}
+
+/// bert-base-uncased's hyper-parameters, random weights.
+fn bert_base<B: Backend>(device: &B::Device) -> EncoderClassifier<B> {
+    B::seed(device, SEED);
+    EncoderClassifier::Bert(BertConfig::new(VOCAB, 768, 12, 12, 3072, 512).init_classifier(device))
+}
+
+/// distilbert-base-uncased's hyper-parameters, random weights.
+fn distilbert_base<B: Backend>(device: &B::Device) -> EncoderClassifier<B> {
+    B::seed(device, SEED);
+    EncoderClassifier::DistilBert(DistilBertConfig::new(VOCAB, 768, 6, 12, 3072, 512).init_classifier(device))
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>, measurement_s: u64) {
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(measurement_s));
+}
+
+fn bench_forward<B: Backend>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    model: &EncoderClassifier<B>,
+    batch: TokenBatch<B>,
+) {
+    group.throughput(Throughput::Elements(batch.dims()[0] as u64));
+    model.validate(&batch).expect("the batch fits the model");
+    group.bench_function(name, |b| b.iter(|| model.forward(batch.clone()).into_data()));
+}
+
+fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
+    let device = B::Device::default();
+    let mut group = c.benchmark_group("forward");
+    configure(&mut group, 20);
+    let model = minilm::<B>(&device);
+    for seq in [128, 256] {
+        let batch = review_batch::<B>(32, seq, &device).tokens;
+        bench_forward(&mut group, &format!("minilm/{backend}/b32_s{seq}"), &model, batch);
+    }
+    drop(model);
+    let batch = review_batch::<B>(8, 128, &device).tokens;
+    bench_forward(&mut group, &format!("bert_base_random/{backend}/b8_s128"), &bert_base::<B>(&device), batch.clone());
+    bench_forward(&mut group, &format!("distilbert_base_random/{backend}/b8_s128"), &distilbert_base::<B>(&device), batch);
+    group.finish();
+}
+
+/// Forward with dropout, cross-entropy, backward, AdamW step; returns the updated model.
+fn train_step<B: AutodiffBackend, O: Optimizer<EncoderClassifier<B>, B>>(
+    model: EncoderClassifier<B>,
+    optimizer: &mut O,
+    batch: LabelledBatch<B>,
+) -> EncoderClassifier<B> {
+    let output = model.forward_classification(batch);
+    let grads = GradientsParams::from_grads(output.loss.backward(), &model);
+    optimizer.step(LR, model, grads)
+}
+
+fn train_step_on<B: AutodiffBackend>(c: &mut Criterion, backend: &str) {
+    let device = B::Device::default();
+    let mut group = c.benchmark_group("train_step");
+    configure(&mut group, 60);
+    let batch = review_batch::<B>(16, 256, &device);
+    group.throughput(Throughput::Elements(16));
+    // transformers' AdamW defaults (weight decay 0.01, eps 1e-8), as the PyTorch reference uses.
+    let mut optimizer = AdamWConfig::new().with_weight_decay(0.01).with_epsilon(1e-8).init();
+    let mut model = Some(minilm::<B>(&device));
+    group.bench_function(format!("minilm/{backend}/b16_s256"), |b| {
+        b.iter(|| {
+            let updated = train_step(model.take().expect("model"), &mut optimizer, batch.clone());
+            model = Some(updated);
+        })
+    });
+    group.finish();
+}
+
+fn gemm_on<B: Backend>(c: &mut Criterion, backend: &str) {
+    let device = B::Device::default();
+    let (m, k, n) = (512, 768, 768);
+    B::seed(&device, SEED);
+    let a = Tensor::<B, 2>::random([m, k], burn::tensor::Distribution::Default, &device);
+    let w = Tensor::<B, 2>::random([k, n], burn::tensor::Distribution::Default, &device);
+    let mut group = c.benchmark_group("gemm");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+    group.bench_function(format!("{backend}/512x768x768"), |b| {
+        b.iter(|| a.clone().matmul(w.clone()).into_data())
+    });
+    group.finish();
+}
+
+fn gemm(c: &mut Criterion) {
+    gemm_on::<NdArray<f32>>(c, "ndarray");
+    gemm_on::<Flex<f32>>(c, "flex");
+}
+
+fn forward(c: &mut Criterion) {
+    forward_on::<NdArray<f32>>(c, "ndarray");
+    forward_on::<Flex<f32>>(c, "flex");
+}
+
+fn training(c: &mut Criterion) {
+    train_step_on::<Autodiff<NdArray<f32>>>(c, "ndarray");
+    train_step_on::<Autodiff<Flex<f32>>>(c, "flex");
+}
+
+criterion_group!(benches, gemm, forward, training);
+criterion_main!(benches);
