@@ -14,9 +14,15 @@
 //! | [`data`] | `polarity-data` | IMDB from the hub, aclImdb folders, CSV/parquet; subsets, splits, statistics |
 //! | [`tokenize`] | `polarity-tokenize` | tokenizer.json, truncation, bucketing, padding, prompts |
 //! | [`metrics`] | `polarity-metrics` | accuracy, per-class P/R/F1, macro-F1, confusion matrix |
+//! | [`encoder`] | `polarity-encoder` | BERT and DistilBERT classifiers, HF weights in and out |
+//! | [`llama`] | `polarity-llama` | Llama causal LMs, GGUF, LoRA adapters, label-word scoring |
+//! | [`train`] | `polarity-train` | fine-tuning with per-epoch evaluation and resumable checkpoints |
 
 pub use polarity_core::*;
 pub use polarity_data as data;
+pub use polarity_encoder as encoder;
 pub use polarity_hub as hub;
+pub use polarity_llama as llama;
 pub use polarity_metrics as metrics;
 pub use polarity_tokenize as tokenize;
+pub use polarity_train as train;
