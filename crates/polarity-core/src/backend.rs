@@ -19,8 +19,14 @@ pub type NdArrayBackend = burn::backend::NdArray<f32>;
 /// burn's flex backend (pure Rust, `gemm` crate kernels, rayon threads).
 pub type FlexBackend = burn::backend::Flex<f32>;
 
-/// The CPU backend polarity uses by default.
-pub type CpuBackend = NdArrayBackend;
+/// The CPU backend polarity uses by default: flex, the faster of burn's two pure-Rust CPU backends here.
+///
+/// Measured on 2 cores (`benches/encoder.rs`, numbers in `docs/performance.md`): flex runs its GEMM and
+/// element-wise kernels on all cores (rayon) and is about 2x faster than ndarray on a 512x768x768
+/// matmul and 1.5-1.6x faster on a MiniLM / BERT-base forward pass; the workspace builds burn without
+/// default features, which leaves burn-ndarray single-threaded. Both give the same MiniLM logits
+/// (`tests/cpu_backends.rs`: max |diff| ~4e-8, and both match transformers within 1e-4).
+pub type CpuBackend = FlexBackend;
 
 /// The NVIDIA GPU backend (burn-cuda, through CubeCL).
 #[cfg(feature = "cuda")]
@@ -52,7 +58,7 @@ pub fn default_device() -> Result<Device<DefaultBackend>, CoreError> {
 
 /// A short human-readable name of [`DefaultBackend`], for reports.
 pub fn default_backend_name() -> &'static str {
-    if cfg!(feature = "cuda") { "cuda" } else { "ndarray (cpu)" }
+    if cfg!(feature = "cuda") { "cuda" } else { "flex (cpu)" }
 }
 
 #[cfg(feature = "cuda")]
