@@ -122,7 +122,12 @@ fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
     drop(model);
     let batch = review_batch::<B>(8, 128, &device).tokens;
     bench_forward(&mut group, &format!("bert_base_random/{backend}/b8_s128"), &bert_base::<B>(&device), batch.clone());
-    bench_forward(&mut group, &format!("distilbert_base_random/{backend}/b8_s128"), &distilbert_base::<B>(&device), batch);
+    bench_forward(
+        &mut group,
+        &format!("distilbert_base_random/{backend}/b8_s128"),
+        &distilbert_base::<B>(&device),
+        batch,
+    );
     group.finish();
 }
 
@@ -166,9 +171,7 @@ fn gemm_on<B: Backend>(c: &mut Criterion, backend: &str) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
     group.throughput(Throughput::Elements((2 * m * k * n) as u64));
-    group.bench_function(format!("{backend}/512x768x768"), |b| {
-        b.iter(|| a.clone().matmul(w.clone()).into_data())
-    });
+    group.bench_function(format!("{backend}/512x768x768"), |b| b.iter(|| a.clone().matmul(w.clone()).into_data()));
     group.finish();
 }
 

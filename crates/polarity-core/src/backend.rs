@@ -21,11 +21,12 @@ pub type FlexBackend = burn::backend::Flex<f32>;
 
 /// The CPU backend polarity uses by default: flex, the faster of burn's two pure-Rust CPU backends here.
 ///
-/// Measured on 2 cores (`benches/encoder.rs`, numbers in `docs/performance.md`): flex runs its GEMM and
-/// element-wise kernels on all cores (rayon) and is about 2x faster than ndarray on a 512x768x768
-/// matmul and 1.5-1.6x faster on a MiniLM / BERT-base forward pass; the workspace builds burn without
-/// default features, which leaves burn-ndarray single-threaded. Both give the same MiniLM logits
-/// (`tests/cpu_backends.rs`: max |diff| ~4e-8, and both match transformers within 1e-4).
+/// Measured on 2 cores (`benches/encoder.rs`, numbers in `docs/performance.md`): flex runs its GEMM on
+/// all cores (rayon) and is about 2x faster than ndarray on a 512x768x768 matmul, 1.5-1.85x faster on
+/// MiniLM / BERT-base / DistilBERT forward passes and 1.4x faster on a MiniLM training step; the
+/// workspace builds burn without default features, which leaves burn-ndarray single-threaded. Both
+/// give the same MiniLM logits (`tests/cpu_backends.rs`: max |diff| ~4e-8, and both match
+/// transformers within 1e-4).
 pub type CpuBackend = FlexBackend;
 
 /// The NVIDIA GPU backend (burn-cuda, through CubeCL).
