@@ -48,7 +48,9 @@
 //! }
 //! ```
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -184,17 +186,7 @@ struct Results<'a> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(&Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main_with(|| run(&Args::parse()))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
@@ -203,13 +195,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // The fresh classification head is drawn from the backend's RNG.
     TrainBackend::seed(&device, args.seed);
 
-    let load = |split: Split, size: usize| -> anyhow::Result<_> {
-        let data =
-            hub::load_split(&args.dataset, split).with_context(|| format!("loading {} {split}", args.dataset))?;
-        data.balanced_subset(size, args.seed).with_context(|| format!("drawing {size} balanced {split} reviews"))
-    };
-    let train_set = load(Split::Train, args.train_size)?;
-    let test_set = load(Split::Test, args.test_size)?;
+    let train_set = common::balanced_split(&args.dataset, Split::Train, args.train_size, args.seed)?;
+    let test_set = common::balanced_split(&args.dataset, Split::Test, args.test_size, args.seed)?;
 
     let tokenizer = HfTokenizer::from_pretrained(&args.model, args.max_length)
         .with_context(|| format!("loading the tokenizer of {}", args.model))?;
@@ -363,16 +350,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             report,
             history: &outcome.history,
         };
-        write_json(path, &results)?;
+        common::write_json(path, &results)?;
         println!("results written to   {}", path.display());
     }
     Ok(())
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let json = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
 }

@@ -145,9 +145,51 @@ pub enum LlamaError {
     #[error("invalid GGUF file: {0}")]
     GgufInvalid(String),
 
+    /// A matrix whose rows are not a whole number of quantisation blocks (NF4 blocks of 64 values, or
+    /// the GGUF type's blocks): blocks must not straddle rows, so rows can be permuted and dequantised
+    /// independently.
+    #[error("cannot store a [{rows}, {cols}] matrix as {format}: in_features {cols} is not a multiple of the block size {block_size}")]
+    QuantBlockSize {
+        /// The storage format (`NF4`, `Q4_1`, ...).
+        format: String,
+        /// Output features (rows).
+        rows: usize,
+        /// Input features (values per row).
+        cols: usize,
+        /// Values per block.
+        block_size: usize,
+    },
+    /// Quantised data whose length does not match the matrix shape.
+    #[error("a [{rows}, {cols}] {format} matrix needs {expected} {unit}, got {found}")]
+    QuantDataLength {
+        /// The storage format (`NF4`, `Q4_1`, ...).
+        format: String,
+        /// Output features (rows).
+        rows: usize,
+        /// Input features (values per row).
+        cols: usize,
+        /// `bytes` or `values`.
+        unit: &'static str,
+        /// How many the shape needs.
+        expected: usize,
+        /// How many were given.
+        found: usize,
+    },
+    /// A NaN or infinite weight, which has no NF4 code (its block's absmax scale would be meaningless).
+    #[error("cannot quantise a non-finite weight: value {index} is {value}")]
+    QuantNonFinite {
+        /// The row-major index of the value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+
     /// Building or running a tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A review could not be turned into a prompt (template too long for the maximum length, ...).
+    #[error("prompt: {0}")]
+    Prompt(#[from] polarity_tokenize::TokenizeError),
     /// A label word that is not a single token of the tokenizer.
     #[error("label word {word:?} is {count} tokens ({ids:?}); label-word scoring needs exactly one")]
     LabelWordNotSingleToken {

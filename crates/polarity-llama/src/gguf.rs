@@ -677,8 +677,17 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], n_elements: usize) -> Resul
             bytes.len()
         )));
     }
-    let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     let mut out = Vec::with_capacity(n_elements);
+    decode_blocks(ggml_type, bytes, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the values of the whole `ggml_type` blocks in `bytes` to `out` (a trailing partial block is
+/// ignored; [`dequantize`] checks sizes first). Generic over the sink so that
+/// [`QuantizedMatrix`](crate::quant::QuantizedMatrix) can decode rows straight into a preallocated slice.
+pub(crate) fn decode_blocks(ggml_type: GgmlType, bytes: &[u8], out: &mut impl Extend<f32>) -> Result<(), LlamaError> {
+    let block_bytes = ggml_type.block_bytes();
+    let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     let blocks = bytes.chunks_exact(block_bytes);
     match ggml_type {
         GgmlType::F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
@@ -711,7 +720,7 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], n_elements: usize) -> Resul
                 let d = half(&block[0..2]);
                 let high_bits = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
                 let qs = &block[6..22];
-                push_q5(&mut out, qs, high_bits, |q| (q as f32 - 16.0) * d);
+                push_q5(out, qs, high_bits, |q| (q as f32 - 16.0) * d);
             }
         }
         GgmlType::Q5_1 => {
@@ -719,7 +728,7 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], n_elements: usize) -> Resul
                 let (d, m) = (half(&block[0..2]), half(&block[2..4]));
                 let high_bits = u32::from_le_bytes([block[4], block[5], block[6], block[7]]);
                 let qs = &block[8..24];
-                push_q5(&mut out, qs, high_bits, |q| q as f32 * d + m);
+                push_q5(out, qs, high_bits, |q| q as f32 * d + m);
             }
         }
         GgmlType::Q4_K => {
@@ -759,7 +768,7 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], n_elements: usize) -> Resul
                         values[l + 64] = scale(is + 4) * q3 as f32;
                         values[l + 96] = scale(is + 6) * q4 as f32;
                     }
-                    out.extend_from_slice(&values);
+                    out.extend(values);
                 }
             }
         }
@@ -770,7 +779,7 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], n_elements: usize) -> Resul
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn bad_block(ggml_type: GgmlType) -> LlamaError {
@@ -779,7 +788,7 @@ fn bad_block(ggml_type: GgmlType) -> LlamaError {
 
 /// Appends the 32 values of a Q5 block: value `j` is nibble `j` (low nibbles, then high ones) with
 /// bit `j` of `high_bits` as its fifth bit.
-fn push_q5(out: &mut Vec<f32>, qs: &[u8], high_bits: u32, value: impl Fn(u32) -> f32) {
+fn push_q5(out: &mut impl Extend<f32>, qs: &[u8], high_bits: u32, value: impl Fn(u32) -> f32) {
     let fifth_bit = |j: usize| ((high_bits >> j) & 1) << 4;
     out.extend(qs.iter().enumerate().map(|(j, &q)| value(u32::from(q & 0x0f) | fifth_bit(j))));
     out.extend(qs.iter().enumerate().map(|(j, &q)| value(u32::from(q >> 4) | fifth_bit(j + 16))));
@@ -803,23 +812,34 @@ fn k_scale_min(j: usize, scales: &[u8; 12]) -> (u8, u8) {
 /// `reshape(heads, half, 2, cols).swapaxes(1, 2)`, which this mirrors. `heads` is the number of
 /// query heads for `q_proj` and of key/value heads for `k_proj`.
 pub fn unpermute_rope_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>, LlamaError> {
-    if heads == 0 || !rows.is_multiple_of(2 * heads) || values.len() != rows.saturating_mul(cols) {
+    if values.len() != rows.saturating_mul(cols) {
         return Err(LlamaError::GgufInvalid(format!(
             "cannot un-permute a [{rows}, {cols}] matrix ({} values) into {heads} rotary heads",
             values.len()
         )));
     }
-    let head_rows = rows / heads;
-    let half = head_rows / 2;
     let mut out = Vec::with_capacity(values.len());
-    for head in 0..heads {
-        for pair in 0..2 {
-            for i in 0..half {
-                // Row (pair, i) of the head in Hugging Face order is row (i, pair) in GGUF order.
-                let source = head * head_rows + 2 * i + pair;
-                out.extend_from_slice(&values[source * cols..(source + 1) * cols]);
-            }
-        }
+    for source in rope_unpermuted_row_order(rows, heads)? {
+        out.extend_from_slice(&values[source * cols..(source + 1) * cols]);
     }
     Ok(out)
+}
+
+/// The GGUF row that each Hugging Face row of a `q_proj`/`k_proj` weight comes from (see
+/// [`unpermute_rope_rows`]): row `r` of the un-permuted matrix is row `order[r]` of the GGUF one.
+/// Whole rows move, so quantised blocks (which never straddle rows) can be moved without decoding.
+pub fn rope_unpermuted_row_order(rows: usize, heads: usize) -> Result<Vec<usize>, LlamaError> {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
+        return Err(LlamaError::GgufInvalid(format!("cannot un-permute {rows} rows into {heads} rotary heads")));
+    }
+    let head_rows = rows / heads;
+    let half = head_rows / 2;
+    let mut order = Vec::with_capacity(rows);
+    for head in 0..heads {
+        for pair in 0..2 {
+            // Row (pair, i) of the head in Hugging Face order is row (i, pair) in GGUF order.
+            order.extend((0..half).map(|i| head * head_rows + 2 * i + pair));
+        }
+    }
+    Ok(order)
 }

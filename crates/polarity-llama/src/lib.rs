@@ -7,6 +7,8 @@
 //!   ([`Llama::from_pretrained`]), and llama.cpp GGUF files ([`Llama::from_gguf`], reader in [`gguf`]),
 //!   with the GGUF tokenizer rebuilt as a [`tokenizers::Tokenizer`] ([`LlamaTokenizer`]);
 //! - [`lora`]: PEFT-compatible LoRA adapters (attach, train only the adapters, save/load, merge);
+//! - [`quant`]: QLoRA, a frozen base kept quantised in memory (NF4, or the GGUF file's own blocks)
+//!   while the adapters train ([`Llama::quantize_frozen_base`], [`Llama::from_gguf_quantized`]);
 //! - [`scoring`]: zero-shot classification, by the next-token logits of the label words
 //!   ([`LabelWordScorer`], a [`polarity_core::ClassScorer`]) or by greedy generation with answer parsing;
 //! - [`reference`]: comparison with PyTorch/transformers reference fixtures.
@@ -39,6 +41,9 @@ pub mod gguf;
 pub mod llama;
 mod load;
 pub mod lora;
+pub mod quant;
+mod objective;
+mod prompt;
 pub mod reference;
 pub mod scoring;
 mod tokenizer;
@@ -46,6 +51,9 @@ mod tokenizer;
 pub use error::LlamaError;
 pub use llama::{IGNORE_INDEX, Llama, Llama3RopeScaling, LlamaConfig, causal_lm_loss};
 pub use load::{SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, hf_name_of_gguf_tensor, safetensors_files};
-pub use lora::{LoraAdapter, LoraConfig, LoraLinear};
-pub use scoring::{GeneratedAnswers, LabelWordScorer, LabelWords, generate_answers, parse_answer, right_padded_batch};
+pub use lora::{BaseLinear, LoraAdapter, LoraConfig, LoraLinear};
+pub use quant::{QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory};
+pub use objective::{CausalLmObjective, answer_loss};
+pub use prompt::PromptEncoder;
+pub use scoring::{GeneratedAnswers, LabelWordScorer, LabelWords, generate_answers, generate_answers_for_ids, parse_answer, right_padded_batch};
 pub use tokenizer::LlamaTokenizer;

@@ -17,8 +17,10 @@ use burn_store::{
 };
 use polarity_hub::RepoSource;
 
-use crate::gguf::{GgufFile, GgufTensor, unpermute_rope_rows};
-use crate::llama::{Llama, Llama3RopeScaling, LlamaConfig};
+use crate::gguf::{GgmlType, GgufFile, GgufTensor, unpermute_rope_rows};
+use crate::llama::{Llama, Llama3RopeScaling, LlamaConfig, LlamaModel};
+use crate::lora::{BaseLinear, LoraLinear};
+use crate::quant::{QuantizedLinear, QuantizedMatrix};
 use crate::{LlamaError, LlamaTokenizer};
 
 /// The single-file checkpoint name transformers writes.
@@ -121,7 +123,8 @@ pub(crate) fn apply_checkpoint<B: Backend, M: Module<B>>(
     }
 
     let snapshots = found.into_values().map(as_f32).collect();
-    let result = module.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), false);
+    // skip_enum_variants: `…q_proj.base_layer.weight` reaches `BaseLinear::Dense`'s weight.
+    let result = module.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), true);
     if let Some(error) = result.errors.first() {
         let path = match error {
             ApplyError::ShapeMismatch { path, .. }
@@ -165,12 +168,17 @@ struct ParamShapes {
 
 impl<B: Backend> ModuleVisitor<B> for ParamShapes {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.to_string());
+        // Enum variants (`BaseLinear::Dense`) are not part of checkpoint paths (see `apply_checkpoint`).
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
         self.containers.push(container_type.to_string());
     }
 
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
         self.containers.pop();
     }
 
@@ -244,17 +252,56 @@ impl<B: Backend> Llama<B> {
 
     /// Loads a llama.cpp GGUF file: the model (dequantised to f32) and its tokenizer.
     pub fn from_gguf(path: &Path, device: &B::Device) -> Result<(Self, LlamaTokenizer), LlamaError> {
+        Self::open_gguf(path, device, GgufProjections::Dequantized)
+    }
+
+    /// Loads a llama.cpp GGUF file for QLoRA: the seven projections of every layer keep their GGUF
+    /// blocks (`Q4_1`, `Q8_0`, ...) as [`QuantizedMatrix`]es, dequantised on use; embeddings, norms and
+    /// the head are dequantised to f32 as in [`from_gguf`](Self::from_gguf). The logits are those of
+    /// [`from_gguf`](Self::from_gguf) (the same blocks, decoded by the same code). Projections stored
+    /// as F32 in the file load dense (there is nothing to save).
+    pub fn from_gguf_quantized(path: &Path, device: &B::Device) -> Result<(Self, LlamaTokenizer), LlamaError> {
+        Self::open_gguf(path, device, GgufProjections::Quantized)
+    }
+
+    fn open_gguf(
+        path: &Path,
+        device: &B::Device,
+        projections: GgufProjections,
+    ) -> Result<(Self, LlamaTokenizer), LlamaError> {
         let gguf = GgufFile::open(path)?;
         let config = LlamaConfig::from_gguf(&gguf)?;
         let tokenizer = LlamaTokenizer::from_gguf(&gguf)?;
-        let model = config.init(device)?.load_gguf(&gguf, &config, &path.display().to_string())?;
+        let model = config.init(device)?.load_gguf_tensors(&gguf, &config, &path.display().to_string(), projections)?;
         Ok((model, tokenizer))
     }
 
     /// Loads the tensors of a parsed GGUF file into this model (built from `config`, typically
     /// [`LlamaConfig::from_gguf`]). Tensors are dequantised lazily, one at a time, as they are applied.
     pub fn load_gguf(self, gguf: &GgufFile, config: &LlamaConfig, source_name: &str) -> Result<Self, LlamaError> {
+        self.load_gguf_tensors(gguf, config, source_name, GgufProjections::Dequantized)
+    }
+
+    /// [`load_gguf`](Self::load_gguf), keeping the projections' GGUF blocks quantised (see
+    /// [`from_gguf_quantized`](Self::from_gguf_quantized)).
+    pub fn load_gguf_quantized(
+        self,
+        gguf: &GgufFile,
+        config: &LlamaConfig,
+        source_name: &str,
+    ) -> Result<Self, LlamaError> {
+        self.load_gguf_tensors(gguf, config, source_name, GgufProjections::Quantized)
+    }
+
+    fn load_gguf_tensors(
+        self,
+        gguf: &GgufFile,
+        config: &LlamaConfig,
+        source_name: &str,
+        projections: GgufProjections,
+    ) -> Result<Self, LlamaError> {
         let mut tensors = Vec::new();
+        let mut quantized = BTreeMap::new();
         for info in &gguf.tensors {
             let Some(hf_name) = hf_name_of_gguf_tensor(&info.name)? else {
                 tracing::warn!(gguf = source_name, tensor = %info.name, "GGUF tensor has no Llama counterpart; ignored");
@@ -275,11 +322,85 @@ impl<B: Backend> Llama<B> {
             } else {
                 None
             };
-            tensors.push(gguf_snapshot(tensor, &hf_name, rope_heads));
+            let keep_blocks = projections == GgufProjections::Quantized
+                && hf_name.ends_with("_proj.weight")
+                && info.dims.len() == 2
+                && info.ggml_type != GgmlType::F32;
+            if keep_blocks {
+                quantized.insert(hf_name, gguf_matrix(&tensor, rope_heads)?);
+            } else {
+                tensors.push(gguf_snapshot(tensor, &hf_name, rope_heads));
+            }
         }
+        let model = if quantized.is_empty() { self } else { self.with_quantized_projections(quantized, source_name)? };
         let (tensors, _) = hf_key_remapper().remap(tensors);
         let checkpoint = Checkpoint { name: source_name.to_string(), tensors, checkpoint_name: hf_key };
-        apply_checkpoint(self, checkpoint, Part::Base).map(|(model, _unused)| model)
+        apply_checkpoint(model, checkpoint, Part::Base).map(|(model, _unused)| model)
+    }
+
+    /// Replaces the base weight of every projection named in `matrices` (Hugging Face names,
+    /// `model.layers.0.self_attn.q_proj.weight`) by its quantised matrix, keeping the bias. Matrices
+    /// that match no projection are logged and dropped, like unused checkpoint tensors.
+    fn with_quantized_projections(
+        self,
+        mut matrices: BTreeMap<String, QuantizedMatrix>,
+        source_name: &str,
+    ) -> Result<Self, LlamaError> {
+        let Llama { model, lm_head } = self;
+        let layers = model
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(index, layer)| {
+                layer.try_map_projections(|name, projection| {
+                    let key = format!("model.layers.{index}.{name}.weight");
+                    let Some(matrix) = matrices.remove(&key) else { return Ok(projection) };
+                    let [d_input, d_output] = projection.dims();
+                    if matrix.dims() != [d_output, d_input] {
+                        return Err(LlamaError::ShapeMismatch {
+                            source_name: source_name.to_string(),
+                            tensor: key,
+                            expected: vec![d_output, d_input],
+                            found: matrix.dims().to_vec(),
+                        });
+                    }
+                    let bias = projection.base_layer.bias().cloned();
+                    Ok(LoraLinear {
+                        base_layer: BaseLinear::Quantized(QuantizedLinear::new(matrix, bias)?),
+                        ..projection
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>, LlamaError>>()?;
+        for tensor in matrices.keys() {
+            tracing::warn!(checkpoint = %source_name, tensor, "checkpoint tensor matches no model parameter; ignored");
+        }
+        Ok(Llama { model: LlamaModel { layers, ..model }, lm_head })
+    }
+}
+
+/// Whether the GGUF loader decodes the projection weights to f32 or keeps their blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GgufProjections {
+    Dequantized,
+    Quantized,
+}
+
+/// A GGUF matrix kept in its blocks, its rows un-permuted when `rope_heads` says so (q/k).
+fn gguf_matrix(tensor: &GgufTensor, rope_heads: Option<usize>) -> Result<QuantizedMatrix, LlamaError> {
+    let &[rows, cols] = tensor.info.shape().as_slice() else {
+        return Err(LlamaError::GgufInvalid(format!("tensor {:?} is not a matrix", tensor.info.name)));
+    };
+    let matrix =
+        QuantizedMatrix::from_gguf_blocks(tensor.info.ggml_type, tensor.bytes(), rows, cols).map_err(|e| match e {
+            LlamaError::GgufUnsupportedTensorType { ggml_type, .. } => {
+                LlamaError::GgufUnsupportedTensorType { tensor: tensor.info.name.clone(), ggml_type }
+            }
+            other => other,
+        })?;
+    match rope_heads {
+        Some(heads) => matrix.unpermute_rope_rows(heads),
+        None => Ok(matrix),
     }
 }
 

@@ -14,11 +14,17 @@
 //! (`adapter_config.json` and `adapter_model.safetensors` with keys such as
 //! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`), and can be merged into the
 //! base weights ([`Llama::merge_lora`]).
+//!
+//! QLoRA: the frozen base of a projection ([`BaseLinear`]) is either a dense [`Linear`] or a
+//! [`QuantizedLinear`] (NF4 from [`Llama::quantize_frozen_base`], GGUF blocks from
+//! [`Llama::from_gguf_quantized`]); adapters attach, train, save and load the same way on both. The
+//! base's checkpoint keys are the same for both kinds (`…q_proj.base_layer.weight`): burn-store is
+//! told to leave enum variant names out of module paths.
 
 use std::path::Path;
 
 use burn::config::Config;
-use burn::module::{Initializer, Module};
+use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -29,6 +35,7 @@ use serde::Deserialize;
 use crate::LlamaError;
 use crate::llama::{Llama, LlamaModel};
 use crate::load::{Checkpoint, Part, apply_checkpoint, read_safetensors};
+use crate::quant::QuantizedLinear;
 
 /// The projections of a Llama layer that can carry an adapter, as PEFT names them.
 pub const LLAMA_TARGET_MODULES: [&str; 7] =
@@ -200,10 +207,78 @@ impl LoraConfig {
 /// A linear layer with an optional LoRA update; the base layer is frozen once an adapter is attached.
 #[derive(Module, Debug)]
 pub struct LoraLinear<B: Backend> {
-    /// The pre-trained projection.
-    pub base_layer: Linear<B>,
+    /// The pre-trained projection, dense or quantised.
+    pub base_layer: BaseLinear<B>,
     /// The low-rank update, if any.
     pub adapter: Option<LoraAdapter<B>>,
+}
+
+/// The pre-trained projection under a LoRA adapter: dense f32 (trainable until an adapter freezes it)
+/// or quantised (always frozen: QLoRA).
+///
+/// Module paths name the variant (`base_layer.Dense.weight`) for burn's own visitors; this crate's
+/// checkpoint code leaves variant names out (burn-store's `skip_enum_variants`), so the keys stay
+/// Hugging Face's and PEFT's (`q_proj.weight` ↔ `q_proj.base_layer.weight`).
+#[derive(Module, Debug)]
+pub enum BaseLinear<B: Backend> {
+    /// A dense [`Linear`] (burn layout, weight `[in, out]`).
+    Dense(Linear<B>),
+    /// A quantised weight dequantised on use.
+    Quantized(QuantizedLinear<B>),
+}
+
+impl<B: Backend> From<Linear<B>> for BaseLinear<B> {
+    fn from(layer: Linear<B>) -> Self {
+        BaseLinear::Dense(layer)
+    }
+}
+
+impl<B: Backend> From<QuantizedLinear<B>> for BaseLinear<B> {
+    fn from(layer: QuantizedLinear<B>) -> Self {
+        BaseLinear::Quantized(layer)
+    }
+}
+
+impl<B: Backend> BaseLinear<B> {
+    /// `[..., in] -> [..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            BaseLinear::Dense(layer) => layer.forward(x),
+            BaseLinear::Quantized(layer) => layer.forward(x),
+        }
+    }
+
+    /// `[in_features, out_features]` (burn's layout of a linear weight).
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            BaseLinear::Dense(layer) => layer.weight.lazy_shape().dims(),
+            BaseLinear::Quantized(layer) => layer.dims(),
+        }
+    }
+
+    /// The dense layer, if the base is not quantised.
+    pub fn as_dense(&self) -> Option<&Linear<B>> {
+        match self {
+            BaseLinear::Dense(layer) => Some(layer),
+            BaseLinear::Quantized(_) => None,
+        }
+    }
+
+    /// The quantised layer, if the base is quantised.
+    pub fn as_quantized(&self) -> Option<&QuantizedLinear<B>> {
+        match self {
+            BaseLinear::Dense(_) => None,
+            BaseLinear::Quantized(layer) => Some(layer),
+        }
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Param<Tensor<B, 1>>> {
+        match self {
+            BaseLinear::Dense(layer) => layer.bias.as_ref(),
+            BaseLinear::Quantized(layer) => layer.bias.as_ref(),
+        }
+    }
 }
 
 /// The low-rank update `lora_B(lora_A(dropout(x))) * scaling`.
@@ -220,9 +295,9 @@ pub struct LoraAdapter<B: Backend> {
 }
 
 impl<B: Backend> LoraLinear<B> {
-    /// A layer without adapter.
-    pub fn new(base_layer: Linear<B>) -> Self {
-        Self { base_layer, adapter: None }
+    /// A layer without adapter, over a dense [`Linear`] or a [`QuantizedLinear`].
+    pub fn new(base_layer: impl Into<BaseLinear<B>>) -> Self {
+        Self { base_layer: base_layer.into(), adapter: None }
     }
 
     /// `[..., in] -> [..., out]`.
@@ -235,20 +310,20 @@ impl<B: Backend> LoraLinear<B> {
 
     /// `[in_features, out_features]`.
     pub fn dims(&self) -> [usize; 2] {
-        self.base_layer.weight.lazy_shape().dims()
+        self.base_layer.dims()
     }
 
-    /// Freezes the base layer and attaches a fresh adapter (`lora_A` random, `lora_B` zero).
-    pub fn with_new_adapter(self, config: &LoraConfig) -> Self {
+    /// Freezes the base layer and attaches a fresh adapter (`lora_A` random, `lora_B` zero) on
+    /// `device` (the model's device: a quantised base lives on the host and has none of its own).
+    pub fn with_new_adapter(self, config: &LoraConfig, device: &B::Device) -> Self {
         let [d_input, d_output] = self.dims();
-        let device = self.base_layer.weight.lazy_device();
         let adapter = LoraAdapter {
             // nn.Linear's (and PEFT's) kaiming_uniform(a = sqrt(5)) is burn's default Linear init.
-            lora_a: LinearConfig::new(d_input, config.r).with_bias(false).init(&device),
+            lora_a: LinearConfig::new(d_input, config.r).with_bias(false).init(device),
             lora_b: LinearConfig::new(config.r, d_output)
                 .with_bias(false)
                 .with_initializer(Initializer::Zeros)
-                .init(&device),
+                .init(device),
             dropout: DropoutConfig::new(config.lora_dropout).init(),
             scaling: config.scaling(),
         };
@@ -256,17 +331,29 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// The layer with its adapter folded into the base weight (`W + scaling * B A`), without adapter.
+    ///
+    /// A quantised base is dequantised and merged into a **dense f32** base, exactly (the merged layer
+    /// computes what base + adapter computed). It is not re-quantised: rounding the merged weight back
+    /// to 4 bits would mostly round the small LoRA update away (PEFT warns about this when it merges
+    /// into bitsandbytes 4-bit layers); call [`Llama::quantize_frozen_base`] afterwards to trade that
+    /// accuracy for memory explicitly. A quantised base without adapter stays quantised.
     pub fn merged(self) -> Self {
         let Some(adapter) = self.adapter else { return self };
         let delta = adapter.delta_weight().detach();
-        let base_layer = Linear {
-            weight: self.base_layer.weight.map(|weight| {
-                let require_grad = weight.is_require_grad();
-                (weight + delta).detach().set_require_grad(require_grad)
-            }),
-            bias: self.base_layer.bias,
+        let base_layer = match self.base_layer {
+            BaseLinear::Dense(layer) => Linear {
+                weight: layer.weight.map(|weight| {
+                    let require_grad = weight.is_require_grad();
+                    (weight + delta).detach().set_require_grad(require_grad)
+                }),
+                bias: layer.bias,
+            },
+            BaseLinear::Quantized(layer) => {
+                let weight = layer.dequantized_weight(&delta.device()) + delta;
+                Linear { weight: Param::from_tensor(weight.detach()).set_require_grad(false), bias: layer.bias }
+            }
         };
-        Self { base_layer, adapter: None }
+        Self { base_layer: BaseLinear::Dense(base_layer), adapter: None }
     }
 }
 
@@ -311,12 +398,15 @@ fn peft_key(module_path: &str) -> String {
 
 impl<B: Backend> Llama<B> {
     /// Freezes every parameter of the model and attaches fresh adapters to the projections that
-    /// `config` targets, in every layer. Only the adapters are trainable afterwards.
+    /// `config` targets, in every layer. Only the adapters are trainable afterwards. Works the same on a
+    /// quantised base (QLoRA: [`Llama::quantize_frozen_base`], [`Llama::from_gguf_quantized`]); the
+    /// adapters are created on the device of the token embeddings.
     pub fn with_lora(self, config: &LoraConfig) -> Result<Self, LlamaError> {
         config.validate()?;
         if !self.lora_adapters().is_empty() {
             return Err(LlamaError::InvalidConfig("the model already has LoRA adapters (merge them first)".into()));
         }
+        let device = self.model.embed_tokens.weight.lazy_device();
         let Llama { model, lm_head } = self.no_grad();
         let layers = model
             .layers
@@ -324,7 +414,7 @@ impl<B: Backend> Llama<B> {
             .map(|layer| {
                 layer.try_map_projections(|name, projection| {
                     Ok::<_, LlamaError>(if config.targets(name) {
-                        projection.with_new_adapter(config)
+                        projection.with_new_adapter(config, &device)
                     } else {
                         projection
                     })
@@ -334,7 +424,8 @@ impl<B: Backend> Llama<B> {
         Ok(Llama { model: LlamaModel { layers, ..model }, lm_head })
     }
 
-    /// The model with every adapter merged into its base weights (and removed).
+    /// The model with every adapter merged into its base weights (and removed). A quantised base with
+    /// an adapter becomes a dense f32 base (see [`LoraLinear::merged`]).
     pub fn merge_lora(self) -> Self {
         let Llama { model, lm_head } = self;
         let layers = model
@@ -398,6 +489,7 @@ impl<B: Backend> Llama<B> {
         let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
         let mut store = SafetensorsStore::from_file(weights_path.clone())
             .with_regex(r"\.adapter\.")
+            .skip_enum_variants(true)
             .remap(module_to_peft_remapper())
             .with_to_adapter(BurnToPyTorchAdapter)
             .clear_metadata()

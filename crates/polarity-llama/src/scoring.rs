@@ -173,7 +173,19 @@ pub fn generate_answers<B: Backend>(
     device: &B::Device,
 ) -> Result<GeneratedAnswers, LlamaError> {
     let encoded = prompts.iter().map(|prompt| tokenizer.encode(prompt)).collect::<Result<Vec<_>, _>>()?;
-    let generated = model.generate_greedy(&encoded, max_new_tokens, tokenizer.eos_token_id, device);
+    generate_answers_for_ids(model, tokenizer, &encoded, max_new_tokens, device)
+}
+
+/// [`generate_answers`] for prompts already tokenized (say by a
+/// [`PromptEncoder`](crate::PromptEncoder), which shortens long reviews).
+pub fn generate_answers_for_ids<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &LlamaTokenizer,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    device: &B::Device,
+) -> Result<GeneratedAnswers, LlamaError> {
+    let generated = model.generate_greedy(prompts, max_new_tokens, tokenizer.eos_token_id, device);
     let mut texts = Vec::with_capacity(generated.len());
     for tokens in &generated {
         let answer: Vec<u32> = tokens.iter().copied().filter(|&t| Some(t) != tokenizer.eos_token_id).collect();

@@ -4,7 +4,7 @@
 use burn::backend::NdArray;
 use burn::tensor::f16;
 use polarity_llama::gguf::{GgmlType, GgufFile, GgufValue, dequantize, unpermute_rope_rows};
-use polarity_llama::{Llama, LlamaConfig, LlamaError, hf_name_of_gguf_tensor};
+use polarity_llama::{Llama, LlamaConfig, LlamaError, QuantFormat, hf_name_of_gguf_tensor};
 
 /// A metadata value as it is written.
 enum Value {
@@ -460,9 +460,52 @@ fn builds_a_llama_from_gguf_metadata_and_tensors() {
         // The q_proj weight is the GGUF matrix with its rows un-permuted, in burn's [in, out] layout.
         let gguf_q = file.tensor("blk.0.attn_q.weight").unwrap().to_f32().unwrap();
         let expected = unpermute_rope_rows(&gguf_q, 32, 32, 4).unwrap();
-        let ours = model.model.layers[0].self_attn.q_proj.base_layer.weight.val().transpose().into_data();
+        let ours =
+            model.model.layers[0].self_attn.q_proj.base_layer.as_dense().unwrap().weight.val().transpose().into_data();
         assert_eq!(ours.to_vec::<f32>().unwrap(), expected);
     }
+}
+
+#[test]
+fn quantised_gguf_loading_keeps_the_projection_blocks() {
+    use burn::prelude::*;
+
+    let file = GgufFile::from_bytes(tiny_llama_gguf(None, 8)).unwrap();
+    let config = LlamaConfig::from_gguf(&file).unwrap();
+    let device = Default::default();
+    let dense = config.init::<NdArray>(&device).unwrap().load_gguf(&file, &config, "tiny.gguf").unwrap();
+    let quantized = config.init::<NdArray>(&device).unwrap().load_gguf_quantized(&file, &config, "tiny.gguf").unwrap();
+
+    // The Q8_0 q_proj keeps its blocks (rows un-permuted on the bytes); F32 projections load dense.
+    let attention = &quantized.model.layers[0].self_attn;
+    let q_proj = attention.q_proj.base_layer.as_quantized().expect("the Q8_0 q_proj stays quantised");
+    assert_eq!(q_proj.matrix.format(), QuantFormat::Gguf(GgmlType::Q8_0));
+    assert_eq!(q_proj.matrix.stored_bytes(), 32 * 34);
+    assert!(attention.k_proj.base_layer.as_dense().is_some(), "F32 projections have nothing to save");
+    let expected = dense.model.layers[0].self_attn.q_proj.base_layer.as_dense().unwrap().weight.val();
+    assert_eq!(
+        q_proj.dequantized_weight(&device).into_data().to_vec::<f32>().unwrap(),
+        expected.into_data().to_vec::<f32>().unwrap()
+    );
+    let memory = quantized.weight_memory();
+    assert_eq!(
+        (memory.quantized_matrices, memory.quantized_bytes, memory.quantized_f32_bytes),
+        (1, 32 * 34, 32 * 32 * 4)
+    );
+
+    let ids = Tensor::<NdArray, 2, Int>::from_data([[1, 5, 2, 7]], &device);
+    let ours = quantized.forward(ids.clone(), None).into_data().to_vec::<f32>().unwrap();
+    let reference = dense.forward(ids, None).into_data().to_vec::<f32>().unwrap();
+    assert_eq!(ours, reference);
+
+    // A config whose q_proj is wider than the file's: a shape mismatch naming the tensor.
+    let wide = LlamaConfig { head_dim: Some(16), ..config };
+    let err = wide.init::<NdArray>(&device).unwrap().load_gguf_quantized(&file, &wide, "tiny.gguf").unwrap_err();
+    assert!(
+        matches!(&err, LlamaError::ShapeMismatch { tensor, expected, found, .. }
+            if tensor == "model.layers.0.self_attn.q_proj.weight" && expected == &[64, 32] && found == &[32, 32]),
+        "{err:?}"
+    );
 }
 
 #[test]

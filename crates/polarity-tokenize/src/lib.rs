@@ -31,4 +31,4 @@ pub use batcher::{PaddingBatcher, TokenizedExample};
 pub use encode::{Encode, HfTokenizer, TokenIds};
 pub use error::TokenizeError;
 pub use order::{BatchOrder, InOrder, LengthBucketed, Shuffled, padding_fraction};
-pub use prompt::{PromptTemplate, label_word_ids};
+pub use prompt::{DEFAULT_TEMPLATE, PromptTemplate, label_word_ids};
