@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::{ModuleVisitor, Param, ParamId};
+use polarity_core::params::{EnumVariants, float_params};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
@@ -182,12 +183,12 @@ struct ExpectedParameter {
 }
 
 fn expected_parameters<B: Backend, M: Module<B>>(model: &M, naming: &ParameterNaming) -> Vec<ExpectedParameter> {
-    let mut lister = ParameterLister::default();
-    model.visit(&mut lister);
-    lister
-        .found
+    float_params::<B, M>(model, EnumVariants::Keep)
         .into_iter()
-        .map(|(path, module_type, shape)| {
+        .map(|param| {
+            let path = param.name();
+            let module_type = param.module_type().to_string();
+            let shape = param.shape;
             let mut segments: Vec<&str> = path.split('.').collect();
             let param = segments.pop().unwrap_or_default();
             let transposed = module_type == "Struct:Linear" && param == "weight";
@@ -207,38 +208,6 @@ fn expected_parameters<B: Backend, M: Module<B>>(model: &M, naming: &ParameterNa
             ExpectedParameter { path, hf_name, hf_shape, transposed }
         })
         .collect()
-}
-
-/// Lists every float parameter with its path, owning module type and shape, without initialising
-/// lazy parameters (burn-store's `collect` reads values, which would draw every random weight).
-#[derive(Default)]
-struct ParameterLister {
-    path: Vec<String>,
-    containers: Vec<String>,
-    found: Vec<(String, String, Vec<usize>)>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for ParameterLister {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.to_string());
-        self.containers.push(container_type.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-        self.containers.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let module_type = self
-            .containers
-            .iter()
-            .rev()
-            .find(|c| c.starts_with("Struct:") || c.starts_with("Enum:"))
-            .cloned()
-            .unwrap_or_default();
-        self.found.push((self.path.join("."), module_type, param.lazy_shape().to_vec()));
-    }
 }
 
 fn hf_segment<'a>(naming: &ParameterNaming, segment: &'a str) -> &'a str {

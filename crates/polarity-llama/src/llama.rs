@@ -28,9 +28,10 @@ use burn::config::Config;
 use burn::module::{AutodiffModule, Initializer, Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::linear;
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
 
 use crate::LlamaError;
@@ -611,10 +612,11 @@ impl<B: Backend> LlamaAttention<B> {
         let groups = self.num_heads / self.num_key_value_heads;
         let (key, value) = (repeat_kv(key, groups), repeat_kv(value, groups));
 
-        let scores = query.matmul(key.swap_dims(2, 3)).mul_scalar((self.head_dim as f64).powf(-0.5));
-        // Filling (rather than adding -inf) keeps every row finite even if it were fully masked.
-        let scores = scores.mask_fill(blocked.expand([batch, self.num_heads, seq_len, seq_len]), f32::MIN);
-        let context = softmax(scores, 3).matmul(value); // [batch, heads, seq, head_dim]
+        // burn's attention op: fused on backends that have a kernel (flex: scores, mask and softmax
+        // in one pass per head), the plain matmul-softmax-matmul graph elsewhere (and under autodiff).
+        // With right padding every query sees key 0, so no row is fully masked.
+        let mask = blocked.expand([batch, self.num_heads, seq_len, seq_len]);
+        let context = attention(query, key, value, Some(mask), None, AttentionModuleOptions::default()); // [batch, heads, seq, head_dim]
         let context = context.swap_dims(1, 2).reshape([batch, seq_len, self.num_heads * self.head_dim]);
         self.o_proj.forward(context)
     }

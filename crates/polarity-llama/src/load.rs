@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ParamId};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_store::{
     ApplyError, KeyRemapper, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
 };
+use polarity_core::params::{EnumVariants, float_params};
 use polarity_hub::RepoSource;
 
 use crate::gguf::{GgmlType, GgufFile, GgufTensor, unpermute_rope_rows};
@@ -82,10 +83,12 @@ pub(crate) fn apply_checkpoint<B: Backend, M: Module<B>>(
     part: Part,
 ) -> Result<(M, Vec<String>), LlamaError> {
     let Checkpoint { name: source_name, tensors, checkpoint_name } = checkpoint;
-    let mut expected = ParamShapes::default();
-    module.visit(&mut expected);
-    let expected: BTreeMap<String, Vec<usize>> =
-        expected.params.into_iter().filter(|(path, _)| part.covers(path)).collect();
+    // Enum variants (`BaseLinear::Dense`) are not part of checkpoint paths.
+    let expected: BTreeMap<String, Vec<usize>> = float_params::<B, M>(&module, EnumVariants::Skip)
+        .into_iter()
+        .map(|param| (param.name(), param.pytorch_shape()))
+        .filter(|(path, _)| part.covers(path))
+        .collect();
 
     let mut found: BTreeMap<String, TensorSnapshot> = BTreeMap::new();
     let mut unused = Vec::new();
@@ -155,41 +158,6 @@ fn as_f32(snapshot: TensorSnapshot) -> TensorSnapshot {
         snapshot.container_stack.clone().unwrap_or_default(),
         snapshot.tensor_id.unwrap_or_default(),
     )
-}
-
-/// The float parameters of a module: module path and shape in PyTorch layout, read without
-/// materialising lazily initialised parameters.
-#[derive(Default)]
-struct ParamShapes {
-    path: Vec<String>,
-    containers: Vec<String>,
-    params: Vec<(String, Vec<usize>)>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for ParamShapes {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        // Enum variants (`BaseLinear::Dense`) are not part of checkpoint paths (see `apply_checkpoint`).
-        if !container_type.starts_with("Enum:") {
-            self.path.push(name.to_string());
-        }
-        self.containers.push(container_type.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.pop();
-        }
-        self.containers.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let mut shape = param.lazy_shape().to_vec();
-        // burn's Linear stores [in, out]; checkpoints store PyTorch's [out, in].
-        if D == 2 && self.containers.last().is_some_and(|c| c == "Struct:Linear") {
-            shape.reverse();
-        }
-        self.params.push((self.path.join("."), shape));
-    }
 }
 
 /// Reads safetensors files through burn-store, renaming keys with `remapper`.

@@ -301,11 +301,20 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// `[..., in] -> [..., out]`.
+    ///
+    /// The leading dimensions are folded into one first, so a batch of sequences is one large matrix
+    /// product rather than one per sequence (CPU backends re-pack the weight for each).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match &self.adapter {
+        let mut dims = x.dims();
+        let [d_input, d_output] = self.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let x = x.reshape([rows, d_input]);
+        let y = match &self.adapter {
             None => self.base_layer.forward(x),
             Some(adapter) => self.base_layer.forward(x.clone()) + adapter.forward(x),
-        }
+        };
+        dims[D - 1] = d_output;
+        y.reshape(dims)
     }
 
     /// `[in_features, out_features]`.

@@ -11,6 +11,7 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use polarity_core::params::{EnumVariants, float_params};
 
 /// One float parameter of a module.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,9 +44,13 @@ pub struct ParamGroups {
 impl ParamGroups {
     /// The groups of `module`'s float parameters.
     pub fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
-        let mut visitor = GroupVisitor { path: Vec::new(), containers: Vec::new(), groups: ParamGroups::default() };
-        module.visit(&mut visitor);
-        visitor.groups
+        let mut groups = ParamGroups::default();
+        for param in float_params::<B, M>(module, EnumVariants::Keep) {
+            let no_decay = is_no_decay(&param.path, &param.containers);
+            let info = ParamInfo { name: param.name(), id: param.id, shape: param.shape };
+            if no_decay { groups.no_decay.push(info) } else { groups.decay.push(info) }
+        }
+        groups
     }
 
     /// The ids of the parameters without weight decay.
@@ -62,33 +67,6 @@ fn is_no_decay(path: &[String], containers: &[String]) -> bool {
         segment.contains("layernorm") || segment.contains("rmsnorm") || segment == "norm" || segment.ends_with("_norm")
     });
     in_norm_module || is_bias || under_norm_layer
-}
-
-struct GroupVisitor {
-    path: Vec<String>,
-    containers: Vec<String>,
-    groups: ParamGroups,
-}
-
-impl<B: Backend> ModuleVisitor<B> for GroupVisitor {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.to_string());
-        self.containers.push(container_type.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-        self.containers.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let info = ParamInfo { name: self.path.join("."), id: param.id, shape: param.val().dims().to_vec() };
-        if is_no_decay(&self.path, &self.containers) {
-            self.groups.no_decay.push(info);
-        } else {
-            self.groups.decay.push(info);
-        }
-    }
 }
 
 struct SquaredNormVisitor<'a, B: AutodiffBackend> {
