@@ -24,6 +24,7 @@ pub mod backend;
 mod batch;
 mod error;
 mod example;
+pub mod ops;
 pub mod params;
 pub mod reference;
 mod sentiment;

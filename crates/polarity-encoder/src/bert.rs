@@ -9,6 +9,7 @@
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
+use polarity_core::ops::linear_on_rows;
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
@@ -236,9 +237,9 @@ impl<B: Backend> BertSelfAttention<B> {
     /// `[batch, seq, hidden]` -> the attended values `[batch, seq, hidden]`, before the output projection.
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let heads = self.num_attention_heads;
-        let query = split_heads(self.query.forward(hidden.clone()), heads);
-        let key = split_heads(self.key.forward(hidden.clone()), heads);
-        let value = split_heads(self.value.forward(hidden), heads);
+        let query = split_heads(linear_on_rows(&self.query, hidden.clone()), heads);
+        let key = split_heads(linear_on_rows(&self.key, hidden.clone()), heads);
+        let value = split_heads(linear_on_rows(&self.value, hidden), heads);
         merge_heads(scaled_dot_product_attention(query, key, value, bias, &self.dropout))
     }
 }
@@ -256,7 +257,7 @@ pub struct BertSelfOutput<B: Backend> {
 impl<B: Backend> BertSelfOutput<B> {
     /// `layer_norm(dropout(dense(hidden)) + residual)`.
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm.forward(self.dropout.forward(self.dense.forward(hidden)) + residual)
+        self.layer_norm.forward(self.dropout.forward(linear_on_rows(&self.dense, hidden)) + residual)
     }
 }
 
@@ -288,7 +289,7 @@ pub struct BertIntermediate<B: Backend> {
 impl<B: Backend> BertIntermediate<B> {
     /// `activation(dense(hidden))`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.activation.forward(self.dense.forward(hidden))
+        self.activation.forward(linear_on_rows(&self.dense, hidden))
     }
 }
 
@@ -305,7 +306,7 @@ pub struct BertOutput<B: Backend> {
 impl<B: Backend> BertOutput<B> {
     /// `layer_norm(dropout(dense(intermediate)) + residual)`.
     pub fn forward(&self, intermediate: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm.forward(self.dropout.forward(self.dense.forward(intermediate)) + residual)
+        self.layer_norm.forward(self.dropout.forward(linear_on_rows(&self.dense, intermediate)) + residual)
     }
 }
 
@@ -345,7 +346,7 @@ pub struct BertPooler<B: Backend> {
 impl<B: Backend> BertPooler<B> {
     /// `[batch, seq, hidden]` -> `[batch, hidden]`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
-        self.dense.forward(first_token(hidden)).tanh()
+        linear_on_rows(&self.dense, first_token(hidden)).tanh()
     }
 }
 

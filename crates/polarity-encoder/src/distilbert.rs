@@ -9,6 +9,7 @@ use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
+use polarity_core::ops::linear_on_rows;
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
@@ -227,11 +228,11 @@ pub struct MultiHeadSelfAttention<B: Backend> {
 impl<B: Backend> MultiHeadSelfAttention<B> {
     /// `[batch, seq, dim]` -> `[batch, seq, dim]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let query = split_heads(self.q_lin.forward(hidden.clone()), self.n_heads);
-        let key = split_heads(self.k_lin.forward(hidden.clone()), self.n_heads);
-        let value = split_heads(self.v_lin.forward(hidden), self.n_heads);
+        let query = split_heads(linear_on_rows(&self.q_lin, hidden.clone()), self.n_heads);
+        let key = split_heads(linear_on_rows(&self.k_lin, hidden.clone()), self.n_heads);
+        let value = split_heads(linear_on_rows(&self.v_lin, hidden), self.n_heads);
         let context = merge_heads(scaled_dot_product_attention(query, key, value, bias, &self.dropout));
-        self.out_lin.forward(context)
+        linear_on_rows(&self.out_lin, context)
     }
 }
 
@@ -249,7 +250,7 @@ pub struct Ffn<B: Backend> {
 impl<B: Backend> Ffn<B> {
     /// `dropout(lin2(activation(lin1(x))))`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dropout.forward(self.lin2.forward(self.activation.forward(self.lin1.forward(x))))
+        self.dropout.forward(linear_on_rows(&self.lin2, self.activation.forward(linear_on_rows(&self.lin1, x))))
     }
 }
 

@@ -32,6 +32,8 @@ use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, SafetensorsS
 use polarity_hub::RepoSource;
 use serde::Deserialize;
 
+use polarity_core::ops::on_rows;
+
 use crate::LlamaError;
 use crate::llama::{Llama, LlamaModel};
 use crate::load::{Checkpoint, Part, apply_checkpoint, read_safetensors};
@@ -305,16 +307,10 @@ impl<B: Backend> LoraLinear<B> {
     /// The leading dimensions are folded into one first, so a batch of sequences is one large matrix
     /// product rather than one per sequence (CPU backends re-pack the weight for each).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mut dims = x.dims();
-        let [d_input, d_output] = self.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let x = x.reshape([rows, d_input]);
-        let y = match &self.adapter {
+        on_rows(x, |x| match &self.adapter {
             None => self.base_layer.forward(x),
             Some(adapter) => self.base_layer.forward(x.clone()) + adapter.forward(x),
-        };
-        dims[D - 1] = d_output;
-        y.reshape(dims)
+        })
     }
 
     /// `[in_features, out_features]`.
