@@ -5,8 +5,6 @@ use burn::module::{Initializer, Param, ParamId};
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 /// A feed-forward activation, named as in transformers' `ACT2FN`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -101,13 +99,9 @@ pub(crate) fn scaled_dot_product_attention<B: Backend>(
     dropout: &burn::nn::Dropout,
 ) -> Tensor<B, 4> {
     let [_, _, _, head_dim] = query.dims();
+    // Not burn's fused attention op: with an additive bias, burn-flex's kernel made BERT-base inference
+    // ~25% slower here (docs/performance.md).
     let scale = (head_dim as f64).sqrt().recip();
-    if !B::ad_enabled(&query.device()) {
-        // Inference (dropout is the identity without autodiff): burn's attention op, which CPU backends
-        // fuse (scores, bias and softmax per head, heads in parallel).
-        let options = AttentionModuleOptions { scale: Some(scale), ..Default::default() };
-        return attention(query, key, value, None, Some(bias), options);
-    }
     let scores = query.matmul(key.swap_dims(2, 3)).mul_scalar(scale) + bias;
     let weights = dropout.forward(burn::tensor::activation::softmax(scores, 3));
     weights.matmul(value)
