@@ -23,6 +23,8 @@
 //! The models are slow on two cores (seconds per iteration), so every group uses flat sampling with
 //! criterion's minimum of 10 samples and short warm-up and measurement times.
 
+mod common;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -31,7 +33,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use polarity::data::{ImdbDataset, Split, hub};
 use polarity::hub::{RepoKind, RepoSource};
 use polarity::tokenize::{Encode, HfTokenizer, PaddingBatcher};
@@ -92,13 +94,6 @@ fn distilbert_base<B: Backend>(device: &B::Device) -> EncoderClassifier<B> {
     EncoderClassifier::DistilBert(DistilBertConfig::new(VOCAB, 768, 6, 12, 3072, 512).init_classifier(device))
 }
 
-fn configure(group: &mut BenchmarkGroup<'_, WallTime>, measurement_s: u64) {
-    group.sampling_mode(SamplingMode::Flat);
-    group.sample_size(10);
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(measurement_s));
-}
-
 fn bench_forward<B: Backend>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
@@ -113,7 +108,7 @@ fn bench_forward<B: Backend>(
 fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
     let device = B::Device::default();
     let mut group = c.benchmark_group("forward");
-    configure(&mut group, 20);
+    common::configure(&mut group, 20);
     let model = minilm::<B>(&device);
     for seq in [128, 256] {
         let batch = review_batch::<B>(32, seq, &device).tokens;
@@ -145,7 +140,7 @@ fn train_step<B: AutodiffBackend, O: Optimizer<EncoderClassifier<B>, B>>(
 fn train_step_on<B: AutodiffBackend>(c: &mut Criterion, backend: &str) {
     let device = B::Device::default();
     let mut group = c.benchmark_group("train_step");
-    configure(&mut group, 60);
+    common::configure(&mut group, 60);
     let batch = review_batch::<B>(16, 256, &device);
     group.throughput(Throughput::Elements(16));
     // transformers' AdamW defaults (weight decay 0.01, eps 1e-8), as the PyTorch reference uses.

@@ -1,0 +1,320 @@
+//! Llama throughput on the CPU backend (`polarity_core::backend::CpuBackend`, burn's flex).
+//!
+//! ```text
+//! HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo bench --bench llama
+//! HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo bench --bench llama -- tiny     # a subset
+//! ```
+//!
+//! What is measured (criterion's `elem/s` is **tokens/s**: batch x sequence length, padding included;
+//! divide by the sequence length for samples/s):
+//!
+//! - `llama_forward`: label-word scoring as inference does it, one `Llama::last_token_logits` pass (the
+//!   decoder stack on every token, the LM head on each row's last real token), no autodiff:
+//!   - SmolLM2-135M-Instruct, real weights from `../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf`
+//!     (dequantised to f32 on load; the group is skipped with a message if the file is absent), on
+//!     IMDB prompts at batch 8, sequence 128; with `POLARITY_BENCH_LONG_PROMPTS=1` also at real prompt
+//!     lengths (`b8_max512`: 8 prompts of at most 512 tokens, padded to the longest; minutes);
+//!   - a tiny random Llama with the `tiny-llama` fixture's configuration (vocab 512, hidden 64, 2 layers,
+//!     4 query / 2 key-value heads, llama3 RoPE) at batch 8, sequence 128;
+//!   - Meta-Llama-3-8B-Instruct's configuration cut to one decoder layer, random weights (embeddings,
+//!     one layer, untied LM head: 1.27 G parameters, 4.7 GiB in f32), at batch 1, sequence 128.
+//! - `llama_train_step`: one LoRA training step on `Autodiff<CpuBackend>` at batch 4, sequence 128:
+//!   `with_lora` (r 16, alpha 32, dropout 0.05, q_proj + v_proj; everything else frozen),
+//!   `last_token_logits`, burn's `CrossEntropyLoss` over the vocabulary against each row's label-word
+//!   id, backward, `GradientsParams`, AdamW step. SmolLM2 (real weights) and the tiny shape.
+//!
+//! SmolLM2 inputs are real IMDB test reviews (rows `0..n/2` negative, `12500..12500+n/2` positive, as
+//! `scripts/pytorch_reference.py --llama` takes them) in the project's prompt
+//! (`polarity_tokenize::PromptTemplate::default()`), encoded with the GGUF tokenizer; the review is
+//! shortened so the whole prompt fits in 128 tokens, and the batch is right-padded to its longest
+//! prompt. Without the IMDB split in the hub cache a fixed synthetic review is used instead (same
+//! shapes; printed). The tiny and 8B shapes take deterministic pseudo-random token ids with no padding.
+//! The shapes used are printed before measuring.
+//!
+//! Models are built the first time a benchmark that needs them runs, so a filter such as `-- tiny`
+//! skips loading SmolLM2 and drawing the 8B weights. Every group uses flat sampling with criterion's
+//! minimum of 10 samples and short warm-up and measurement times: the SmolLM2 measurements take
+//! seconds per iteration on two cores.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use polarity::TokenBatch;
+use polarity::backend::CpuBackend;
+use polarity::data::{ImdbDataset, Split, hub};
+use polarity::llama::{
+    LabelWords, Llama, Llama3RopeScaling, LlamaConfig, LlamaTokenizer, LoraConfig, right_padded_batch,
+};
+use polarity::tokenize::PromptTemplate;
+
+type TrainBackend = Autodiff<CpuBackend>;
+
+/// The GGUF file, relative to the workspace root (the package root of this bench).
+const SMOLLM2_GGUF: &str = "../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const SEED: u64 = 42;
+/// The sequence length of every measurement (but the opt-in real-length one).
+const SEQ: usize = 128;
+/// Set (to anything) to also measure SmolLM2 on IMDB prompts of up to 512 tokens (about 4 minutes).
+const LONG_PROMPTS_VAR: &str = "POLARITY_BENCH_LONG_PROMPTS";
+/// The learning rate of the training step (the value hardly matters for speed).
+const LR: f64 = 2e-4;
+/// The tiny model's stand-in label words (any two ids of its 512-token vocabulary).
+const TINY_LABEL_WORDS: LabelWords = LabelWords { negative: 5, positive: 6 };
+/// A review for when the IMDB split is not in the hub cache (repeated until it is long enough).
+const SYNTHETIC_REVIEW: &str = "The film opens slowly, with long shots of an empty harbour, and the story takes its time \
+     to find its feet. Once it does, the two leads carry it with real warmth, the score is understated and the \
+     ending lands. Not every subplot works and the middle act drags, but I left the cinema glad I had gone.";
+
+fn smollm2_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2_GGUF)
+}
+
+/// The tiny-llama fixture's configuration (`../shared/fixtures/tiny-llama/model/config.json`), in code.
+fn tiny_config() -> LlamaConfig {
+    LlamaConfig::new(512, 64, 128, 2, 4, 2)
+        .with_head_dim(Some(16))
+        .with_rms_norm_eps(1e-5)
+        .with_rope_theta(500_000.0)
+        .with_rope_scaling(Some(Llama3RopeScaling::new(8.0, 1.0, 4.0, 64)))
+        .with_max_position_embeddings(256)
+}
+
+/// The adapter every training step uses: r 16, alpha 32, dropout 0.05, q_proj and v_proj (the default
+/// targets).
+fn lora_config() -> LoraConfig {
+    LoraConfig::new(16, 32.0).with_lora_dropout(0.05)
+}
+
+fn load_smollm2<B: Backend>(device: &B::Device) -> (Llama<B>, LlamaTokenizer) {
+    B::seed(device, SEED);
+    let start = Instant::now();
+    let loaded = Llama::from_gguf(&smollm2_path(), device).expect("SmolLM2 GGUF loads");
+    eprintln!("SmolLM2 loaded in {:.1} s", start.elapsed().as_secs_f64());
+    loaded
+}
+
+fn tiny_model<B: Backend>(device: &B::Device) -> Llama<B> {
+    B::seed(device, SEED);
+    tiny_config().init(device).expect("tiny config is valid")
+}
+
+/// `batch` reviews, half negative (IMDB test rows from 0), half positive (rows from 12,500), with their
+/// labels (0 negative, 1 positive).
+fn reviews(batch: usize) -> (Vec<String>, Vec<usize>) {
+    static TEST: OnceLock<Option<ImdbDataset>> = OnceLock::new();
+    let test = TEST.get_or_init(|| match hub::load_split(hub::IMDB_REPO, Split::Test) {
+        Ok(test) => Some(test),
+        Err(error) => {
+            eprintln!(
+                "IMDB test split unavailable ({error}); using a synthetic review (set HF_HOME=../shared/hf HF_HUB_OFFLINE=1)"
+            );
+            None
+        }
+    });
+    let labels: Vec<usize> = (0..batch).map(|i| usize::from(i >= batch / 2)).collect();
+    let texts = match test {
+        Some(test) => {
+            let examples = test.examples();
+            let negatives = examples.len() / 2;
+            (0..batch / 2).chain(negatives..negatives + batch - batch / 2).map(|i| examples[i].text.clone()).collect()
+        }
+        None => vec![SYNTHETIC_REVIEW.repeat(4); batch],
+    };
+    (texts, labels)
+}
+
+/// IMDB prompts of at most `max_length` tokens, right-padded into one batch, and each row's label.
+fn prompt_batch<B: Backend>(
+    tokenizer: &LlamaTokenizer,
+    batch: usize,
+    max_length: usize,
+    device: &B::Device,
+) -> (TokenBatch<B>, Vec<usize>) {
+    let (texts, labels) = reviews(batch);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    // As LlamaTokenizer::encode: no special tokens from the tokenizer, BOS first only when the GGUF
+    // asks for it (SmolLM2's does not).
+    let bos = tokenizer.bos_token_id.filter(|_| tokenizer.add_bos_token);
+    let prompts = PromptTemplate::default()
+        .encode_batch(tokenizer.inner(), &texts, max_length - usize::from(bos.is_some()), false)
+        .expect("IMDB prompts encode");
+    let rows: Vec<Vec<u32>> = prompts.into_iter().map(|p| bos.into_iter().chain(p.ids).collect()).collect();
+    let tokens = right_padded_batch::<B>(&rows, tokenizer.pad_token_id.unwrap_or(0), device);
+    let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let [b, s] = tokens.dims();
+    eprintln!(
+        "SmolLM2 inputs: {batch} IMDB prompts of at most {max_length} tokens: tensors [{b}, {s}], prompt lengths {}..={}, {:.1}% padding",
+        lengths.iter().min().unwrap(),
+        lengths.iter().max().unwrap(),
+        100.0 * (b * s - lengths.iter().sum::<usize>()) as f64 / (b * s) as f64,
+    );
+    (tokens, labels)
+}
+
+/// Deterministic pseudo-random ids in `0..vocab`, `[batch, seq]`, no padding.
+fn synthetic_batch<B: Backend>(batch: usize, seq: usize, vocab: usize, device: &B::Device) -> TokenBatch<B> {
+    let mut state = SEED;
+    let ids: Vec<i64> = (0..batch * seq)
+        .map(|_| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab as u64) as i64
+        })
+        .collect();
+    let shape = [batch, seq];
+    TokenBatch {
+        input_ids: Tensor::from_data(TensorData::new(ids, shape), device),
+        attention_mask: Tensor::ones(shape, device),
+        token_type_ids: Tensor::zeros(shape, device),
+    }
+}
+
+/// Each row's label-word id: the target of the training step's cross-entropy.
+fn label_targets<B: Backend>(label_words: LabelWords, labels: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let ids: Vec<i64> = labels.iter().map(|&label| i64::from(label_words.ids()[label])).collect();
+    Tensor::from_data(TensorData::new(ids, [labels.len()]), device)
+}
+
+/// Benchmarks `last_token_logits` on the inputs `setup` builds (only if criterion's filter selects `name`).
+fn bench_forward<B: Backend>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    tokens: u64,
+    measurement_s: u64,
+    setup: impl FnOnce() -> (Llama<B>, TokenBatch<B>),
+) {
+    common::configure(group, measurement_s);
+    group.throughput(Throughput::Elements(tokens));
+    let mut setup = Some(setup);
+    let mut state = None;
+    group.bench_function(name, |b| {
+        let (model, batch) = state.get_or_insert_with(|| (setup.take().expect("set up once"))());
+        b.iter(|| model.last_token_logits(batch.input_ids.clone(), batch.attention_mask.clone()).into_data())
+    });
+}
+
+fn forward(c: &mut Criterion) {
+    let device = Default::default();
+    let mut group = c.benchmark_group("llama_forward");
+
+    if smollm2_path().exists() {
+        bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_s128", (8 * SEQ) as u64, 30, || {
+            let (model, tokenizer) = load_smollm2(&device);
+            let (batch, _) = prompt_batch(&tokenizer, 8, SEQ, &device);
+            (model, batch)
+        });
+        if std::env::var_os(LONG_PROMPTS_VAR).is_some() {
+            // Built before measuring: the throughput depends on the padded length.
+            let (model, tokenizer) = load_smollm2(&device);
+            let (batch, _) = prompt_batch(&tokenizer, 8, 512, &device);
+            let tokens = batch.dims().iter().product::<usize>() as u64;
+            bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_max512", tokens, 60, || (model, batch));
+        }
+    } else {
+        eprintln!("skipping llama_forward/smollm2: {} not found", smollm2_path().display());
+    }
+
+    bench_forward::<CpuBackend>(&mut group, "tiny/flex/b8_s128", (8 * SEQ) as u64, 5, || {
+        let model = tiny_model(&device);
+        let batch = synthetic_batch(8, SEQ, model.vocab_size(), &device);
+        eprintln!("tiny inputs: tensors {:?}, no padding", batch.dims());
+        (model, batch)
+    });
+
+    bench_forward::<CpuBackend>(&mut group, "llama3_8b_1layer_random/flex/b1_s128", SEQ as u64, 20, || {
+        CpuBackend::seed(&device, SEED);
+        let config = LlamaConfig::llama3_8b_instruct().with_num_hidden_layers(1);
+        let model: Llama<CpuBackend> = config.init(&device).expect("Llama 3 8B config is valid");
+        let batch = synthetic_batch(1, SEQ, config.vocab_size, &device);
+        // Parameters are drawn lazily on first use: draw them now, outside the measurement.
+        let start = Instant::now();
+        model.last_token_logits(batch.input_ids.clone(), batch.attention_mask.clone()).into_data();
+        eprintln!(
+            "Llama 3 8B, 1 layer, random: {} parameters drawn and a first forward pass in {:.1} s",
+            model.num_params(),
+            start.elapsed().as_secs_f64()
+        );
+        (model, batch)
+    });
+    group.finish();
+}
+
+/// One LoRA step: forward (adapter dropout on), cross-entropy of the last-token logits against the
+/// label-word ids, backward, AdamW step on the adapter weights; returns the updated model.
+fn train_step<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
+    model: Llama<B>,
+    optimizer: &mut O,
+    batch: &TokenBatch<B>,
+    targets: &Tensor<B, 1, Int>,
+) -> Llama<B> {
+    let logits = model.last_token_logits(batch.input_ids.clone(), batch.attention_mask.clone());
+    let loss = CrossEntropyLossConfig::new().init(&logits.device()).forward(logits, targets.clone());
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    optimizer.step(LR, model, grads)
+}
+
+/// Benchmarks [`train_step`] on the model and inputs `setup` builds (only if the filter selects `name`).
+fn bench_train_step(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    tokens: u64,
+    measurement_s: u64,
+    setup: impl FnOnce() -> (Llama<TrainBackend>, TokenBatch<TrainBackend>, Tensor<TrainBackend, 1, Int>),
+) {
+    common::configure(group, measurement_s);
+    group.throughput(Throughput::Elements(tokens));
+    // transformers' AdamW defaults (weight decay 0.01, eps 1e-8), as the PyTorch reference uses.
+    let mut optimizer = AdamWConfig::new().with_weight_decay(0.01).with_epsilon(1e-8).init();
+    let mut setup = Some(setup);
+    let mut state = None;
+    group.bench_function(name, |b| {
+        let (model, batch, targets) = state.get_or_insert_with(|| {
+            let (model, batch, targets) = (setup.take().expect("set up once"))();
+            (Some(model), batch, targets)
+        });
+        b.iter(|| {
+            let updated = train_step(model.take().expect("model"), &mut optimizer, batch, targets);
+            *model = Some(updated);
+        })
+    });
+}
+
+fn training(c: &mut Criterion) {
+    let device = Default::default();
+    let mut group = c.benchmark_group("llama_train_step");
+
+    if smollm2_path().exists() {
+        bench_train_step(&mut group, "smollm2_lora/flex/b4_s128", (4 * SEQ) as u64, 60, || {
+            let (model, tokenizer) = load_smollm2::<TrainBackend>(&device);
+            let model = model.with_lora(&lora_config()).expect("LoRA attaches");
+            let (batch, labels) = prompt_batch(&tokenizer, 4, SEQ, &device);
+            let label_words = LabelWords::from_tokenizer(&tokenizer).expect("label words are single tokens");
+            (model, batch, label_targets(label_words, &labels, &device))
+        });
+    } else {
+        eprintln!("skipping llama_train_step/smollm2_lora: {} not found", smollm2_path().display());
+    }
+
+    bench_train_step(&mut group, "tiny_lora/flex/b4_s128", (4 * SEQ) as u64, 5, || {
+        let model = tiny_model::<TrainBackend>(&device).with_lora(&lora_config()).expect("LoRA attaches");
+        let batch = synthetic_batch(4, SEQ, model.vocab_size(), &device);
+        eprintln!("tiny inputs: tensors {:?}, no padding", batch.dims());
+        (model, batch, label_targets(TINY_LABEL_WORDS, &[0, 0, 1, 1], &device))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, forward, training);
+criterion_main!(benches);
