@@ -1,5 +1,9 @@
 //! QLoRA: NF4 and GGUF-block quantised bases, LoRA on top, gradients to the adapters only.
 
+mod common;
+
+use common::inputs;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -319,21 +323,6 @@ fn smollm2_gguf_blocks_give_the_logits_of_the_dequantised_model() {
 fn tiny_model<B: Backend>() -> Llama<B> {
     Llama::from_pretrained(&RepoSource::Local(PathBuf::from(TINY_LLAMA).join("model")), &Default::default())
         .expect("the tiny-llama fixture loads")
-}
-
-struct Inputs<B: Backend> {
-    input_ids: Tensor<B, 2, Int>,
-    attention_mask: Tensor<B, 2, Int>,
-    labels: Tensor<B, 2, Int>,
-}
-
-fn inputs<B: Backend>(fixture: &Fixture) -> Inputs<B> {
-    let device = Default::default();
-    let tensor = |name: &str| {
-        let (shape, values) = fixture.i64(name).unwrap();
-        Tensor::<B, 2, Int>::from_data(TensorData::new(values.to_vec(), shape.to_vec()), &device)
-    };
-    Inputs { input_ids: tensor("input_ids"), attention_mask: tensor("attention_mask"), labels: tensor("lora_labels") }
 }
 
 /// The module paths of the float parameters that have a gradient.

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
 use polarity_core::reference::{Fixture, TensorCheck, Tolerance};
@@ -10,16 +12,12 @@ use polarity_hub::RepoSource;
 use polarity_llama::reference::{GRADIENT_TOLERANCE, LOGITS_TOLERANCE, LOSS_TOLERANCE};
 use polarity_llama::{Llama, LlamaConfig, LlamaError, LoraConfig, causal_lm_loss};
 
+use common::inputs;
+
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama");
 
 type Cpu = NdArray<f32>;
 type Train = Autodiff<Cpu>;
-
-struct Inputs<B: Backend> {
-    input_ids: Tensor<B, 2, Int>,
-    attention_mask: Tensor<B, 2, Int>,
-    labels: Tensor<B, 2, Int>,
-}
 
 fn fixture() -> Fixture {
     Fixture::open(FIXTURE).expect("the tiny-llama fixture is readable")
@@ -31,15 +29,6 @@ fn model_dir() -> PathBuf {
 
 fn adapter_dir() -> PathBuf {
     Path::new(FIXTURE).join("adapter")
-}
-
-fn inputs<B: Backend>(fixture: &Fixture) -> Inputs<B> {
-    let device = Default::default();
-    let tensor = |name: &str| {
-        let (shape, values) = fixture.i64(name).unwrap();
-        Tensor::<B, 2, Int>::from_data(TensorData::new(values.to_vec(), shape.to_vec()), &device)
-    };
-    Inputs { input_ids: tensor("input_ids"), attention_mask: tensor("attention_mask"), labels: tensor("lora_labels") }
 }
 
 fn load_base<B: Backend>() -> Llama<B> {
