@@ -10,12 +10,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Li
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
 use polarity_core::ops::linear_on_rows;
+use polarity_kernels::{AttentionHeads, AttentionMask, attention};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
 use crate::common::{
-    Activation, attention_bias, first_token, init_embedding, init_linear, merge_heads, scaled_dot_product_attention,
-    split_heads,
+    Activation, first_token, init_embedding, init_linear,
 };
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
@@ -235,12 +235,14 @@ pub struct BertSelfAttention<B: Backend> {
 
 impl<B: Backend> BertSelfAttention<B> {
     /// `[batch, seq, hidden]` -> the attended values `[batch, seq, hidden]`, before the output projection.
-    pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let query = linear_on_rows(&self.query, hidden.clone());
+        let key = linear_on_rows(&self.key, hidden.clone());
+        let value = linear_on_rows(&self.value, hidden);
+        let [_, _, width] = query.dims();
         let heads = self.num_attention_heads;
-        let query = split_heads(linear_on_rows(&self.query, hidden.clone()), heads);
-        let key = split_heads(linear_on_rows(&self.key, hidden.clone()), heads);
-        let value = split_heads(linear_on_rows(&self.value, hidden), heads);
-        merge_heads(scaled_dot_product_attention(query, key, value, bias, &self.dropout))
+        let heads = AttentionHeads { heads, kv_heads: heads, head_dim: width / heads };
+        attention(query, key, value, heads, mask, Some(&self.dropout))
     }
 }
 
@@ -272,8 +274,8 @@ pub struct BertAttention<B: Backend> {
 
 impl<B: Backend> BertAttention<B> {
     /// The attention sub-layer, residual and norm included.
-    pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let attended = self.self_attention.forward(hidden.clone(), bias);
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let attended = self.self_attention.forward(hidden.clone(), mask);
         self.output.forward(attended, hidden)
     }
 }
@@ -323,8 +325,8 @@ pub struct BertLayer<B: Backend> {
 
 impl<B: Backend> BertLayer<B> {
     /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`.
-    pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let attended = self.attention.forward(hidden, bias);
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let attended = self.attention.forward(hidden, mask);
         self.output.forward(self.intermediate.forward(attended.clone()), attended)
     }
 }
@@ -378,10 +380,10 @@ impl<B: Backend> BertModel<B> {
 
     /// The last hidden state `[batch, seq, hidden]` alone, without the pooler.
     pub fn encode(&self, batch: TokenBatch<B>) -> Tensor<B, 3> {
-        let bias = attention_bias(batch.attention_mask, self.config.num_attention_heads);
+        let mask = AttentionMask::bidirectional(batch.attention_mask);
         let mut hidden = self.embeddings.forward(batch.input_ids, batch.token_type_ids);
         for layer in &self.encoder.layer {
-            hidden = layer.forward(hidden, bias.clone());
+            hidden = layer.forward(hidden, &mask);
         }
         hidden
     }

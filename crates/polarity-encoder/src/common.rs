@@ -51,72 +51,12 @@ impl Activation {
     /// Applies the activation element-wise.
     pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Activation::Gelu => gelu_erf(x),
+            Activation::Gelu => polarity_kernels::gelu(x),
             Activation::GeluTanh => burn::tensor::activation::gelu_approximate(x),
             Activation::Relu => burn::tensor::activation::relu(x),
             Activation::Silu => burn::tensor::activation::silu(x),
         }
     }
-}
-
-/// The exact GELU, `x/2 * (1 + erf(x/√2))`, composed from tensor ops.
-///
-/// burn's fused `gelu` computes this forward, but its backward pass is the derivative of the tanh
-/// approximation, which puts gradients ~1e-3 (relative) away from PyTorch's. Composing it from `erf`
-/// gives exact gradients through autodiff.
-fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if !B::ad_enabled(&x.device()) {
-        // No gradient to get wrong: the fused op, one pass instead of five.
-        return burn::tensor::activation::gelu(x);
-    }
-    let cdf = x.clone().div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
-    x * cdf
-}
-
-/// The additive attention bias for a `[batch, seq]` mask (1 = token, 0 = padding), laid out as the
-/// attention scores, `[batch, heads, seq, seq]`.
-///
-/// Like transformers, masked keys get the most negative finite float rather than `-inf`, so the
-/// softmax of a fully masked row stays finite and padded rows compute the same values as PyTorch.
-/// The bias is materialised once per forward pass and shared by all layers: a same-shape addition is
-/// several times faster on the CPU backends than broadcasting `[batch, 1, 1, seq]` in every layer.
-pub(crate) fn attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>, heads: usize) -> Tensor<B, 4> {
-    let [batch, seq_len] = attention_mask.dims();
-    let padding = attention_mask.equal_elem(0);
-    Tensor::<B, 2>::zeros([batch, seq_len], &padding.device())
-        .mask_fill(padding, f32::MIN)
-        .reshape([batch, 1, 1, seq_len])
-        .repeat_dim(1, heads)
-        .repeat_dim(2, seq_len)
-}
-
-/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` tensors with an additive bias.
-pub(crate) fn scaled_dot_product_attention<B: Backend>(
-    query: Tensor<B, 4>,
-    key: Tensor<B, 4>,
-    value: Tensor<B, 4>,
-    bias: Tensor<B, 4>,
-    dropout: &burn::nn::Dropout,
-) -> Tensor<B, 4> {
-    let [_, _, _, head_dim] = query.dims();
-    // Not burn's fused attention op: with an additive bias, burn-flex's kernel made BERT-base inference
-    // ~25% slower here (docs/performance.md).
-    let scale = (head_dim as f64).sqrt().recip();
-    let scores = query.matmul(key.swap_dims(2, 3)).mul_scalar(scale) + bias;
-    let weights = dropout.forward(burn::tensor::activation::softmax(scores, 3));
-    weights.matmul(value)
-}
-
-/// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`.
-pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
-    let [batch, seq_len, width] = x.dims();
-    x.reshape([batch, seq_len, heads, width / heads]).swap_dims(1, 2)
-}
-
-/// `[batch, heads, seq, head_dim]` -> `[batch, seq, heads * head_dim]`.
-pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
-    let [batch, heads, seq_len, head_dim] = x.dims();
-    x.swap_dims(1, 2).reshape([batch, seq_len, heads * head_dim])
 }
 
 /// The hidden state of the first (`[CLS]`) token: `[batch, seq, hidden]` -> `[batch, hidden]`.
@@ -190,16 +130,6 @@ mod tests {
             term *= -x * x / (n + 1) as f64;
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
-    #[test]
-    fn attention_bias_masks_padding_only() {
-        let device = Default::default();
-        let mask = Tensor::<B, 2, Int>::from_ints([[1, 1, 0]], &device);
-        let bias = attention_bias(mask, 2);
-        assert_eq!(bias.dims(), [1, 2, 3, 3]);
-        let expected: Vec<f32> = [0.0, 0.0, f32::MIN].repeat(6);
-        assert_eq!(bias.into_data().to_vec::<f32>().unwrap(), expected);
     }
 
     #[test]

@@ -10,12 +10,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Li
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
 use polarity_core::ops::linear_on_rows;
+use polarity_kernels::{AttentionHeads, AttentionMask, attention};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
 use crate::common::{
-    Activation, attention_bias, first_token, init_embedding, init_linear, merge_heads, scaled_dot_product_attention,
-    split_heads,
+    Activation, first_token, init_embedding, init_linear,
 };
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
@@ -227,11 +227,13 @@ pub struct MultiHeadSelfAttention<B: Backend> {
 
 impl<B: Backend> MultiHeadSelfAttention<B> {
     /// `[batch, seq, dim]` -> `[batch, seq, dim]`.
-    pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let query = split_heads(linear_on_rows(&self.q_lin, hidden.clone()), self.n_heads);
-        let key = split_heads(linear_on_rows(&self.k_lin, hidden.clone()), self.n_heads);
-        let value = split_heads(linear_on_rows(&self.v_lin, hidden), self.n_heads);
-        let context = merge_heads(scaled_dot_product_attention(query, key, value, bias, &self.dropout));
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let query = linear_on_rows(&self.q_lin, hidden.clone());
+        let key = linear_on_rows(&self.k_lin, hidden.clone());
+        let value = linear_on_rows(&self.v_lin, hidden);
+        let [_, _, width] = query.dims();
+        let heads = AttentionHeads { heads: self.n_heads, kv_heads: self.n_heads, head_dim: width / self.n_heads };
+        let context = attention(query, key, value, heads, mask, Some(&self.dropout));
         linear_on_rows(&self.out_lin, context)
     }
 }
@@ -269,8 +271,8 @@ pub struct TransformerBlock<B: Backend> {
 
 impl<B: Backend> TransformerBlock<B> {
     /// `[batch, seq, dim]` -> `[batch, seq, dim]`.
-    pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let attended = self.sa_layer_norm.forward(self.attention.forward(hidden.clone(), bias) + hidden);
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let attended = self.sa_layer_norm.forward(self.attention.forward(hidden.clone(), mask) + hidden);
         self.output_layer_norm.forward(self.ffn.forward(attended.clone()) + attended)
     }
 }
@@ -306,10 +308,10 @@ impl<B: Backend> DistilBertModel<B> {
 
     /// The last hidden state `[batch, seq, dim]`.
     pub fn encode(&self, batch: TokenBatch<B>) -> Tensor<B, 3> {
-        let bias = attention_bias(batch.attention_mask, self.config.n_heads);
+        let mask = AttentionMask::bidirectional(batch.attention_mask);
         let mut hidden = self.embeddings.forward(batch.input_ids);
         for layer in &self.transformer.layer {
-            hidden = layer.forward(hidden, bias.clone());
+            hidden = layer.forward(hidden, &mask);
         }
         hidden
     }

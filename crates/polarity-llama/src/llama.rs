@@ -28,10 +28,10 @@ use burn::config::Config;
 use burn::module::{AutodiffModule, Initializer, Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::{attention, linear};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::linear;
+use polarity_kernels::{AttentionHeads, AttentionMask, attention};
 use serde::Deserialize;
 
 use crate::LlamaError;
@@ -520,42 +520,22 @@ impl<B: Backend> Llama<B> {
 impl<B: Backend> LlamaModel<B> {
     /// The final hidden states `[batch, seq_len, hidden]` (after `norm`).
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
-        let [batch, seq_len] = input_ids.dims();
+        let [_, seq_len] = input_ids.dims();
         let device = input_ids.device();
         let rope = self.rotary_emb.tables(seq_len, &device);
-        let blocked = blocked_keys(attention_mask, batch, seq_len, &device);
+        let mask = AttentionMask::causal(attention_mask);
         let mut hidden = self.embed_tokens.forward(input_ids);
         for layer in &self.layers {
-            hidden = layer.forward(hidden, &rope, blocked.clone());
+            hidden = layer.forward(hidden, &rope, &mask);
         }
         self.norm.forward(hidden)
     }
 }
 
-/// `[batch, 1, seq_len, seq_len]`, true where query `i` must not see key `j`: future keys (`j > i`)
-/// and padding keys. With right padding every query keeps at least key 0, so no row is fully masked.
-fn blocked_keys<B: Backend>(
-    attention_mask: Option<Tensor<B, 2, Int>>,
-    batch: usize,
-    seq_len: usize,
-    device: &B::Device,
-) -> Tensor<B, 4, Bool> {
-    let future = Tensor::<B, 2, Bool>::tril_mask([seq_len, seq_len], 0, device)
-        .reshape([1, 1, seq_len, seq_len])
-        .expand([batch, 1, seq_len, seq_len]);
-    match attention_mask {
-        None => future,
-        Some(mask) => {
-            let padding = mask.equal_elem(0).reshape([batch, 1, 1, seq_len]).expand([batch, 1, seq_len, seq_len]);
-            future.bool_or(padding)
-        }
-    }
-}
-
 impl<B: Backend> LlamaDecoderLayer<B> {
     /// `[batch, seq_len, hidden] -> [batch, seq_len, hidden]`.
-    pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeTables<B>, blocked: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
-        let hidden = hidden.clone() + self.self_attn.forward(self.input_layernorm.forward(hidden), rope, blocked);
+    pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeTables<B>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let hidden = hidden.clone() + self.self_attn.forward(self.input_layernorm.forward(hidden), rope, mask);
         hidden.clone() + self.mlp.forward(self.post_attention_layernorm.forward(hidden))
     }
 
@@ -601,46 +581,23 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 
 impl<B: Backend> LlamaAttention<B> {
     /// `[batch, seq_len, hidden] -> [batch, seq_len, hidden]`.
-    pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeTables<B>, blocked: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
-        let [batch, seq_len, _] = hidden.dims();
-        let heads = |x: Tensor<B, 3>, num_heads: usize| {
-            x.reshape([batch, seq_len, num_heads, self.head_dim]).swap_dims(1, 2) // [batch, heads, seq, head_dim]
-        };
-        let query = rope.apply(heads(self.q_proj.forward(hidden.clone()), self.num_heads));
-        let key = rope.apply(heads(self.k_proj.forward(hidden.clone()), self.num_key_value_heads));
-        let value = heads(self.v_proj.forward(hidden), self.num_key_value_heads);
-        let groups = self.num_heads / self.num_key_value_heads;
-        let (key, value) = (repeat_kv(key, groups), repeat_kv(value, groups));
-
-        // burn's attention op: fused on backends that have a kernel (flex: scores, mask and softmax
-        // in one pass per head), the plain matmul-softmax-matmul graph elsewhere (and under autodiff).
-        // With right padding every query sees key 0, so no row is fully masked.
-        let mask = blocked.expand([batch, self.num_heads, seq_len, seq_len]);
-        let context = attention(query, key, value, Some(mask), None, AttentionModuleOptions::default()); // [batch, heads, seq, head_dim]
-        let context = context.swap_dims(1, 2).reshape([batch, seq_len, self.num_heads * self.head_dim]);
-        self.o_proj.forward(context)
+    ///
+    /// The projections stay in their `[batch, seq, heads * head_dim]` layout: RoPE rotates each head
+    /// in place and [`attention`] (a fused kernel on the CPU default, the composed graph elsewhere and
+    /// under autodiff) reads the heads from it, sharing each key/value head among its query group.
+    pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeTables<B>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let query = rope.apply(self.q_proj.forward(hidden.clone()), self.head_dim);
+        let key = rope.apply(self.k_proj.forward(hidden.clone()), self.head_dim);
+        let value = self.v_proj.forward(hidden);
+        let heads = AttentionHeads { heads: self.num_heads, kv_heads: self.num_key_value_heads, head_dim: self.head_dim };
+        self.o_proj.forward(attention(query, key, value, heads, mask, None))
     }
-}
-
-/// Repeats each key/value head `groups` times, `[b, kv_heads, s, d] -> [b, kv_heads * groups, s, d]`,
-/// so query head `h` meets key/value head `h / groups` (transformers' `repeat_kv`).
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
-    if groups == 1 {
-        return x;
-    }
-    let [batch, kv_heads, seq_len, head_dim] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, seq_len, head_dim]).reshape([
-        batch,
-        kv_heads * groups,
-        seq_len,
-        head_dim,
-    ])
 }
 
 impl<B: Backend> LlamaMlp<B> {
     /// `[..., hidden] -> [..., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        self.down_proj.forward(polarity_kernels::silu_mul(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
     }
 }
 
@@ -652,8 +609,7 @@ impl<B: Backend> RmsNorm<B> {
 
     /// `x / sqrt(mean(x²) + eps) * weight` over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let inverse_rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt().recip();
-        x * inverse_rms * self.weight.val().unsqueeze()
+        polarity_kernels::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -670,14 +626,9 @@ impl<B: Backend> RotaryEmbedding<B> {
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Rotates `[batch, heads, seq_len, head_dim]`: `x * cos + rotate_half(x) * sin`.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, seq_len, head_dim] = x.dims();
-        let cos = self.cos.clone().reshape([1, 1, seq_len, head_dim]);
-        let sin = self.sin.clone().reshape([1, 1, seq_len, head_dim]);
-        let half = head_dim / 2;
-        let rotated = Tensor::cat(vec![x.clone().narrow(3, half, half).neg(), x.clone().narrow(3, 0, half)], 3);
-        x * cos + rotated * sin
+    /// Rotates the heads of `[batch, seq_len, heads * head_dim]`: `x * cos + rotate_half(x) * sin`.
+    pub fn apply(&self, x: Tensor<B, 3>, head_dim: usize) -> Tensor<B, 3> {
+        polarity_kernels::rotary(x, self.cos.clone(), self.sin.clone(), head_dim)
     }
 }
 

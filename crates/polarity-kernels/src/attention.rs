@@ -1,0 +1,148 @@
+//! Attention on the projections' `[batch, seq, heads * head_dim]` layout, and its mask.
+
+use std::cell::OnceCell;
+
+use burn::nn::Dropout;
+use burn::prelude::*;
+
+use crate::cpu::{self, AttentionShape};
+use crate::{composed, flex};
+
+/// How the heads of an attention layer are laid out in its projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionHeads {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (`heads` for multi-head attention, fewer for grouped-query attention; must
+    /// divide `heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// Which keys each query may attend to: all real (non-padding) keys, and for a causal mask only those
+/// at or before the query's position.
+///
+/// Built once per forward pass and shared by all layers: the composed path materialises its additive
+/// bias (`[batch, heads, seq, seq]`, the most negative float where blocked, as transformers does) on
+/// first use and reuses it; the CPU kernel reads a `[batch, seq]` row of key flags instead.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::prelude::*;
+/// use polarity_kernels::{attention, AttentionHeads, AttentionMask};
+///
+/// let device = Default::default();
+/// let padding = Tensor::<Flex, 2, Int>::from_data([[1, 1, 1], [1, 1, 0]], &device); // row 2: 2 tokens
+/// let mask = AttentionMask::bidirectional(padding);
+/// let heads = AttentionHeads { heads: 2, kv_heads: 2, head_dim: 4 };
+/// let x = Tensor::<Flex, 3>::ones([2, 3, 8], &device);
+/// let context = attention(x.clone(), x.clone(), x, heads, &mask, None);
+/// assert_eq!(context.dims(), [2, 3, 8]);
+/// ```
+#[derive(Debug)]
+pub struct AttentionMask<B: Backend> {
+    padding: Option<Tensor<B, 2, Int>>,
+    causal: bool,
+    bias: OnceCell<([usize; 3], Option<Tensor<B, 4>>)>,
+    keep: OnceCell<Vec<f32>>,
+}
+
+impl<B: Backend> AttentionMask<B> {
+    /// Encoder attention: every query sees every real key. `attention_mask` is `[batch, seq]`,
+    /// 1 for a token and 0 for padding.
+    pub fn bidirectional(attention_mask: Tensor<B, 2, Int>) -> Self {
+        Self { padding: Some(attention_mask), causal: false, bias: OnceCell::new(), keep: OnceCell::new() }
+    }
+
+    /// Decoder attention: query `i` sees keys `0..=i`, and with an `attention_mask` only the real ones.
+    pub fn causal(attention_mask: Option<Tensor<B, 2, Int>>) -> Self {
+        Self { padding: attention_mask, causal: true, bias: OnceCell::new(), keep: OnceCell::new() }
+    }
+
+    /// The additive bias `[batch, heads, seq, seq]` (`None` when nothing is masked), cached for the
+    /// first head count asked for.
+    pub(crate) fn bias(&self, dims: [usize; 3], device: &B::Device) -> Option<Tensor<B, 4>> {
+        let (cached, bias) = self.bias.get_or_init(|| (dims, self.build_bias(dims, device)));
+        if *cached == dims { bias.clone() } else { self.build_bias(dims, device) }
+    }
+
+    fn build_bias(&self, [batch, heads, seq_len]: [usize; 3], device: &B::Device) -> Option<Tensor<B, 4>> {
+        let padding = self.padding.as_ref().map(|mask| mask.clone().equal_elem(0).reshape([batch, 1, 1, seq_len]));
+        let future = self.causal.then(|| Tensor::<B, 2, Bool>::tril_mask([seq_len, seq_len], 0, device).reshape([1, 1, seq_len, seq_len]));
+        let shape = [batch, heads, seq_len, seq_len];
+        let blocked = match (padding, future) {
+            (Some(padding), Some(future)) => padding.expand(shape).bool_or(future.expand(shape)),
+            (Some(blocked), None) | (None, Some(blocked)) => blocked.expand(shape),
+            (None, None) => return None,
+        };
+        Some(Tensor::zeros(shape, device).mask_fill(blocked, f32::MIN))
+    }
+
+    /// `[batch * seq]` flags, 1.0 for a real key (all ones without a padding mask).
+    fn keep(&self, batch: usize, seq_len: usize) -> &[f32] {
+        self.keep.get_or_init(|| match &self.padding {
+            Some(mask) => mask.clone().into_data().iter::<i64>().map(|m| if m != 0 { 1.0 } else { 0.0 }).collect(),
+            None => vec![1.0; batch * seq_len],
+        })
+    }
+}
+
+/// Scaled dot-product attention, `softmax(q k^T / sqrt(head_dim) + mask) v`, on the projections'
+/// layout: `query` is `[batch, seq, heads * head_dim]`, `key` and `value` `[batch, seq, kv_heads *
+/// head_dim]`; the result is `[batch, seq, heads * head_dim]`, ready for the output projection.
+///
+/// On burn-flex (float32, no autodiff) one fused CPU kernel runs per `(batch, head)`: scores, mask,
+/// softmax and the weighted sum without materialising split heads, repeated key/value heads, the bias
+/// or the merged output. Elsewhere (other backends, and training, where autodiff needs the graph) it
+/// is [`composed::attention`]. `dropout` applies to the attention weights; burn's dropout is only
+/// active under autodiff, where the composed path runs.
+pub fn attention<B: Backend>(
+    query: Tensor<B, 3>,
+    key: Tensor<B, 3>,
+    value: Tensor<B, 3>,
+    heads: AttentionHeads,
+    mask: &AttentionMask<B>,
+    dropout: Option<&Dropout>,
+) -> Tensor<B, 3> {
+    let [batch, seq_len, q_width] = query.dims();
+    let AttentionHeads { heads: num_heads, kv_heads, head_dim } = heads;
+    let fits = kv_heads > 0
+        && num_heads % kv_heads == 0
+        && q_width == num_heads * head_dim
+        && key.dims() == [batch, seq_len, kv_heads * head_dim]
+        && value.dims() == key.dims()
+        && mask.padding.as_ref().is_none_or(|padding| padding.dims() == [batch, seq_len]);
+    if !(fits && flex::accepts(&query) && flex::accepts(&key) && flex::accepts(&value)) {
+        return composed::attention(query, key, value, heads, mask, dropout);
+    }
+    let keep = mask.keep(batch, seq_len);
+    if keep.len() != batch * seq_len {
+        // A mask built for other inputs: let the composed path report the mismatch.
+        return composed::attention(query, key, value, heads, mask, dropout);
+    }
+    let shape = AttentionShape { batch, seq_len, heads: num_heads, kv_heads, head_dim, causal: mask.causal };
+    let (query, key, value) = (flex::into_flex(query), flex::into_flex(key), flex::into_flex(value));
+    let mut output = vec![0f32; batch * seq_len * q_width];
+    cpu::attention(query.storage(), key.storage(), value.storage(), keep, shape, &mut output);
+    flex::from_flex(flex::new_flex(output, [batch, seq_len, q_width].into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    #[test]
+    fn the_bias_blocks_padding_keys_and_for_causal_masks_future_keys() {
+        let device = Default::default();
+        let padding = || Tensor::<NdArray, 2, Int>::from_ints([[1, 1, 0]], &device);
+        let bias = AttentionMask::bidirectional(padding()).bias([1, 2, 3], &device).unwrap();
+        let (o, m) = (0.0, f32::MIN);
+        assert_eq!(bias.into_data().to_vec::<f32>().unwrap(), [o, o, m].repeat(6));
+        let bias = AttentionMask::causal(Some(padding())).bias([1, 1, 3], &device).unwrap();
+        assert_eq!(bias.into_data().to_vec::<f32>().unwrap(), [o, m, m, o, o, m, o, o, m]);
+        let bias = AttentionMask::<NdArray>::causal(None).bias([1, 1, 2], &device).unwrap();
+        assert_eq!(bias.into_data().to_vec::<f32>().unwrap(), [o, m, o, o]);
+    }
+}

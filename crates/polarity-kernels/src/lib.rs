@@ -1,0 +1,79 @@
+//! Fused CPU kernels for the operations polarity's models spend their non-GEMM time in.
+//!
+//! burn-flex, the CPU default, runs element-wise ops as one scalar pass per op on one thread (libm's
+//! `erff`/`expf` per element) and materialises every intermediate tensor. Profiling MiniLM and SmolLM2
+//! inference put a third to a half of the time there (docs/performance.md). Each function here:
+//!
+//! - on a float32 burn-flex tensor, runs one fused pass over the data, row-parallel with rayon and
+//!   vectorised (AVX-512 or AVX2, picked at run time), in place where the input is not shared;
+//! - on any other backend, on other float types, and under autodiff (training), runs the same
+//!   operation composed from burn's tensor ops ([`composed`]), so results and gradients are burn's.
+//!
+//! The kernels use fast polynomial `exp`/`erf` (see [`math`]); they agree with the composed ops to
+//! about 1e-6 relative (tests/kernels.rs), far inside the 1e-4 parity tolerances against PyTorch.
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::prelude::*;
+//!
+//! let x = Tensor::<Flex, 2>::from_data([[-1.0, 0.0, 2.0]], &Default::default());
+//! let fast = polarity_kernels::gelu(x.clone());
+//! let reference = polarity_kernels::composed::gelu(x);
+//! fast.into_data().assert_approx_eq::<f32>(&reference.into_data(), burn::tensor::Tolerance::absolute(1e-6));
+//! ```
+
+mod attention;
+pub mod composed;
+mod cpu;
+mod flex;
+pub mod math;
+
+use burn::prelude::*;
+
+pub use attention::{AttentionHeads, AttentionMask, attention};
+
+/// The exact GELU, `x/2 (1 + erf(x / sqrt 2))` (transformers' `"gelu"`).
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    flex::in_place(x, cpu::gelu).unwrap_or_else(composed::gelu)
+}
+
+/// `silu(gate) * up`, Llama's SwiGLU gate, in one pass.
+pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    if gate.dims() != up.dims() || !flex::accepts(&up) {
+        return composed::silu_mul(gate, up);
+    }
+    match flex::in_place(gate, |gate| cpu::silu_mul(gate, flex::into_flex(up.clone()).storage())) {
+        Ok(product) => product,
+        Err(gate) => composed::silu_mul(gate, up),
+    }
+}
+
+/// RMSNorm, `x / sqrt(mean(x^2) + eps) * weight` over the last dimension (`weight` has its width).
+pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    let dims = x.dims();
+    if weight.dims() != [dims[D - 1]] || dims[D - 1] == 0 || !flex::accepts(&x) || !flex::accepts(&weight) {
+        return composed::rms_norm(x, weight, eps);
+    }
+    let (x, weight) = (flex::into_flex(x), flex::into_flex(weight));
+    let mut output = vec![0f32; dims.iter().product()];
+    cpu::rms_norm(x.storage(), weight.storage(), eps as f32, &mut output);
+    flex::from_flex(flex::new_flex(output, dims.into()))
+}
+
+/// Rotary position embedding of `[batch, seq, heads * head_dim]` projections with `[seq, head_dim]`
+/// `cos`/`sin` tables in transformers' `rotate_half` layout (each frequency in both halves of a head).
+pub fn rotary<B: Backend>(x: Tensor<B, 3>, cos: Tensor<B, 2>, sin: Tensor<B, 2>, head_dim: usize) -> Tensor<B, 3> {
+    let [_, seq_len, width] = x.dims();
+    let fits = head_dim > 0
+        && head_dim % 2 == 0
+        && width % head_dim == 0
+        && seq_len > 0
+        && cos.dims() == [seq_len, head_dim]
+        && sin.dims() == cos.dims();
+    if !(fits && flex::accepts(&x) && flex::accepts(&cos) && flex::accepts(&sin)) {
+        return composed::rotary(x, cos, sin, head_dim);
+    }
+    let (cos_table, sin_table) = (flex::into_flex(cos.clone()), flex::into_flex(sin.clone()));
+    flex::in_place(x, |values| cpu::rotary(values, width, cos_table.storage(), sin_table.storage(), head_dim))
+        .unwrap_or_else(|x| composed::rotary(x, cos, sin, head_dim))
+}

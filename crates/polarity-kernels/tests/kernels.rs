@@ -1,0 +1,137 @@
+//! The fused kernels (burn-flex, float32) against the same operations composed from burn's ops.
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::nn::DropoutConfig;
+use burn::prelude::*;
+use burn::tensor::{Distribution, Tolerance};
+use polarity_kernels::{AttentionHeads, AttentionMask, composed};
+
+type Fast = Flex;
+
+fn random<B: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B, D> {
+    let device = Default::default();
+    B::seed(&device, seed);
+    Tensor::random(shape, Distribution::Normal(0.0, 2.0), &device)
+}
+
+fn assert_close<B: Backend, const D: usize>(actual: Tensor<B, D>, expected: Tensor<B, D>, tolerance: f32) {
+    assert_eq!(actual.dims(), expected.dims());
+    let (actual, expected) = (actual.into_data().to_vec::<f32>().unwrap(), expected.into_data().to_vec::<f32>().unwrap());
+    let worst = actual.iter().zip(&expected).map(|(a, e)| (a - e).abs() / e.abs().max(1.0)).fold(0f32, f32::max);
+    assert!(worst <= tolerance, "max error {worst:e} > {tolerance:e}");
+}
+
+#[test]
+fn elementwise_kernels_match_the_composed_ops() {
+    let x = random::<Fast, 3>([3, 7, 40], 1);
+    let up = random::<Fast, 3>([3, 7, 40], 2);
+    assert_close(polarity_kernels::gelu(x.clone()), composed::gelu(x.clone()), 1e-6);
+    assert_close(polarity_kernels::silu_mul(x.clone(), up.clone()), composed::silu_mul(x.clone(), up.clone()), 1e-6);
+    let weight = random::<Fast, 1>([40], 3);
+    assert_close(polarity_kernels::rms_norm(x.clone(), weight.clone(), 1e-6), composed::rms_norm(x.clone(), weight, 1e-6), 1e-5);
+    // The input is used again after the calls above: in-place kernels must not have touched it.
+    assert_close(x.clone(), random::<Fast, 3>([3, 7, 40], 1), 0.0);
+}
+
+#[test]
+fn kernels_read_strided_views() {
+    let x = random::<Fast, 3>([5, 4, 6], 4).swap_dims(0, 2); // [6, 4, 5], not contiguous
+    let up = random::<Fast, 3>([6, 4, 5], 5);
+    assert_close(polarity_kernels::gelu(x.clone()), composed::gelu(x.clone()), 1e-6);
+    assert_close(polarity_kernels::silu_mul(x.clone(), up.clone()), composed::silu_mul(x, up), 1e-6);
+}
+
+#[test]
+fn rotary_matches_rotate_half() {
+    let (seq_len, head_dim) = (9, 8);
+    let x = random::<Fast, 3>([2, seq_len, 3 * head_dim], 6);
+    let angles = random::<Fast, 2>([seq_len, head_dim / 2], 7);
+    let angles = Tensor::cat(vec![angles.clone(), angles], 1);
+    let (cos, sin) = (angles.clone().cos(), angles.sin());
+    let fast = polarity_kernels::rotary(x.clone(), cos.clone(), sin.clone(), head_dim);
+    assert_close(fast, composed::rotary(x, cos, sin, head_dim), 1e-6);
+}
+
+fn padding<B: Backend>(lengths: &[i64], seq_len: usize) -> Tensor<B, 2, Int> {
+    let rows: Vec<i64> = lengths.iter().flat_map(|&n| (0..seq_len as i64).map(move |j| i64::from(j < n))).collect();
+    Tensor::from_data(TensorData::new(rows, [lengths.len(), seq_len]), &Default::default())
+}
+
+fn check_attention(heads: AttentionHeads, causal: bool, lengths: Option<&[i64]>) {
+    let (batch, seq_len) = (lengths.map_or(2, <[i64]>::len), 11);
+    let q = random::<Fast, 3>([batch, seq_len, heads.heads * heads.head_dim], 8);
+    let k = random::<Fast, 3>([batch, seq_len, heads.kv_heads * heads.head_dim], 9);
+    let v = random::<Fast, 3>([batch, seq_len, heads.kv_heads * heads.head_dim], 10);
+    let mask = || {
+        let padding = lengths.map(|lengths| padding::<Fast>(lengths, seq_len));
+        if causal { AttentionMask::causal(padding) } else { AttentionMask::bidirectional(padding.unwrap()) }
+    };
+    let fast = polarity_kernels::attention(q.clone(), k.clone(), v.clone(), heads, &mask(), None);
+    let reference = composed::attention(q, k, v, heads, &mask(), None);
+    assert_close(fast, reference, 2e-5);
+}
+
+#[test]
+fn attention_matches_the_composed_graph() {
+    let mha = AttentionHeads { heads: 4, kv_heads: 4, head_dim: 8 };
+    let gqa = AttentionHeads { heads: 6, kv_heads: 2, head_dim: 16 };
+    check_attention(mha, false, Some(&[11, 5, 1]));
+    check_attention(mha, true, Some(&[11, 4]));
+    check_attention(mha, true, None);
+    check_attention(gqa, true, Some(&[7, 11]));
+    check_attention(gqa, false, Some(&[3, 11]));
+}
+
+#[test]
+fn a_query_with_no_visible_key_gets_uniform_weights_like_transformers() {
+    // Row 2 is all padding: transformers' most-negative-float bias makes its softmax uniform.
+    check_attention(AttentionHeads { heads: 2, kv_heads: 2, head_dim: 4 }, false, Some(&[5, 0]));
+}
+
+#[test]
+fn other_backends_and_autodiff_take_the_composed_path() {
+    let heads = AttentionHeads { heads: 2, kv_heads: 1, head_dim: 4 };
+    let data = |seed| random::<Fast, 3>([2, 5, 8], seed).into_data();
+    let ndarray = |seed| Tensor::<NdArray, 3>::from_data(data(seed), &Default::default());
+    let flex = |seed| Tensor::<Fast, 3>::from_data(data(seed), &Default::default());
+    let composed_on_ndarray = polarity_kernels::attention(
+        ndarray(1),
+        ndarray(2).narrow(2, 0, 4),
+        ndarray(3).narrow(2, 0, 4),
+        heads,
+        &AttentionMask::causal(Some(padding(&[5, 3], 5))),
+        None,
+    );
+    let fused_on_flex = polarity_kernels::attention(
+        flex(1),
+        flex(2).narrow(2, 0, 4),
+        flex(3).narrow(2, 0, 4),
+        heads,
+        &AttentionMask::causal(Some(padding(&[5, 3], 5))),
+        None,
+    );
+    assert_close(Tensor::<Fast, 3>::from_data(composed_on_ndarray.into_data(), &Default::default()), fused_on_flex, 2e-5);
+
+
+    // Under autodiff the graph is differentiable (and dropout applies to the weights).
+    type Train = Autodiff<Flex>;
+    let q = Tensor::<Train, 3>::from_data(data(1), &Default::default()).require_grad();
+    let k = Tensor::<Train, 3>::from_data(data(2), &Default::default()).narrow(2, 0, 4);
+    let dropout = DropoutConfig::new(0.0).init();
+    let out = polarity_kernels::attention(q.clone(), k.clone(), k, heads, &AttentionMask::causal(None), Some(&dropout));
+    let grads = out.sum().backward();
+    assert!(q.grad(&grads).is_some());
+    let x = Tensor::<Train, 2>::from_data([[0.5f32, -1.0]], &Default::default()).require_grad();
+    let grads = polarity_kernels::gelu(x.clone()).sum().backward();
+    // d/dx gelu(0.5) = Φ(0.5) + 0.5 φ(0.5)
+    let slope = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap()[0];
+    assert!((slope - 0.867_495).abs() < 1e-5, "{slope}");
+}
+
+#[test]
+fn float_types_other_than_f32_fall_back() {
+    let x = random::<Fast, 2>([3, 4], 11);
+    let half = x.clone().cast(burn::tensor::DType::F16);
+    let fast = polarity_kernels::gelu(half).cast(burn::tensor::DType::F32);
+    fast.into_data().assert_approx_eq::<f32>(&composed::gelu(x).into_data(), Tolerance::absolute(1e-2));
+}
