@@ -4,6 +4,12 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+
+/// mimalloc keeps freed pages for reuse. With glibc's allocator every large tensor buffer (the
+/// attention scores of one layer are ~100 MB at batch 32 x 256) is a fresh `mmap`, and page faults
+/// took ~12 % of an encoder forward pass (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use anyhow::Context;
