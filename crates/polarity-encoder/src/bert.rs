@@ -216,7 +216,7 @@ impl<B: Backend> BertEmbeddings<B> {
         let embeddings = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(positions);
-        self.dropout.forward(self.layer_norm.forward(embeddings))
+        polarity_kernels::dropout(&self.dropout, self.layer_norm.forward(embeddings))
     }
 }
 
@@ -259,7 +259,7 @@ pub struct BertSelfOutput<B: Backend> {
 impl<B: Backend> BertSelfOutput<B> {
     /// `layer_norm(dropout(dense(hidden)) + residual)`.
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm.forward(self.dropout.forward(linear_on_rows(&self.dense, hidden)) + residual)
+        self.layer_norm.forward(polarity_kernels::dropout(&self.dropout, linear_on_rows(&self.dense, hidden)) + residual)
     }
 }
 
@@ -308,7 +308,7 @@ pub struct BertOutput<B: Backend> {
 impl<B: Backend> BertOutput<B> {
     /// `layer_norm(dropout(dense(intermediate)) + residual)`.
     pub fn forward(&self, intermediate: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm.forward(self.dropout.forward(linear_on_rows(&self.dense, intermediate)) + residual)
+        self.layer_norm.forward(polarity_kernels::dropout(&self.dropout, linear_on_rows(&self.dense, intermediate)) + residual)
     }
 }
 
@@ -425,7 +425,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
     /// `[batch, num_labels]` logits.
     pub fn forward(&self, batch: TokenBatch<B>) -> Tensor<B, 2> {
         let pooled = self.bert.pooler.forward(self.bert.encode(batch));
-        self.classifier.forward(self.dropout.forward(pooled))
+        self.classifier.forward(polarity_kernels::dropout(&self.dropout, pooled))
     }
 
     /// Logits and the mean cross-entropy loss, in the shape burn's `Learner` expects.

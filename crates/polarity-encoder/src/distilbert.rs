@@ -206,7 +206,7 @@ impl<B: Backend> DistilBertEmbeddings<B> {
         let [_, seq_len] = input_ids.dims();
         let positions = Tensor::<B, 1, Int>::arange(0..seq_len as i64, &input_ids.device()).reshape([1, seq_len]);
         let embeddings = self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(positions);
-        self.dropout.forward(self.layer_norm.forward(embeddings))
+        polarity_kernels::dropout(&self.dropout, self.layer_norm.forward(embeddings))
     }
 }
 
@@ -252,7 +252,7 @@ pub struct Ffn<B: Backend> {
 impl<B: Backend> Ffn<B> {
     /// `dropout(lin2(activation(lin1(x))))`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dropout.forward(linear_on_rows(&self.lin2, self.activation.forward(linear_on_rows(&self.lin1, x))))
+        polarity_kernels::dropout(&self.dropout, linear_on_rows(&self.lin2, self.activation.forward(linear_on_rows(&self.lin1, x))))
     }
 }
 
@@ -357,7 +357,7 @@ impl<B: Backend> DistilBertForSequenceClassification<B> {
     pub fn forward(&self, batch: TokenBatch<B>) -> Tensor<B, 2> {
         let cls = first_token(self.distilbert.encode(batch));
         let pooled = burn::tensor::activation::relu(self.pre_classifier.forward(cls));
-        self.classifier.forward(self.dropout.forward(pooled))
+        self.classifier.forward(polarity_kernels::dropout(&self.dropout, pooled))
     }
 
     /// Logits and the mean cross-entropy loss, in the shape burn's `Learner` expects.

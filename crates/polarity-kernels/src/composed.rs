@@ -69,7 +69,7 @@ pub fn attention<B: Backend>(
     }
     let mut weights = softmax(scores, 3);
     if let Some(dropout) = dropout {
-        weights = dropout.forward(weights);
+        weights = crate::dropout(dropout, weights);
     }
     weights.matmul(value).swap_dims(1, 2).reshape([batch, seq_len, num_heads * head_dim])
 }

@@ -31,6 +31,29 @@ fn silu_mul_slice(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn dropout_mask_slice(mask: &mut [f32], first_index: u64, seed: u64, keep_threshold: u32, scale: f32) {
+    for (i, m) in mask.iter_mut().enumerate() {
+        // SplitMix64's finaliser over (seed, index): a counter-based generator, so every chunk draws
+        // its own numbers independently of how rayon splits the work.
+        let mut z = seed.wrapping_add((first_index + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        *m = if ((z >> 32) as u32) < keep_threshold { scale } else { 0.0 };
+    }
+}
+
+/// Fills `mask` with `1 / keep` where a uniform draw falls below `keep`, 0 elsewhere: an inverted
+/// dropout mask, deterministic in `seed`.
+pub fn dropout_mask(mask: &mut [f32], seed: u64, keep: f64) {
+    let keep_threshold = (keep * 2f64.powi(32)).min(u32::MAX as f64) as u32;
+    let scale = (1.0 / keep) as f32;
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, mask)| {
+        dropout_mask_slice(mask, (chunk * CHUNK) as u64, seed, keep_threshold, scale)
+    });
+}
+
 /// Exact GELU in place.
 pub fn gelu(values: &mut [f32]) {
     values.par_chunks_mut(CHUNK).for_each(gelu_slice);

@@ -26,6 +26,11 @@ pub(crate) fn accepts<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>() && x.dtype() == DType::F32
 }
 
+/// Whether `B` runs on burn-flex's CPU device (burn-flex itself, or autodiff over it).
+pub(crate) fn on_cpu_device<B: Backend>() -> bool {
+    TypeId::of::<B::Device>() == TypeId::of::<burn_flex::FlexDevice>()
+}
+
 /// `x`'s burn-flex tensor, contiguous and (unless its buffer is shared with another tensor) owning
 /// its buffer alone, so that kernels can write in place. Call only when [`accepts`] holds.
 pub(crate) fn into_flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {

@@ -135,3 +135,28 @@ fn float_types_other_than_f32_fall_back() {
     let fast = polarity_kernels::gelu(half).cast(burn::tensor::DType::F32);
     fast.into_data().assert_approx_eq::<f32>(&composed::gelu(x).into_data(), Tolerance::absolute(1e-2));
 }
+
+#[test]
+fn dropout_zeroes_the_right_share_scales_the_rest_and_is_seeded() {
+    type Train = Autodiff<Flex>;
+    let layer = DropoutConfig::new(0.3).init();
+    let device = Default::default();
+    let draw = |seed| {
+        Train::seed(&device, seed);
+        let x = Tensor::<Train, 2>::ones([200, 500], &device).require_grad();
+        let y = polarity_kernels::dropout(&layer, x.clone());
+        let grads = y.clone().sum().backward();
+        let grad = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        (y.into_data().to_vec::<f32>().unwrap(), grad)
+    };
+    let (values, grad) = draw(7);
+    let dropped = values.iter().filter(|v| **v == 0.0).count() as f64 / values.len() as f64;
+    assert!((dropped - 0.3).abs() < 0.01, "dropped {dropped}");
+    assert!(values.iter().all(|v| *v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+    assert_eq!(values, grad, "the gradient of x * mask is the mask");
+    assert_eq!(draw(7).0, values, "same seed, same mask");
+    assert_ne!(draw(8).0, values);
+    // Without autodiff dropout is the identity, as burn's.
+    let x = random::<Fast, 2>([4, 4], 1);
+    assert_close(polarity_kernels::dropout(&layer, x.clone()), x, 0.0);
+}

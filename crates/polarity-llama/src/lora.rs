@@ -365,7 +365,7 @@ impl<B: Backend> LoraLinear<B> {
 impl<B: Backend> LoraAdapter<B> {
     /// `[..., in] -> [..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.lora_b.forward(self.lora_a.forward(self.dropout.forward(x))).mul_scalar(self.scaling)
+        self.lora_b.forward(self.lora_a.forward(polarity_kernels::dropout(&self.dropout, x))).mul_scalar(self.scaling)
     }
 
     /// The update of the base weight in burn's `[in, out]` layout: `scaling * A B`.
