@@ -5,8 +5,8 @@ use std::cell::OnceCell;
 use burn::nn::Dropout;
 use burn::prelude::*;
 
-use crate::cpu::{self, AttentionShape};
-use crate::{composed, flex};
+use crate::cpu::{self, AttentionShape, WeightDropout};
+use crate::{autodiff, composed, flex};
 
 /// How the heads of an attention layer are laid out in its projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,9 @@ pub fn attention<B: Backend>(
         && key.dims() == [batch, seq_len, kv_heads * head_dim]
         && value.dims() == key.dims()
         && mask.padding.as_ref().is_none_or(|padding| padding.dims() == [batch, seq_len]);
-    if !(fits && flex::accepts(&query) && flex::accepts(&key) && flex::accepts(&value)) {
+    let training = autodiff::accepts(&query) && autodiff::accepts(&key) && autodiff::accepts(&value);
+    let inference = flex::accepts(&query) && flex::accepts(&key) && flex::accepts(&value);
+    if !(fits && (training || inference)) {
         return composed::attention(query, key, value, heads, mask, dropout);
     }
     let keep = mask.keep(batch, seq_len);
@@ -122,6 +124,10 @@ pub fn attention<B: Backend>(
         return composed::attention(query, key, value, heads, mask, dropout);
     }
     let shape = AttentionShape { batch, seq_len, heads: num_heads, kv_heads, head_dim, causal: mask.causal };
+    if training {
+        let dropout = dropout.filter(|layer| layer.prob > 0.0).map(|layer| WeightDropout { seed: crate::random_seed::<B>(&query.device()), keep: 1.0 - layer.prob });
+        return autodiff::attention(query, key, value, keep, shape, dropout);
+    }
     let (query, key, value) = (flex::into_flex(query), flex::into_flex(key), flex::into_flex(value));
     let mut output = vec![0f32; batch * seq_len * q_width];
     cpu::attention(query.storage(), key.storage(), value.storage(), keep, shape, &mut output);

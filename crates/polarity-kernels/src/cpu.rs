@@ -47,10 +47,9 @@ fn dropout_mask_slice(mask: &mut [f32], first_index: u64, seed: u64, keep_thresh
 /// Fills `mask` with `1 / keep` where a uniform draw falls below `keep`, 0 elsewhere: an inverted
 /// dropout mask, deterministic in `seed`.
 pub fn dropout_mask(mask: &mut [f32], seed: u64, keep: f64) {
-    let keep_threshold = (keep * 2f64.powi(32)).min(u32::MAX as f64) as u32;
-    let scale = (1.0 / keep) as f32;
+    let (threshold, scale) = (keep_threshold(keep), (1.0 / keep) as f32);
     mask.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, mask)| {
-        dropout_mask_slice(mask, (chunk * CHUNK) as u64, seed, keep_threshold, scale)
+        dropout_mask_slice(mask, (chunk * CHUNK) as u64, seed, threshold, scale)
     });
 }
 
@@ -188,19 +187,6 @@ pub struct AttentionShape {
     pub causal: bool,
 }
 
-/// A pointer to the output that rayon tasks share; each task writes a disjoint `[seq, head_dim]` block.
-#[derive(Clone, Copy)]
-struct OutputPtr(*mut f32);
-// SAFETY: tasks write disjoint blocks (one (batch, head) pair each) and the caller keeps the buffer
-// alive and unaliased until all tasks have joined.
-unsafe impl Send for OutputPtr {}
-unsafe impl Sync for OutputPtr {}
-
-thread_local! {
-    /// Per-thread scores buffer, reused across calls: `seq * seq` floats.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
 fn softmax_rows(scores: &mut [f32], keep: &[f32], causal: bool) {
     let seq_len = keep.len();
@@ -213,6 +199,169 @@ fn softmax_rows(scores: &mut [f32], keep: &[f32], causal: bool) {
     }
 }
 
+/// Dropout on the attention weights inside the kernels: a counter-based mask per `(batch, head)`
+/// block, so the backward pass regenerates exactly the forward's mask instead of storing it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightDropout {
+    pub seed: u64,
+    /// Probability of keeping a weight (`1 - p`).
+    pub keep: f64,
+}
+
+impl WeightDropout {
+    /// The mask of block `task` (`[seq, seq]`), `1 / keep` where kept.
+    fn fill(self, mask: &mut [f32], task: usize) {
+        let first = (task * mask.len()) as u64;
+        dropout_mask_slice(mask, first, self.seed, keep_threshold(self.keep), (1.0 / self.keep) as f32);
+    }
+}
+
+fn keep_threshold(keep: f64) -> u32 {
+    (keep * 2f64.powi(32)).min(u32::MAX as f64) as u32
+}
+
+/// Strides of one head's `[seq, head_dim]` block inside a `[batch, seq, heads * head_dim]` buffer.
+#[derive(Clone, Copy)]
+struct Block {
+    offset: usize,
+    row_stride: isize,
+}
+
+impl AttentionShape {
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    fn q_block(&self, b: usize, h: usize) -> Block {
+        Block { offset: b * self.seq_len * self.q_width() + h * self.head_dim, row_stride: self.q_width() as isize }
+    }
+    fn kv_block(&self, b: usize, kv_h: usize) -> Block {
+        Block { offset: b * self.seq_len * self.kv_width() + kv_h * self.head_dim, row_stride: self.kv_width() as isize }
+    }
+    fn check(&self, q: usize, kv: usize, keep: usize) {
+        assert!(self.kv_heads > 0 && self.heads % self.kv_heads == 0);
+        assert_eq!(q, self.batch * self.seq_len * self.q_width());
+        assert_eq!(kv, self.batch * self.seq_len * self.kv_width());
+        assert_eq!(keep, self.batch * self.seq_len);
+    }
+}
+
+/// A `*mut f32` that rayon tasks share; each task writes a disjoint set of head blocks.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: tasks write disjoint head blocks and the caller keeps the buffer alive and otherwise
+// untouched until all tasks have joined.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// `dst (+)= beta * lhs x rhs` for `[m, k] x [k, n]` operands given by pointer and (row, column)
+/// strides; `accumulate` adds to `dst` instead of overwriting it. One thread: the callers parallelise
+/// over heads.
+///
+/// # Safety
+/// Every pointer must be valid for the elements its strides reach, and `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    [m, k, n]: [usize; 3],
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    beta: f32,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2,
+            dst.1,
+            accumulate,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            if accumulate { 1.0 } else { 0.0 },
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+thread_local! {
+    /// Per-thread `[seq, seq]` buffers, reused across calls.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// One `(batch, head)` block of the forward pass: the softmax weights into `weights` (`[seq, seq]`),
+/// the weighted values into the output's head columns.
+///
+/// # Safety
+/// `output` must be valid for `[batch, seq, heads * head_dim]` and no other task may write block
+/// `(b, h)` of it.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend(
+    task: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keep: &[f32],
+    shape: AttentionShape,
+    dropout: Option<WeightDropout>,
+    weights: &mut [f32],
+    mask: &mut Vec<f32>,
+    output: SharedMut,
+) {
+    let AttentionShape { seq_len: s, heads, kv_heads, head_dim: d, causal, .. } = shape;
+    let (b, h) = (task / heads, task % heads);
+    let (qb, kvb) = (shape.q_block(b, h), shape.kv_block(b, h / (heads / kv_heads)));
+    let scale = 1.0 / (d as f32).sqrt();
+    // SAFETY: the blocks lie inside q, k, v and output (lengths checked by `AttentionShape::check`:
+    // `s` rows of stride `width` from `h * d < width`), `weights` and `mask` hold `s * s` floats.
+    unsafe {
+        // weights = scale * q_bh k_bh^T ([s, d] x [d, s]; k^T is k read with swapped strides)
+        product(
+            [s, d, s],
+            (weights.as_mut_ptr(), s as isize, 1),
+            (q.as_ptr().add(qb.offset), qb.row_stride, 1),
+            (k.as_ptr().add(kvb.offset), 1, kvb.row_stride),
+            scale,
+            false,
+        );
+    }
+    softmax_rows(weights, &keep[b * s..(b + 1) * s], causal);
+    let weights: &[f32] = match dropout {
+        Some(dropout) => {
+            mask.resize(s * s, 0.0);
+            dropout.fill(mask, task);
+            mask.iter_mut().zip(weights.iter()).for_each(|(m, w)| *m *= w);
+            mask
+        }
+        None => weights,
+    };
+    // SAFETY: as above; this task alone writes block (b, h) of the output.
+    unsafe {
+        // output_bh = weights v_bh ([s, s] x [s, d])
+        product(
+            [s, s, d],
+            (output.0.add(qb.offset), qb.row_stride, 1),
+            (weights.as_ptr(), s as isize, 1),
+            (v.as_ptr().add(kvb.offset), kvb.row_stride, 1),
+            1.0,
+            false,
+        );
+    }
+}
+
 /// Scaled dot-product attention straight on the projections' layout, one rayon task per
 /// `(batch, head)`: `softmax(q k^T / sqrt(d) + mask) v`, with key/value head `h / (heads / kv_heads)`
 /// serving query head `h` (grouped-query attention without copying keys), written into
@@ -220,79 +369,152 @@ fn softmax_rows(scores: &mut [f32], keep: &[f32], causal: bool) {
 ///
 /// `keep` is `[batch, seq]`: 1 for a real key, 0 for padding.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], keep: &[f32], shape: AttentionShape, output: &mut [f32]) {
-    let AttentionShape { batch, seq_len, heads, kv_heads, head_dim, causal } = shape;
-    let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
-    assert!(kv_heads > 0 && heads % kv_heads == 0);
-    assert_eq!(q.len(), batch * seq_len * q_width);
-    assert_eq!(output.len(), q.len());
-    assert_eq!(k.len(), batch * seq_len * kv_width);
-    assert_eq!(v.len(), k.len());
-    assert_eq!(keep.len(), batch * seq_len);
-    let groups = heads / kv_heads;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let out = OutputPtr(output.as_mut_ptr());
+    shape.check(q.len(), k.len(), keep.len());
+    assert!(v.len() == k.len() && output.len() == q.len());
+    let out = SharedMut(output.as_mut_ptr());
+    (0..shape.batch * shape.heads).into_par_iter().for_each(|task| {
+        SCRATCH.with_borrow_mut(|(weights, mask)| {
+            weights.resize(shape.seq_len * shape.seq_len, 0.0);
+            // SAFETY: `output` outlives the parallel loop and each task writes its own block.
+            unsafe { attend(task, q, k, v, keep, shape, None, weights, mask, out) };
+        })
+    });
+}
 
-    (0..batch * heads).into_par_iter().for_each(|task| {
-        let (b, h) = (task / heads, task % heads);
-        let kv_h = h / groups;
-        let q_block = b * seq_len * q_width + h * head_dim;
-        let kv_block = b * seq_len * kv_width + kv_h * head_dim;
-        let out = out;
-        SCORES.with_borrow_mut(|scores| {
-            scores.resize(seq_len * seq_len, 0.0);
-            // SAFETY (both products): the blocks start inside `q`, `k`, `v` and `output` (asserted
-            // lengths above), every row/column offset stays inside them (`seq_len` rows of stride
-            // `width`, `head_dim` columns from `h * head_dim < width`), and `scores` holds
-            // `seq_len * seq_len` floats. This task alone writes its output block.
-            unsafe {
-                // scores = scale * q_bh k_bh^T: [seq, d] x [d, seq]; k^T is k read with swapped strides.
-                gemm::gemm(
-                    seq_len,
-                    seq_len,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    seq_len as isize,
-                    false,
-                    q.as_ptr().add(q_block),
-                    1,
-                    q_width as isize,
-                    k.as_ptr().add(kv_block),
-                    kv_width as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+/// The training forward pass: as [`attention`], with optional dropout on the weights, and the
+/// softmax weights (before dropout) kept in `weights: [batch, heads, seq, seq]` for the backward pass.
+pub fn attention_saving_weights(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keep: &[f32],
+    shape: AttentionShape,
+    dropout: Option<WeightDropout>,
+    output: &mut [f32],
+    weights: &mut [f32],
+) {
+    shape.check(q.len(), k.len(), keep.len());
+    let block = shape.seq_len * shape.seq_len;
+    assert!(v.len() == k.len() && output.len() == q.len() && weights.len() == shape.batch * shape.heads * block);
+    let out = SharedMut(output.as_mut_ptr());
+    weights.par_chunks_mut(block).enumerate().for_each(|(task, weights)| {
+        SCRATCH.with_borrow_mut(|(_, mask)| {
+            // SAFETY: `output` outlives the parallel loop and each task writes its own block.
+            unsafe { attend(task, q, k, v, keep, shape, dropout, weights, mask, out) };
+        })
+    });
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn softmax_backward_rows(grad: &mut [f32], weights: &[f32], seq_len: usize) {
+    // d scores = P * (dP - rowsum(dP * P)), row by row.
+    for (g, p) in grad.chunks_exact_mut(seq_len).zip(weights.chunks_exact(seq_len)) {
+        let mut lanes = [0f32; LANES];
+        let (g_chunks, p_chunks) = (g.chunks_exact(LANES), p.chunks_exact(LANES));
+        let tail: f32 = g_chunks.remainder().iter().zip(p_chunks.remainder()).map(|(g, p)| g * p).sum();
+        for (gs, ps) in g_chunks.zip(p_chunks) {
+            for ((acc, g), p) in lanes.iter_mut().zip(gs).zip(ps) {
+                *acc += g * p;
             }
-            softmax_rows(scores, &keep[b * seq_len..(b + 1) * seq_len], causal);
-            unsafe {
-                // output_bh = weights v_bh: [seq, seq] x [seq, d], into the head's columns.
-                gemm::gemm(
-                    seq_len,
-                    head_dim,
-                    seq_len,
-                    out.0.add(q_block),
-                    1,
-                    q_width as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    seq_len as isize,
-                    v.as_ptr().add(kv_block),
-                    1,
-                    kv_width as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+        }
+        let dot = lanes.iter().sum::<f32>() + tail;
+        for (g, p) in g.iter_mut().zip(p) {
+            *g = p * (*g - dot);
+        }
+    }
+}
+
+/// Gradients of [`attention_saving_weights`] with respect to `q`, `k` and `v`, given the output's
+/// gradient and the saved weights. One rayon task per `(batch, key/value head)`, so that the query
+/// heads sharing a key/value head accumulate into it without races.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    weights: &[f32],
+    shape: AttentionShape,
+    dropout: Option<WeightDropout>,
+    grad_output: &[f32],
+    [grad_q, grad_k, grad_v]: [&mut [f32]; 3],
+) {
+    let AttentionShape { batch, seq_len: s, heads, kv_heads, head_dim: d, .. } = shape;
+    shape.check(q.len(), k.len(), batch * s);
+    assert!(v.len() == k.len() && grad_output.len() == q.len() && weights.len() == batch * heads * s * s);
+    assert!(grad_q.len() == q.len() && grad_k.len() == k.len() && grad_v.len() == v.len());
+    let groups = heads / kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (gq, gk, gv) = (SharedMut(grad_q.as_mut_ptr()), SharedMut(grad_k.as_mut_ptr()), SharedMut(grad_v.as_mut_ptr()));
+    (0..batch * kv_heads).into_par_iter().for_each(|task| {
+        let (b, kv_h) = (task / kv_heads, task % kv_heads);
+        let kvb = shape.kv_block(b, kv_h);
+        let (gq, gk, gv) = (gq, gk, gv);
+        SCRATCH.with_borrow_mut(|(grad_weights, mask)| {
+            grad_weights.resize(s * s, 0.0);
+            mask.resize(s * s, 0.0);
+            for (i, h) in (kv_h * groups..(kv_h + 1) * groups).enumerate() {
+                let head_task = b * heads + h;
+                let qb = shape.q_block(b, h);
+                let p = &weights[head_task * s * s..(head_task + 1) * s * s];
+                // The weights the forward pass multiplied v by: P, or P * mask with dropout.
+                let used: &[f32] = match dropout {
+                    Some(dropout) => {
+                        dropout.fill(mask, head_task);
+                        mask.iter_mut().zip(p).for_each(|(m, p)| *m *= p);
+                        mask
+                    }
+                    None => p,
+                };
+                let accumulate = i > 0;
+                // SAFETY: blocks inside their buffers as in `attend`; this task alone writes the
+                // (b, kv_h) blocks of grad_k / grad_v and the (b, h) blocks of grad_q for its heads.
+                unsafe {
+                    // grad_v_b,kv_h (+)= used^T grad_out_bh ([s, s]^T x [s, d])
+                    product(
+                        [s, s, d],
+                        (gv.0.add(kvb.offset), kvb.row_stride, 1),
+                        (used.as_ptr(), 1, s as isize),
+                        (grad_output.as_ptr().add(qb.offset), qb.row_stride, 1),
+                        1.0,
+                        accumulate,
+                    );
+                    // grad_weights = grad_out_bh v^T ([s, d] x [d, s])
+                    product(
+                        [s, d, s],
+                        (grad_weights.as_mut_ptr(), s as isize, 1),
+                        (grad_output.as_ptr().add(qb.offset), qb.row_stride, 1),
+                        (v.as_ptr().add(kvb.offset), 1, kvb.row_stride),
+                        1.0,
+                        false,
+                    );
+                }
+                if let Some(dropout) = dropout {
+                    dropout.fill(mask, head_task);
+                    grad_weights.iter_mut().zip(mask.iter()).for_each(|(g, m)| *g *= m);
+                }
+                softmax_backward_rows(grad_weights, p, s);
+                // SAFETY: as above.
+                unsafe {
+                    // grad_q_bh = scale * d_scores k ([s, s] x [s, d])
+                    product(
+                        [s, s, d],
+                        (gq.0.add(qb.offset), qb.row_stride, 1),
+                        (grad_weights.as_ptr(), s as isize, 1),
+                        (k.as_ptr().add(kvb.offset), kvb.row_stride, 1),
+                        scale,
+                        false,
+                    );
+                    // grad_k (+)= scale * d_scores^T q ([s, s]^T x [s, d])
+                    product(
+                        [s, s, d],
+                        (gk.0.add(kvb.offset), kvb.row_stride, 1),
+                        (grad_weights.as_ptr(), 1, s as isize),
+                        (q.as_ptr().add(qb.offset), qb.row_stride, 1),
+                        scale,
+                        accumulate,
+                    );
+                }
             }
-        });
+        })
     });
 }

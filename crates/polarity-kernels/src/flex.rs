@@ -11,7 +11,7 @@ use burn::tensor::{DType, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
 /// `value` as a `U` when `T` is `U`.
-fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     let mut slot = Some(value);
     let converted = (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>().and_then(Option::take);
     match (converted, slot) {

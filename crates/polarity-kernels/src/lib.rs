@@ -9,6 +9,9 @@
 //! - on any other backend, on other float types, and under autodiff (training), runs the same
 //!   operation composed from burn's tensor ops ([`composed`]), so results and gradients are burn's.
 //!
+//! [`dropout`] is the exception: it only acts under autodiff, and there it replaces burn's
+//! one-element-at-a-time Bernoulli mask by a parallel counter-based one.
+//!
 //! The kernels use fast polynomial `exp`/`erf` (see [`math`]); they agree with the composed ops to
 //! about 1e-6 relative (tests/kernels.rs), far inside the 1e-4 parity tolerances against PyTorch.
 //!
@@ -23,6 +26,7 @@
 //! ```
 
 mod attention;
+mod autodiff;
 pub mod composed;
 mod cpu;
 mod flex;
@@ -94,11 +98,15 @@ pub fn dropout<B: Backend, const D: usize>(layer: &Dropout, x: Tensor<B, D>) -> 
         return layer.forward(x);
     }
     let keep = 1.0 - layer.prob;
-    // 64 random bits from the backend's stream.
-    let draws = Tensor::<B, 1>::random([2], Distribution::Uniform(0.0, 1.0), &device).into_data();
-    let seed = draws.iter::<f32>().fold(0u64, |acc, u| (acc << 32) | u64::from(u.to_bits()));
+    let seed = random_seed::<B>(&device);
     let dims = x.dims();
     let mut mask = vec![0f32; dims.iter().product()];
     cpu::dropout_mask(&mut mask, seed, keep);
     x * Tensor::from_data(burn::tensor::TensorData::new(mask, dims), &device)
+}
+
+/// 64 bits from the backend's random stream, so that `B::seed` governs the kernels' generators too.
+pub(crate) fn random_seed<B: Backend>(device: &B::Device) -> u64 {
+    let draws = Tensor::<B, 1>::random([2], Distribution::Uniform(0.0, 1.0), device).into_data();
+    draws.iter::<f32>().fold(0u64, |acc, u| (acc << 32) | u64::from(u.to_bits()))
 }

@@ -8,6 +8,12 @@ use polarity_kernels::{AttentionHeads, AttentionMask, composed};
 
 type Fast = Flex;
 
+/// The tests seed burn's process-wide generators: run them one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn random<B: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B, D> {
     let device = Default::default();
     B::seed(&device, seed);
@@ -23,6 +29,7 @@ fn assert_close<B: Backend, const D: usize>(actual: Tensor<B, D>, expected: Tens
 
 #[test]
 fn elementwise_kernels_match_the_composed_ops() {
+    let _serial = serial();
     let x = random::<Fast, 3>([3, 7, 40], 1);
     let up = random::<Fast, 3>([3, 7, 40], 2);
     assert_close(polarity_kernels::gelu(x.clone()), composed::gelu(x.clone()), 1e-6);
@@ -35,6 +42,7 @@ fn elementwise_kernels_match_the_composed_ops() {
 
 #[test]
 fn kernels_read_strided_views() {
+    let _serial = serial();
     let x = random::<Fast, 3>([5, 4, 6], 4).swap_dims(0, 2); // [6, 4, 5], not contiguous
     let up = random::<Fast, 3>([6, 4, 5], 5);
     assert_close(polarity_kernels::gelu(x.clone()), composed::gelu(x.clone()), 1e-6);
@@ -43,6 +51,7 @@ fn kernels_read_strided_views() {
 
 #[test]
 fn rotary_matches_rotate_half() {
+    let _serial = serial();
     let (seq_len, head_dim) = (9, 8);
     let x = random::<Fast, 3>([2, seq_len, 3 * head_dim], 6);
     let angles = random::<Fast, 2>([seq_len, head_dim / 2], 7);
@@ -73,6 +82,7 @@ fn check_attention(heads: AttentionHeads, causal: bool, lengths: Option<&[i64]>)
 
 #[test]
 fn attention_matches_the_composed_graph() {
+    let _serial = serial();
     let mha = AttentionHeads { heads: 4, kv_heads: 4, head_dim: 8 };
     let gqa = AttentionHeads { heads: 6, kv_heads: 2, head_dim: 16 };
     check_attention(mha, false, Some(&[11, 5, 1]));
@@ -84,12 +94,14 @@ fn attention_matches_the_composed_graph() {
 
 #[test]
 fn a_query_with_no_visible_key_gets_uniform_weights_like_transformers() {
+    let _serial = serial();
     // Row 2 is all padding: transformers' most-negative-float bias makes its softmax uniform.
     check_attention(AttentionHeads { heads: 2, kv_heads: 2, head_dim: 4 }, false, Some(&[5, 0]));
 }
 
 #[test]
 fn other_backends_and_autodiff_take_the_composed_path() {
+    let _serial = serial();
     let heads = AttentionHeads { heads: 2, kv_heads: 1, head_dim: 4 };
     let data = |seed| random::<Fast, 3>([2, 5, 8], seed).into_data();
     let ndarray = |seed| Tensor::<NdArray, 3>::from_data(data(seed), &Default::default());
@@ -130,6 +142,7 @@ fn other_backends_and_autodiff_take_the_composed_path() {
 
 #[test]
 fn float_types_other_than_f32_fall_back() {
+    let _serial = serial();
     let x = random::<Fast, 2>([3, 4], 11);
     let half = x.clone().cast(burn::tensor::DType::F16);
     let fast = polarity_kernels::gelu(half).cast(burn::tensor::DType::F32);
@@ -138,6 +151,7 @@ fn float_types_other_than_f32_fall_back() {
 
 #[test]
 fn dropout_zeroes_the_right_share_scales_the_rest_and_is_seeded() {
+    let _serial = serial();
     type Train = Autodiff<Flex>;
     let layer = DropoutConfig::new(0.3).init();
     let device = Default::default();
@@ -153,10 +167,101 @@ fn dropout_zeroes_the_right_share_scales_the_rest_and_is_seeded() {
     let dropped = values.iter().filter(|v| **v == 0.0).count() as f64 / values.len() as f64;
     assert!((dropped - 0.3).abs() < 0.01, "dropped {dropped}");
     assert!(values.iter().all(|v| *v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
-    assert_eq!(values, grad, "the gradient of x * mask is the mask");
-    assert_eq!(draw(7).0, values, "same seed, same mask");
-    assert_ne!(draw(8).0, values);
+    assert!(values == grad, "the gradient of x * mask is the mask");
+    assert!(draw(7).0 == values, "same seed, same mask");
+    assert!(draw(8).0 != values);
     // Without autodiff dropout is the identity, as burn's.
     let x = random::<Fast, 2>([4, 4], 1);
     assert_close(polarity_kernels::dropout(&layer, x.clone()), x, 0.0);
+}
+
+type Train = Autodiff<Flex>;
+
+/// Output and input gradients of `sum(attention(q, k, v) * weights)` on `Autodiff<Flex>`.
+fn attention_grads(
+    fused: bool,
+    heads: AttentionHeads,
+    lengths: &[i64],
+    causal: bool,
+    dropout: f64,
+) -> (Vec<f32>, [Vec<f32>; 3]) {
+    let (batch, seq_len) = (lengths.len(), 9);
+    let device = Default::default();
+    let input = |width: usize, seed| {
+        Tensor::<Train, 3>::from_data(random::<Fast, 3>([batch, seq_len, width], seed).into_data(), &device).require_grad()
+    };
+    let (q, k, v) = (input(heads.heads * heads.head_dim, 21), input(heads.kv_heads * heads.head_dim, 22), input(heads.kv_heads * heads.head_dim, 23));
+    let padding = padding::<Train>(lengths, seq_len);
+    let mask = if causal { AttentionMask::causal(Some(padding)) } else { AttentionMask::bidirectional(padding) };
+    let layer = DropoutConfig::new(dropout).init();
+    Train::seed(&device, 5);
+    let out = if fused {
+        polarity_kernels::attention(q.clone(), k.clone(), v.clone(), heads, &mask, Some(&layer))
+    } else {
+        composed::attention(q.clone(), k.clone(), v.clone(), heads, &mask, Some(&layer))
+    };
+    let weights = Tensor::<Train, 3>::from_data(random::<Fast, 3>(out.dims(), 24).into_data(), &device);
+    let grads = (out.clone() * weights).sum().backward();
+    let values = |x: Tensor<Train, 3>| x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+    (out.into_data().to_vec().unwrap(), [values(q), values(k), values(v)])
+}
+
+fn assert_vec_close(actual: &[f32], expected: &[f32], tolerance: f32, what: &str) {
+    let worst = actual.iter().zip(expected).map(|(a, e)| (a - e).abs() / e.abs().max(1.0)).fold(0f32, f32::max);
+    assert!(worst <= tolerance, "{what}: max error {worst:e}");
+}
+
+#[test]
+fn fused_attention_gradients_match_autodiff_through_the_composed_graph() {
+    let _serial = serial();
+    let mha = AttentionHeads { heads: 3, kv_heads: 3, head_dim: 8 };
+    let gqa = AttentionHeads { heads: 4, kv_heads: 2, head_dim: 6 };
+    for (heads, lengths, causal) in [
+        (mha, &[9, 4][..], false),
+        (mha, &[9, 0][..], false), // a row with no visible key
+        (gqa, &[6, 9, 2][..], true),
+        (gqa, &[9][..], false),
+    ] {
+        let (fused_out, fused_grads) = attention_grads(true, heads, lengths, causal, 0.0);
+        let (out, grads) = attention_grads(false, heads, lengths, causal, 0.0);
+        assert_vec_close(&fused_out, &out, 2e-5, "output");
+        for (name, (fused, reference)) in ["q", "k", "v"].iter().zip(fused_grads.iter().zip(&grads)) {
+            assert_vec_close(fused, reference, 1e-4, name);
+        }
+    }
+}
+
+#[test]
+fn fused_attention_dropout_drops_weights_and_backpropagates_through_the_same_mask() {
+    let _serial = serial();
+    // With v = identity (head_dim = seq), the output of a head *is* its (dropped) weight matrix.
+    let seq_len = 16;
+    let heads = AttentionHeads { heads: 2, kv_heads: 1, head_dim: seq_len };
+    let device = Default::default();
+    let q = Tensor::<Train, 3>::from_data(random::<Fast, 3>([1, seq_len, 2 * seq_len], 31).into_data(), &device).require_grad();
+    let k = Tensor::<Train, 3>::from_data(random::<Fast, 3>([1, seq_len, seq_len], 32).into_data(), &device);
+    let v = Tensor::<Train, 2>::eye(seq_len, &device).reshape([1, seq_len, seq_len]).require_grad();
+    let run = |prob: f64, seed: u64| {
+        Train::seed(&device, seed);
+        let layer = DropoutConfig::new(prob).init();
+        let mask = AttentionMask::bidirectional(padding::<Train>(&[seq_len as i64], seq_len));
+        let out = polarity_kernels::attention(q.clone(), k.clone(), v.clone(), heads, &mask, Some(&layer));
+        let grads = out.clone().sum().backward();
+        let grad_v = v.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        (out.into_data().to_vec::<f32>().unwrap(), grad_v)
+    };
+    let (weights, _) = run(0.0, 1);
+    let (dropped, grad_v) = run(0.25, 1);
+    let zeros = dropped.iter().filter(|x| **x == 0.0).count() as f64 / dropped.len() as f64;
+    assert!((zeros - 0.25).abs() < 0.06, "dropped share {zeros}");
+    for (d, w) in dropped.iter().zip(&weights) {
+        assert!(*d == 0.0 || (d - w / 0.75).abs() < 1e-5, "{d} vs {w} / 0.75");
+    }
+    // d sum(out) / d v[j, e] = sum over heads and queries of the dropped weight on key j (e any).
+    for j in 0..seq_len {
+        let column: f32 = (0..seq_len).flat_map(|i| (0..2).map(move |h| (i, h))).map(|(i, h)| dropped[i * 2 * seq_len + h * seq_len + j]).sum();
+        assert!((grad_v[j * seq_len] - column).abs() < 1e-4, "grad v[{j}] {} vs {column}", grad_v[j * seq_len]);
+    }
+    assert!(run(0.25, 1).0 == dropped, "seeded");
+    assert!(run(0.25, 2).0 != dropped);
 }

@@ -1,0 +1,117 @@
+//! The fused attention kernel as one operation of burn's autodiff graph over burn-flex, with its own
+//! backward pass: training on the CPU default then runs the same kernels as inference, plus a fused
+//! backward, instead of the ~15 tensor ops (and their gradients) of the composed graph.
+
+use std::any::TypeId;
+use std::sync::Arc;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::prelude::*;
+use burn::tensor::backend::BackendTypes;
+use burn::tensor::{DType, TensorPrimitive};
+use burn_flex::{Flex, FlexTensor};
+
+use crate::cpu::{self, AttentionShape, WeightDropout};
+use crate::flex::{cast, new_flex};
+
+/// burn-autodiff's tensor over burn-flex (the type is not exported under its own name).
+type AutodiffFlexTensor = <Autodiff<Flex> as BackendTypes>::FloatTensorPrimitive;
+
+/// Whether `x` is a float32 tensor of autodiff over burn-flex.
+pub(crate) fn accepts<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<AutodiffFlexTensor>() && x.dtype() == DType::F32
+}
+
+fn into_autodiff<B: Backend, const D: usize>(x: Tensor<B, D>) -> AutodiffFlexTensor {
+    let TensorPrimitive::Float(primitive) = x.into_primitive() else { unreachable!("`accepts` checked the float dtype") };
+    cast(primitive).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"))
+}
+
+/// What the backward pass needs: the inputs, the softmax weights and the dropout seed.
+#[derive(Debug, Clone)]
+struct Saved {
+    query: FlexTensor,
+    key: FlexTensor,
+    value: FlexTensor,
+    weights: Arc<Vec<f32>>,
+    shape: AttentionShape,
+    dropout: Option<WeightDropout>,
+}
+
+#[derive(Debug)]
+struct FusedAttention;
+
+impl Backward<Flex, 3> for FusedAttention {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let Saved { query, key, value, weights, shape, dropout } = ops.state;
+        let grad_output = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let mut grad_query = vec![0f32; query.storage::<f32>().len()];
+        let mut grad_key = vec![0f32; key.storage::<f32>().len()];
+        let mut grad_value = vec![0f32; grad_key.len()];
+        cpu::attention_backward(
+            query.storage(),
+            key.storage(),
+            value.storage(),
+            &weights,
+            shape,
+            dropout,
+            grad_output.storage(),
+            [&mut grad_query, &mut grad_key, &mut grad_value],
+        );
+        let [query_node, key_node, value_node] = ops.parents;
+        for (node, grad, like) in [(query_node, grad_query, &query), (key_node, grad_key, &key), (value_node, grad_value, &value)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, new_flex(grad, like.layout().shape().clone()));
+            }
+        }
+    }
+}
+
+/// Fused attention on `Autodiff<Flex>` tensors (see [`crate::attention`]); the caller has checked
+/// [`accepts`] on all three and the shapes.
+pub(crate) fn attention<B: Backend>(
+    query: Tensor<B, 3>,
+    key: Tensor<B, 3>,
+    value: Tensor<B, 3>,
+    keep: &[f32],
+    shape: AttentionShape,
+    dropout: Option<WeightDropout>,
+) -> Tensor<B, 3> {
+    let (query, key, value) = (into_autodiff(query), into_autodiff(key), into_autodiff(value));
+    let prep = FusedAttention
+        .prepare::<NoCheckpointing>([query.node.clone(), key.node.clone(), value.node.clone()])
+        .compute_bound()
+        .stateful();
+    let inputs = [&query, &key, &value].map(|x| x.primitive.to_contiguous());
+    let [q, k, v] = &inputs;
+    let mut output = vec![0f32; q.storage::<f32>().len()];
+    let output_shape = q.layout().shape().clone();
+    let result = match prep {
+        OpsKind::Tracked(prep) => {
+            let mut weights = vec![0f32; shape.batch * shape.heads * shape.seq_len * shape.seq_len];
+            cpu::attention_saving_weights(q.storage(), k.storage(), v.storage(), keep, shape, dropout, &mut output, &mut weights);
+            let [query, key, value] = inputs;
+            let saved = Saved { query, key, value, weights: Arc::new(weights), shape, dropout };
+            prep.finish(saved, new_flex(output, output_shape))
+        }
+        // Nothing to differentiate (no input requires a gradient): the inference kernel, and
+        // burn's dropout semantics still apply to the weights.
+        OpsKind::UnTracked(prep) => {
+            if dropout.is_some() {
+                let mut weights = vec![0f32; shape.batch * shape.heads * shape.seq_len * shape.seq_len];
+                cpu::attention_saving_weights(q.storage(), k.storage(), v.storage(), keep, shape, dropout, &mut output, &mut weights);
+            } else {
+                cpu::attention(q.storage(), k.storage(), v.storage(), keep, shape, &mut output);
+            }
+            prep.finish(new_flex(output, output_shape))
+        }
+    };
+    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
