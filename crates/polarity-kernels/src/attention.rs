@@ -92,11 +92,11 @@ impl<B: Backend> AttentionMask<B> {
 /// layout: `query` is `[batch, seq, heads * head_dim]`, `key` and `value` `[batch, seq, kv_heads *
 /// head_dim]`; the result is `[batch, seq, heads * head_dim]`, ready for the output projection.
 ///
-/// On burn-flex (float32, no autodiff) one fused CPU kernel runs per `(batch, head)`: scores, mask,
-/// softmax and the weighted sum without materialising split heads, repeated key/value heads, the bias
-/// or the merged output. Elsewhere (other backends, and training, where autodiff needs the graph) it
-/// is [`composed::attention`]. `dropout` applies to the attention weights; burn's dropout is only
-/// active under autodiff, where the composed path runs.
+/// On burn-flex (float32) one fused CPU kernel runs per `(batch, head)`: scores, mask, softmax and
+/// the weighted sum, without materialising split heads, repeated key/value heads, the bias or the
+/// merged output. Under autodiff over burn-flex the kernel is one graph node with a fused backward
+/// pass, and `dropout` (burn's dropout is only active under autodiff) is applied to the weights inside
+/// it. On other backends it is [`composed::attention`].
 pub fn attention<B: Backend>(
     query: Tensor<B, 3>,
     key: Tensor<B, 3>,

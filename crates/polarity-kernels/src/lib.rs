@@ -6,8 +6,12 @@
 //!
 //! - on a float32 burn-flex tensor, runs one fused pass over the data, row-parallel with rayon and
 //!   vectorised (AVX-512 or AVX2, picked at run time), in place where the input is not shared;
-//! - on any other backend, on other float types, and under autodiff (training), runs the same
-//!   operation composed from burn's tensor ops ([`composed`]), so results and gradients are burn's.
+//! - on any other backend and on other float types runs the same operation composed from burn's tensor
+//!   ops ([`composed`]), so results and gradients are burn's;
+//! - under autodiff over burn-flex (training on the CPU default), [`attention`] is one graph node with
+//!   its own fused backward pass (the softmax weights are kept, the dropout mask is regenerated from
+//!   its seed); the element-wise functions take the composed path there, so autodiff differentiates
+//!   them.
 //!
 //! [`dropout`] is the exception: it only acts under autodiff, and there it replaces burn's
 //! one-element-at-a-time Bernoulli mask by a parallel counter-based one.
