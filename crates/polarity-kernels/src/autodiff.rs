@@ -115,3 +115,54 @@ pub(crate) fn attention<B: Backend>(
     let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
+
+/// A frozen matrix decoded on demand, such as a quantised weight (see [`frozen_linear`]).
+pub trait FrozenMatrix: Send + Sync + std::fmt::Debug + 'static {
+    /// `[rows, cols]` of the decoded matrix (`[out_features, in_features]` for a linear layer).
+    fn dims(&self) -> [usize; 2];
+    /// The decoded values, row-major.
+    fn decode(&self) -> Vec<f32>;
+}
+
+#[derive(Debug)]
+struct FrozenLinear;
+
+impl Backward<Flex, 1> for FrozenLinear {
+    type State = Arc<dyn FrozenMatrix>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad_output = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(grads.consume::<Flex>(&ops.node)));
+        let [input_node] = ops.parents;
+        if let Some(node) = input_node {
+            // d x = d y M: the matrix is decoded again here rather than kept from the forward pass.
+            let grad_input = grad_output.matmul(decoded(ops.state.as_ref()));
+            grads.register::<Flex>(node.id, grad_input.into_primitive().tensor());
+        }
+    }
+}
+
+fn decoded(matrix: &dyn FrozenMatrix) -> Tensor<Flex, 2> {
+    Tensor::from_data(burn::tensor::TensorData::new(matrix.decode(), matrix.dims()), &Default::default())
+}
+
+/// `x M^T` (`[rows, cols_of_M] -> [rows, rows_of_M]`, a bias-free linear layer) with a frozen `M`
+/// that the autodiff graph does not keep: under autodiff over burn-flex, `M` is decoded for the
+/// product, dropped, and decoded again in the backward pass. This is what lets QLoRA training hold the
+/// base weights quantised between the forward and the backward pass: burn's own matmul would keep
+/// every decoded f32 matrix alive until the backward pass reached it.
+///
+/// Returns `Err(x)` on other backends (or without autodiff), where the caller's usual product applies.
+pub fn frozen_linear<B: Backend>(x: Tensor<B, 2>, matrix: Arc<dyn FrozenMatrix>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if !accepts(&x) || x.dims()[1] != matrix.dims()[1] {
+        return Err(x);
+    }
+    let x = into_autodiff(x);
+    let input = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(x.primitive.clone()));
+    let output = input.matmul(decoded(matrix.as_ref()).transpose()).into_primitive().tensor();
+    let result = match FrozenLinear.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(matrix, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}

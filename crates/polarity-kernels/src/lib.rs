@@ -41,6 +41,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 pub use attention::{AttentionHeads, AttentionMask, attention};
+pub use autodiff::{FrozenMatrix, frozen_linear};
 
 /// The exact GELU, `x/2 (1 + erf(x / sqrt 2))` (transformers' `"gelu"`).
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {

@@ -265,3 +265,39 @@ fn fused_attention_dropout_drops_weights_and_backpropagates_through_the_same_mas
     assert!(run(0.25, 1).0 == dropped, "seeded");
     assert!(run(0.25, 2).0 != dropped);
 }
+
+#[derive(Debug)]
+struct Fixed(Vec<f32>, [usize; 2]);
+
+impl polarity_kernels::FrozenMatrix for Fixed {
+    fn dims(&self) -> [usize; 2] {
+        self.1
+    }
+    fn decode(&self) -> Vec<f32> {
+        self.0.clone()
+    }
+}
+
+#[test]
+fn frozen_linear_matches_a_matmul_by_a_constant_and_its_input_gradient() {
+    let _serial = serial();
+    let device = Default::default();
+    let matrix = random::<Fast, 2>([5, 7], 41); // [out, in]
+    let values = matrix.clone().into_data().to_vec::<f32>().unwrap();
+    let x = Tensor::<Train, 2>::from_data(random::<Fast, 2>([3, 7], 42).into_data(), &device).require_grad();
+    let upstream = Tensor::<Train, 2>::from_data(random::<Fast, 2>([3, 5], 43).into_data(), &device);
+
+    let frozen = polarity_kernels::frozen_linear(x.clone(), std::sync::Arc::new(Fixed(values.clone(), [5, 7]))).unwrap();
+    let grads = (frozen.clone() * upstream.clone()).sum().backward();
+    let frozen_grad = x.grad(&grads).unwrap();
+
+    let constant = Tensor::<Train, 2>::from_data(matrix.into_data(), &device);
+    let dense = x.clone().matmul(constant.transpose());
+    let grads = (dense.clone() * upstream).sum().backward();
+    assert_close(frozen.inner(), dense.inner(), 1e-6);
+    assert_close(frozen_grad, x.grad(&grads).unwrap(), 1e-6);
+
+    // Elsewhere the caller keeps its own product.
+    let plain = Tensor::<Fast, 2>::zeros([3, 7], &device);
+    assert!(polarity_kernels::frozen_linear(plain, std::sync::Arc::new(Fixed(values, [5, 7]))).is_err());
+}

@@ -522,9 +522,21 @@ impl<B: Backend> QuantizedLinear<B> {
             return linear(x, self.dequantized_weight(&device), bias);
         }
         let [d_input, d_output] = self.dims();
-        let weight = Tensor::<B, 2>::from_data(TensorData::new(self.matrix.dequantize(), self.matrix.dims()), &device);
         dims[D - 1] = d_output;
-        linear(x.reshape([rows, d_input]), weight.transpose(), bias).reshape(dims)
+        // Training on the CPU default: the decoded weight is not kept by the autodiff graph (see
+        // `polarity_kernels::frozen_linear`), so the base stays quantised between forward and backward.
+        let x = match polarity_kernels::frozen_linear(x.reshape([rows, d_input]), Arc::new(self.matrix.clone())) {
+            Ok(product) => {
+                let output = match bias {
+                    Some(bias) => product + bias.unsqueeze(),
+                    None => product,
+                };
+                return output.reshape(dims);
+            }
+            Err(x) => x,
+        };
+        let weight = Tensor::<B, 2>::from_data(TensorData::new(self.matrix.dequantize(), self.matrix.dims()), &device);
+        linear(x, weight.transpose(), bias).reshape(dims)
     }
 
     /// A dense copy (dequantised weight, same bias), frozen.
@@ -533,6 +545,16 @@ impl<B: Backend> QuantizedLinear<B> {
             weight: Param::from_tensor(self.dequantized_weight(device)).set_require_grad(false),
             bias: self.bias.clone(),
         }
+    }
+}
+
+impl polarity_kernels::FrozenMatrix for QuantizedMatrix {
+    fn dims(&self) -> [usize; 2] {
+        QuantizedMatrix::dims(self)
+    }
+
+    fn decode(&self) -> Vec<f32> {
+        self.dequantize()
     }
 }
 
