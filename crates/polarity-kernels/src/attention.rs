@@ -107,7 +107,9 @@ pub fn attention<B: Backend>(
 ) -> Tensor<B, 3> {
     let [batch, seq_len, q_width] = query.dims();
     let AttentionHeads { heads: num_heads, kv_heads, head_dim } = heads;
-    let fits = kv_heads > 0
+    // Empty inputs, or shapes that disagree, go to the composed path (burn reports the mismatch).
+    let fits = batch * seq_len * head_dim > 0
+        && kv_heads > 0
         && num_heads % kv_heads == 0
         && q_width == num_heads * head_dim
         && key.dims() == [batch, seq_len, kv_heads * head_dim]
@@ -125,7 +127,10 @@ pub fn attention<B: Backend>(
     }
     let shape = AttentionShape { batch, seq_len, heads: num_heads, kv_heads, head_dim, causal: mask.causal };
     if training {
-        let dropout = dropout.filter(|layer| layer.prob > 0.0).map(|layer| WeightDropout { seed: crate::random_seed::<B>(&query.device()), keep: 1.0 - layer.prob });
+        let dropout = dropout.filter(|layer| layer.prob > 0.0).map(|layer| WeightDropout {
+            seed: crate::random_seed::<B>(&query.device()),
+            keep: 1.0 - layer.prob,
+        });
         return autodiff::attention(query, key, value, keep, shape, dropout);
     }
     let (query, key, value) = (flex::into_flex(query), flex::into_flex(key), flex::into_flex(value));
