@@ -2,21 +2,8 @@
 
 use std::time::Duration;
 
-/// mimalloc keeps freed pages for reuse. With glibc's allocator every large tensor buffer (the
-/// attention scores of one layer are ~100 MB at batch 32 x 256) is a fresh `mmap`, and page faults
-/// took ~12 % of an encoder forward pass (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Tells mimalloc never to return freed pages to the OS. By default it does so a second after a free;
-/// a training step takes seconds, so every step re-faulted (and the kernel re-zeroed) gigabytes of
-/// activations: a MiniLM step ran 2.25 samples/s with the default and 2.89 without purging.
-fn keep_freed_memory() {
-    // `mi_option_purge_delay` in mimalloc.h (v3); libmimalloc-sys has no constant for it.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets a process-wide integer option; mimalloc reads options atomically.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
-}
+#[path = "../../examples/common/allocator.rs"]
+mod allocator;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, SamplingMode};
@@ -24,7 +11,7 @@ use criterion::{BenchmarkGroup, SamplingMode};
 /// Ten flat samples after a one-second warm-up, measured for about `measurement_s` seconds: model
 /// benchmarks take seconds per call on 2 cores, so criterion's defaults would run for hours.
 pub fn configure(group: &mut BenchmarkGroup<'_, WallTime>, measurement_s: u64) {
-    keep_freed_memory();
+    allocator::keep_freed_memory();
     group.sampling_mode(SamplingMode::Flat);
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));

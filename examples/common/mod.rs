@@ -5,21 +5,7 @@
 
 use std::path::Path;
 
-/// mimalloc keeps freed pages for reuse. With glibc's allocator every large tensor buffer (the
-/// attention scores of one layer are ~100 MB at batch 32 x 256) is a fresh `mmap`, and page faults
-/// took ~12 % of an encoder forward pass (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Tells mimalloc never to return freed pages to the OS. By default it does so a second after a free;
-/// a training step takes seconds, so every step re-faulted (and the kernel re-zeroed) gigabytes of
-/// activations: a MiniLM step ran 2.25 samples/s with the default and 2.89 without purging.
-fn keep_freed_memory() {
-    // `mi_option_purge_delay` in mimalloc.h (v3); libmimalloc-sys has no constant for it.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets a process-wide integer option; mimalloc reads options atomically.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
-}
+mod allocator;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -29,7 +15,7 @@ use serde::Serialize;
 /// Logs to stderr at `RUST_LOG`'s level (default `warn`), runs `run` and turns an error into a
 /// one-line message (with its causes) and a failing exit code.
 pub fn main_with(run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
-    keep_freed_memory();
+    allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
