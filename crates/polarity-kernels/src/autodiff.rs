@@ -122,6 +122,14 @@ pub trait FrozenMatrix: Send + Sync + std::fmt::Debug + 'static {
     fn dims(&self) -> [usize; 2];
     /// The decoded values, row-major.
     fn decode(&self) -> Vec<f32>;
+    /// The decoded transpose (`[cols, rows]`), row-major.
+    fn decode_transposed(&self) -> Vec<f32>;
+    /// Whether a product with `input_rows` input rows should multiply by the contiguous transpose
+    /// ([`decode_transposed`](Self::decode_transposed)) rather than by a transposed view of the
+    /// row-major matrix (the cheaper layout depends on the decoder and the row count).
+    fn prefers_transposed(&self, _input_rows: usize) -> bool {
+        false
+    }
 }
 
 #[derive(Debug)]
@@ -158,7 +166,13 @@ pub fn frozen_linear<B: Backend>(x: Tensor<B, 2>, matrix: Arc<dyn FrozenMatrix>)
     }
     let x = into_autodiff(x);
     let input = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(x.primitive.clone()));
-    let output = input.matmul(decoded(matrix.as_ref()).transpose()).into_primitive().tensor();
+    let [rows, cols] = matrix.dims();
+    let weight = if matrix.prefers_transposed(input.dims()[0]) {
+        Tensor::from_data(burn::tensor::TensorData::new(matrix.decode_transposed(), [cols, rows]), &Default::default())
+    } else {
+        decoded(matrix.as_ref()).transpose()
+    };
+    let output = input.matmul(weight).into_primitive().tensor();
     let result = match FrozenLinear.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(matrix, output),
         OpsKind::UnTracked(prep) => prep.finish(output),

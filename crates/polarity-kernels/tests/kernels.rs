@@ -266,8 +266,9 @@ fn fused_attention_dropout_drops_weights_and_backpropagates_through_the_same_mas
     assert!(run(0.25, 2).0 != dropped);
 }
 
+/// A `[rows, cols]` matrix; `transposed` picks the layout the forward product uses.
 #[derive(Debug)]
-struct Fixed(Vec<f32>, [usize; 2]);
+struct Fixed(Vec<f32>, [usize; 2], bool);
 
 impl polarity_kernels::FrozenMatrix for Fixed {
     fn dims(&self) -> [usize; 2] {
@@ -275,6 +276,13 @@ impl polarity_kernels::FrozenMatrix for Fixed {
     }
     fn decode(&self) -> Vec<f32> {
         self.0.clone()
+    }
+    fn decode_transposed(&self) -> Vec<f32> {
+        let [rows, cols] = self.1;
+        (0..cols).flat_map(|c| (0..rows).map(move |r| self.0[r * cols + c])).collect()
+    }
+    fn prefers_transposed(&self, _input_rows: usize) -> bool {
+        self.2
     }
 }
 
@@ -287,17 +295,20 @@ fn frozen_linear_matches_a_matmul_by_a_constant_and_its_input_gradient() {
     let x = Tensor::<Train, 2>::from_data(random::<Fast, 2>([3, 7], 42).into_data(), &device).require_grad();
     let upstream = Tensor::<Train, 2>::from_data(random::<Fast, 2>([3, 5], 43).into_data(), &device);
 
-    let frozen = polarity_kernels::frozen_linear(x.clone(), std::sync::Arc::new(Fixed(values.clone(), [5, 7]))).unwrap();
-    let grads = (frozen.clone() * upstream.clone()).sum().backward();
-    let frozen_grad = x.grad(&grads).unwrap();
-
     let constant = Tensor::<Train, 2>::from_data(matrix.into_data(), &device);
     let dense = x.clone().matmul(constant.transpose());
-    let grads = (dense.clone() * upstream).sum().backward();
-    assert_close(frozen.inner(), dense.inner(), 1e-6);
-    assert_close(frozen_grad, x.grad(&grads).unwrap(), 1e-6);
+    let grads = (dense.clone() * upstream.clone()).sum().backward();
+    let dense_grad = x.grad(&grads).unwrap();
+
+    for transposed in [false, true] {
+        let matrix = std::sync::Arc::new(Fixed(values.clone(), [5, 7], transposed));
+        let frozen = polarity_kernels::frozen_linear(x.clone(), matrix).unwrap();
+        let grads = (frozen.clone() * upstream.clone()).sum().backward();
+        assert_close(frozen.inner(), dense.clone().inner(), 1e-6);
+        assert_close(x.grad(&grads).unwrap(), dense_grad.clone(), 1e-6);
+    }
 
     // Elsewhere the caller keeps its own product.
     let plain = Tensor::<Fast, 2>::zeros([3, 7], &device);
-    assert!(polarity_kernels::frozen_linear(plain, std::sync::Arc::new(Fixed(values, [5, 7]))).is_err());
+    assert!(polarity_kernels::frozen_linear(plain, std::sync::Arc::new(Fixed(values, [5, 7], false))).is_err());
 }

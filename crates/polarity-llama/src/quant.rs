@@ -53,6 +53,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::module::linear;
+use polarity_kernels::FrozenMatrix;
 use rayon::prelude::*;
 
 use crate::LlamaError;
@@ -108,8 +109,9 @@ pub const NF4_MAX_RELATIVE_ERROR: f32 = (NF4_CODEBOOK[1] - NF4_CODEBOOK[0]) / 2.
 /// Decoding is split into tasks of about this many values (small matrices stay on one thread).
 const VALUES_PER_TASK: usize = 1 << 15;
 
-/// From this many input rows on, [`QuantizedLinear::forward`] decodes row-major and multiplies by a
-/// transposed view; below, it decodes straight into the contiguous transposed layout.
+/// From this many input rows on, a product by a quantised matrix ([`QuantizedLinear::forward`], also
+/// under autodiff) decodes row-major and multiplies by a transposed view; below, it decodes straight
+/// into the contiguous transposed layout.
 const ROW_MAJOR_DECODE_MIN_ROWS: usize = 128;
 
 /// How a [`QuantizedMatrix`] stores its values.
@@ -518,9 +520,6 @@ impl<B: Backend> QuantizedLinear<B> {
         let bias = self.bias.as_ref().map(Param::val);
         let mut dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
-        if rows < ROW_MAJOR_DECODE_MIN_ROWS {
-            return linear(x, self.dequantized_weight(&device), bias);
-        }
         let [d_input, d_output] = self.dims();
         dims[D - 1] = d_output;
         // Training on the CPU default: the decoded weight is not kept by the autodiff graph (see
@@ -535,8 +534,12 @@ impl<B: Backend> QuantizedLinear<B> {
             }
             Err(x) => x,
         };
-        let weight = Tensor::<B, 2>::from_data(TensorData::new(self.matrix.dequantize(), self.matrix.dims()), &device);
-        linear(x, weight.transpose(), bias).reshape(dims)
+        let weight = if self.matrix.prefers_transposed(rows) {
+            self.dequantized_weight(&device)
+        } else {
+            Tensor::<B, 2>::from_data(TensorData::new(self.matrix.dequantize(), self.matrix.dims()), &device).transpose()
+        };
+        linear(x, weight, bias).reshape(dims)
     }
 
     /// A dense copy (dequantised weight, same bias), frozen.
@@ -548,13 +551,21 @@ impl<B: Backend> QuantizedLinear<B> {
     }
 }
 
-impl polarity_kernels::FrozenMatrix for QuantizedMatrix {
+impl FrozenMatrix for QuantizedMatrix {
     fn dims(&self) -> [usize; 2] {
         QuantizedMatrix::dims(self)
     }
 
     fn decode(&self) -> Vec<f32> {
         self.dequantize()
+    }
+
+    fn decode_transposed(&self) -> Vec<f32> {
+        self.dequantize_transposed()
+    }
+
+    fn prefers_transposed(&self, input_rows: usize) -> bool {
+        input_rows < ROW_MAJOR_DECODE_MIN_ROWS
     }
 }
 
