@@ -456,28 +456,8 @@ pub fn attention_backward(
                 let head_task = b * heads + h;
                 let qb = shape.q_block(b, h);
                 let p = &weights[head_task * s * s..(head_task + 1) * s * s];
-                // The weights the forward pass multiplied v by: P, or P * mask with dropout.
-                let used: &[f32] = match dropout {
-                    Some(dropout) => {
-                        dropout.fill(mask, head_task);
-                        mask.iter_mut().zip(p).for_each(|(m, p)| *m *= p);
-                        mask
-                    }
-                    None => p,
-                };
-                let accumulate = i > 0;
-                // SAFETY: blocks inside their buffers as in `attend`; this task alone writes the
-                // (b, kv_h) blocks of grad_k / grad_v and the (b, h) blocks of grad_q for its heads.
+                // SAFETY: blocks inside their buffers as in `attend`.
                 unsafe {
-                    // grad_v_b,kv_h (+)= used^T grad_out_bh ([s, s]^T x [s, d])
-                    product(
-                        [s, s, d],
-                        (gv.0.add(kvb.offset), kvb.row_stride, 1),
-                        (used.as_ptr(), 1, s as isize),
-                        (grad_output.as_ptr().add(qb.offset), qb.row_stride, 1),
-                        1.0,
-                        accumulate,
-                    );
                     // grad_weights = grad_out_bh v^T ([s, d] x [d, s])
                     product(
                         [s, d, s],
@@ -488,9 +468,29 @@ pub fn attention_backward(
                         false,
                     );
                 }
-                if let Some(dropout) = dropout {
-                    dropout.fill(mask, head_task);
-                    grad_weights.iter_mut().zip(mask.iter()).for_each(|(g, m)| *g *= m);
+                // The weights the forward pass multiplied v by: P, or P * mask with dropout (the mask,
+                // drawn once, also masks the weights' gradient).
+                let used: &[f32] = match dropout {
+                    Some(dropout) => {
+                        dropout.fill(mask, head_task);
+                        grad_weights.iter_mut().zip(mask.iter()).for_each(|(g, m)| *g *= m);
+                        mask.iter_mut().zip(p).for_each(|(m, p)| *m *= p);
+                        mask
+                    }
+                    None => p,
+                };
+                // SAFETY: as above; this task alone writes the (b, kv_h) blocks of grad_k / grad_v
+                // and the (b, h) blocks of grad_q for its heads.
+                unsafe {
+                    // grad_v_b,kv_h (+)= used^T grad_out_bh ([s, s]^T x [s, d])
+                    product(
+                        [s, s, d],
+                        (gv.0.add(kvb.offset), kvb.row_stride, 1),
+                        (used.as_ptr(), 1, s as isize),
+                        (grad_output.as_ptr().add(qb.offset), qb.row_stride, 1),
+                        1.0,
+                        i > 0,
+                    );
                 }
                 softmax_backward_rows(grad_weights, p, s);
                 // SAFETY: as above.
@@ -511,7 +511,7 @@ pub fn attention_backward(
                         (grad_weights.as_ptr(), 1, s as isize),
                         (q.as_ptr().add(qb.offset), qb.row_stride, 1),
                         scale,
-                        accumulate,
+                        i > 0,
                     );
                 }
             }
