@@ -53,7 +53,7 @@ use polarity::TokenBatch;
 use polarity::backend::CpuBackend;
 use polarity::data::{ImdbDataset, Split, hub};
 use polarity::llama::{
-    LabelWords, Llama, Llama3RopeScaling, LlamaConfig, LlamaTokenizer, LoraConfig, right_padded_batch,
+    LabelWords, Llama, LlamaConfig, LlamaTokenizer, LoraConfig, right_padded_batch,
 };
 use polarity::tokenize::PromptTemplate;
 
@@ -61,6 +61,8 @@ type TrainBackend = Autodiff<CpuBackend>;
 
 /// The GGUF file, relative to the workspace root (the package root of this bench).
 const SMOLLM2_GGUF: &str = "../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The tiny-llama fixture's configuration, relative to the workspace root.
+const TINY_LLAMA_CONFIG: &str = "../shared/fixtures/tiny-llama/model/config.json";
 const SEED: u64 = 42;
 /// The sequence length of every measurement (but the opt-in real-length one).
 const SEQ: usize = 128;
@@ -79,14 +81,10 @@ fn smollm2_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(SMOLLM2_GGUF)
 }
 
-/// The tiny-llama fixture's configuration (`../shared/fixtures/tiny-llama/model/config.json`), in code.
+/// The tiny-llama fixture's own `config.json` (scripts/pytorch_reference.py reads the same file).
 fn tiny_config() -> LlamaConfig {
-    LlamaConfig::new(512, 64, 128, 2, 4, 2)
-        .with_head_dim(Some(16))
-        .with_rms_norm_eps(1e-5)
-        .with_rope_theta(500_000.0)
-        .with_rope_scaling(Some(Llama3RopeScaling::new(8.0, 1.0, 4.0, 64)))
-        .with_max_position_embeddings(256)
+    LlamaConfig::from_hf_file(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(TINY_LLAMA_CONFIG))
+        .expect("the tiny-llama fixture's config")
 }
 
 /// The adapter every training step uses: r 16, alpha 32, dropout 0.05, q_proj and v_proj (the default

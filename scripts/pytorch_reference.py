@@ -70,6 +70,7 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 IMDB = "stanfordnlp/imdb"
 SEED = 42
 SMOLLM2_GGUF = "../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_LLAMA_MODEL = "../shared/fixtures/tiny-llama/model"
 # polarity_tokenize::prompt::DEFAULT_TEMPLATE
 PROMPT_TEMPLATE = (
     "You are a sentiment analysis assistant.\nClassify the following IMDB movie review as positive or negative."
@@ -264,27 +265,8 @@ def bench_lora_step(results, name, causal_lm, batch, targets, iterations):
 
 
 def tiny_llama_config():
-    """The tiny-llama fixture's configuration (benches/llama.rs's tiny_config)."""
-    return transformers.LlamaConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        rope_parameters={
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64,
-        },
-    )
+    """The tiny-llama fixture's own configuration, as benches/llama.rs reads it."""
+    return transformers.LlamaConfig.from_pretrained(TINY_LLAMA_MODEL)
 
 
 def llama3_8b_one_layer_config():
