@@ -57,9 +57,10 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::Backend;
 use clap::{Parser, ValueEnum};
 use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
-use polarity_core::{EpochReport, Sentiment};
+use polarity_core::{EpochReport, Precision, Sentiment};
 use polarity_data::{Split, hub};
 use polarity_hub::{RepoKind, RepoSource};
+use polarity_kernels::autocast::autocast;
 use polarity_llama::{
     CausalLmObjective, LabelWords, Llama, LlamaTokenizer, LoraConfig, PromptEncoder, generate_answers_for_ids,
 };
@@ -114,6 +115,11 @@ struct Args {
     /// Keep the frozen base quantized in memory (QLoRA): GGUF blocks as stored, NF4 for other bases.
     #[arg(long)]
     qlora: bool,
+    /// The type of the matrix products: f32, or bf16/f16 mixed precision (adapters, gradients and
+    /// optimiser state stay f32; f16 adds dynamic loss scaling). Meant for --features cuda: on the CPU
+    /// it changes the numbers, not the speed.
+    #[arg(long, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Passes over the training set.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -202,6 +208,9 @@ struct TrainerSettings {
     weight_decay: f64,
     max_grad_norm: Option<f64>,
     seed: u64,
+    precision: Precision,
+    loss_scale: Option<f64>,
+    skipped_steps: usize,
 }
 
 #[derive(Serialize)]
@@ -266,7 +275,7 @@ fn load_base(args: &Args, device: &burn::tensor::Device<TrainBackend>) -> anyhow
     Ok((model, tokenizer))
 }
 
-/// Classifies `data` with `model` as `args.classify_by` says.
+/// Classifies `data` with `model` as `args.classify_by` says, in `args.precision`.
 fn score(
     args: &Args,
     objective: &CausalLmObjective,
@@ -275,53 +284,55 @@ fn score(
     data: &[TokenizedExample],
     device: &burn::tensor::Device<InferenceBackend>,
 ) -> anyhow::Result<Scored> {
-    let tokens: usize = data.iter().map(|item| item.tokens.len()).sum();
-    match args.classify_by {
-        ClassifyBy::LabelWords => {
-            let evaluation = evaluate(objective, model, data, args.eval_batch_size, device)?;
-            Ok(Scored {
-                accuracy: evaluation.report.accuracy,
-                macro_f1: evaluation.report.macro_f1,
-                samples_per_second: evaluation.samples_per_second,
-                tokens_per_second: tokens as f64 / evaluation.seconds.max(f64::MIN_POSITIVE),
-                seconds: evaluation.seconds,
-                unparseable: 0,
-                report: evaluation.report,
-            })
-        }
-        ClassifyBy::Generation => {
-            let started = Instant::now();
-            let mut gold = Vec::with_capacity(data.len());
-            let mut predicted = Vec::with_capacity(data.len());
-            let mut unparseable = 0;
-            for chunk in data.chunks(args.eval_batch_size.max(1)) {
-                let prompts: Vec<Vec<u32>> = chunk.iter().map(|item| item.tokens.ids.clone()).collect();
-                let answers = generate_answers_for_ids(model, tokenizer, &prompts, args.max_new_tokens, device)?;
-                unparseable += answers.unparseable;
-                for (item, answer) in chunk.iter().zip(answers.answers) {
-                    gold.push(item.label);
-                    // An answer naming no label is wrong, never silently one of the classes.
-                    predicted.push(answer.unwrap_or(match item.label {
-                        Sentiment::Positive => Sentiment::Negative,
-                        Sentiment::Negative => Sentiment::Positive,
-                    }));
-                }
+    autocast(args.precision.compute_dtype(), || {
+        let tokens: usize = data.iter().map(|item| item.tokens.len()).sum();
+        match args.classify_by {
+            ClassifyBy::LabelWords => {
+                let evaluation = evaluate(objective, model, data, args.eval_batch_size, device)?;
+                Ok(Scored {
+                    accuracy: evaluation.report.accuracy,
+                    macro_f1: evaluation.report.macro_f1,
+                    samples_per_second: evaluation.samples_per_second,
+                    tokens_per_second: tokens as f64 / evaluation.seconds.max(f64::MIN_POSITIVE),
+                    seconds: evaluation.seconds,
+                    unparseable: 0,
+                    report: evaluation.report,
+                })
             }
-            let seconds = started.elapsed().as_secs_f64();
-            let mut matrix = ConfusionMatrix::default();
-            matrix.update(&gold, &predicted)?;
-            let report = matrix.report();
-            Ok(Scored {
-                accuracy: report.accuracy,
-                macro_f1: report.macro_f1,
-                samples_per_second: data.len() as f64 / seconds.max(f64::MIN_POSITIVE),
-                tokens_per_second: tokens as f64 / seconds.max(f64::MIN_POSITIVE),
-                seconds,
-                unparseable,
-                report,
-            })
+            ClassifyBy::Generation => {
+                let started = Instant::now();
+                let mut gold = Vec::with_capacity(data.len());
+                let mut predicted = Vec::with_capacity(data.len());
+                let mut unparseable = 0;
+                for chunk in data.chunks(args.eval_batch_size.max(1)) {
+                    let prompts: Vec<Vec<u32>> = chunk.iter().map(|item| item.tokens.ids.clone()).collect();
+                    let answers = generate_answers_for_ids(model, tokenizer, &prompts, args.max_new_tokens, device)?;
+                    unparseable += answers.unparseable;
+                    for (item, answer) in chunk.iter().zip(answers.answers) {
+                        gold.push(item.label);
+                        // An answer naming no label is wrong, never silently one of the classes.
+                        predicted.push(answer.unwrap_or(match item.label {
+                            Sentiment::Positive => Sentiment::Negative,
+                            Sentiment::Negative => Sentiment::Positive,
+                        }));
+                    }
+                }
+                let seconds = started.elapsed().as_secs_f64();
+                let mut matrix = ConfusionMatrix::default();
+                matrix.update(&gold, &predicted)?;
+                let report = matrix.report();
+                Ok(Scored {
+                    accuracy: report.accuracy,
+                    macro_f1: report.macro_f1,
+                    samples_per_second: data.len() as f64 / seconds.max(f64::MIN_POSITIVE),
+                    tokens_per_second: tokens as f64 / seconds.max(f64::MIN_POSITIVE),
+                    seconds,
+                    unparseable,
+                    report,
+                })
+            }
         }
-    }
+    })
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
@@ -415,6 +426,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .with_warmup(warmup)
         .with_max_grad_norm((args.clip > 0.0).then_some(args.clip))
         .with_seed(args.seed)
+        .with_precision(args.precision)
         .with_best_metric(None)
         .with_checkpoint(
             args.checkpoint_dir
@@ -462,7 +474,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         println!("improvement          {points:+.1} accuracy points over zero-shot");
     }
     println!("model                {} ({:?})", args.model, args.classify_by);
-    println!("backend              {backend}");
+    println!("backend              {backend}, {} products", args.precision);
     println!("train time           {:.1}s ({} steps)", outcome.train_seconds(), outcome.global_steps);
     println!("train samples/s      {:.2}", outcome.train_samples_per_second());
     println!("weights              {memory}");
@@ -502,6 +514,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 weight_decay: args.weight_decay,
                 max_grad_norm: (args.clip > 0.0).then_some(args.clip),
                 seed: args.seed,
+                precision: args.precision,
+                loss_scale: outcome.loss_scaler.map(|scaler| scaler.scale()),
+                skipped_steps: outcome.loss_scaler.map_or(0, |scaler| scaler.skipped_steps()),
             },
             qlora: args.qlora,
             weight_memory: MemoryJson {

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | (root) | `polarity-core` | labels, examples, predictions, batches, the `Classifier` / `FineTuner` / `ExampleSource` traits, backends |
 //! | [`hub`] | `polarity-hub` | hub ids or local directories, cache first, offline-aware |
+//! | [`kernels`] | `polarity-kernels` | the models' ops: fused CPU kernels, attention, mixed-precision autocast |
 //! | [`data`] | `polarity-data` | IMDB from the hub, aclImdb folders, CSV/parquet; subsets, splits, statistics |
 //! | [`tokenize`] | `polarity-tokenize` | tokenizer.json, truncation, bucketing, padding, prompts |
 //! | [`metrics`] | `polarity-metrics` | accuracy, per-class P/R/F1, macro-F1, confusion matrix |
@@ -22,6 +23,7 @@ pub use polarity_core::*;
 pub use polarity_data as data;
 pub use polarity_encoder as encoder;
 pub use polarity_hub as hub;
+pub use polarity_kernels as kernels;
 pub use polarity_llama as llama;
 pub use polarity_metrics as metrics;
 pub use polarity_tokenize as tokenize;

@@ -35,6 +35,13 @@ pub fn balanced_split(dataset: &str, split: Split, size: usize, seed: u64) -> an
     data.balanced_subset(size, seed).with_context(|| format!("drawing {size} balanced {split} reviews"))
 }
 
+/// `N` disjoint seeded balanced subsets of `split` (the first is [`balanced_split`]'s for the same seed).
+pub fn balanced_splits<const N: usize>(dataset: &str, split: Split, sizes: [usize; N], seed: u64) -> anyhow::Result<[ImdbDataset; N]> {
+    let data = hub::load_split(dataset, split).with_context(|| format!("loading {dataset} {split}"))?;
+    let subsets = data.balanced_subsets(&sizes, seed).with_context(|| format!("drawing {sizes:?} balanced {split} reviews"))?;
+    subsets.try_into().map_err(|_| anyhow::anyhow!("expected {N} subsets"))
+}
+
 /// Writes `value` as pretty JSON to `path`, creating its folder.
 pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

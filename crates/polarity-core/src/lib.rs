@@ -9,7 +9,8 @@
 //!   [`ExampleSource`] (a dataset of labelled texts), [`Classifier`] (predicts a batch of texts) and
 //!   [`FineTuner`] (trains a classifier on examples and reports per-epoch metrics), plus
 //!   [`ClassScorer`], the tensor-level hook every model family implements;
-//! - [`backend`]: the default CPU backend, and the CUDA one behind the `cuda` feature, probed before use.
+//! - [`backend`]: the default CPU backend, and the CUDA one behind the `cuda` feature, probed before use;
+//! - [`Precision`]: the type matrix products run in (f32, or bf16/f16 mixed precision).
 //!
 //! ```
 //! use polarity_core::{Example, Prediction, Sentiment};
@@ -24,8 +25,8 @@ pub mod backend;
 mod batch;
 mod error;
 mod example;
-pub mod ops;
 pub mod params;
+mod precision;
 pub mod reference;
 mod sentiment;
 mod traits;
@@ -33,5 +34,6 @@ mod traits;
 pub use batch::{LabelledBatch, TokenBatch};
 pub use error::CoreError;
 pub use example::{Example, Prediction};
+pub use precision::Precision;
 pub use sentiment::Sentiment;
 pub use traits::{ClassScorer, Classifier, EpochReport, ExampleSource, FineTuned, FineTuner};

@@ -16,21 +16,53 @@ impl ImdbDataset {
     ///
     /// Asking for more of a label than the data holds is [`DataError::SubsetTooLarge`].
     pub fn balanced_subset(&self, size: usize, seed: u64) -> Result<ImdbDataset, DataError> {
+        let mut subsets = self.balanced_subsets(&[size], seed)?;
+        Ok(subsets.remove(0))
+    }
+
+    /// Disjoint seeded, label-balanced subsets of the given sizes (say a training set and a validation
+    /// set drawn from one split). The first subset is exactly [`balanced_subset`](Self::balanced_subset)'s
+    /// for the same seed, so adding a validation set leaves the training set unchanged.
+    ///
+    /// ```
+    /// use polarity_core::{Example, Sentiment};
+    /// use polarity_data::ImdbDataset;
+    ///
+    /// let examples = (0..40).map(|i| Example::new(format!("review {i}"), Sentiment::ALL[i % 2])).collect();
+    /// let data = ImdbDataset::new("toy", examples)?;
+    /// let subsets = data.balanced_subsets(&[20, 10], 7)?;
+    /// assert_eq!(subsets[0], data.balanced_subset(20, 7)?);
+    /// assert_eq!(subsets[1].label_counts(), [5, 5]);
+    /// assert!(subsets[1].texts().iter().all(|text| !subsets[0].texts().contains(text)));
+    /// # Ok::<(), polarity_data::DataError>(())
+    /// ```
+    pub fn balanced_subsets(&self, sizes: &[usize], seed: u64) -> Result<Vec<ImdbDataset>, DataError> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let wanted = [size / 2, size - size / 2];
-        let mut chosen = Vec::with_capacity(size);
+        let requested: usize = sizes.iter().sum();
+        let mut chosen: Vec<Vec<usize>> = sizes.iter().map(|&size| Vec::with_capacity(size)).collect();
         for label in Sentiment::ALL {
             let mut indices: Vec<usize> =
                 (0..self.examples().len()).filter(|&i| self.examples()[i].label == label).collect();
-            let needed = wanted[label.index()];
+            let wanted = |size: usize| [size / 2, size - size / 2][label.index()];
+            let needed: usize = sizes.iter().map(|&size| wanted(size)).sum();
             if needed > indices.len() {
-                return Err(DataError::SubsetTooLarge { requested: size, needed, available: indices.len(), label });
+                return Err(DataError::SubsetTooLarge { requested, needed, available: indices.len(), label });
             }
             indices.shuffle(&mut rng);
-            chosen.extend_from_slice(&indices[..needed]);
+            let mut taken = 0;
+            for (subset, &size) in chosen.iter_mut().zip(sizes) {
+                subset.extend_from_slice(&indices[taken..taken + wanted(size)]);
+                taken += wanted(size);
+            }
         }
-        chosen.shuffle(&mut rng);
-        self.pick(&chosen, format!("{}[balanced {size}, seed {seed}]", self.name()))
+        chosen
+            .iter_mut()
+            .zip(sizes)
+            .map(|(indices, &size)| {
+                indices.shuffle(&mut rng);
+                self.pick(indices, format!("{}[balanced {size}, seed {seed}]", self.name()))
+            })
+            .collect()
     }
 
     /// All examples in a seeded random order.

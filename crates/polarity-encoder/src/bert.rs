@@ -9,8 +9,8 @@
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
-use polarity_core::ops::linear_on_rows;
-use polarity_kernels::{AttentionHeads, AttentionMask, attention};
+
+use polarity_kernels::{AttentionHeads, AttentionMask, attention, linear};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
@@ -236,9 +236,9 @@ pub struct BertSelfAttention<B: Backend> {
 impl<B: Backend> BertSelfAttention<B> {
     /// `[batch, seq, hidden]` -> the attended values `[batch, seq, hidden]`, before the output projection.
     pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
-        let query = linear_on_rows(&self.query, hidden.clone());
-        let key = linear_on_rows(&self.key, hidden.clone());
-        let value = linear_on_rows(&self.value, hidden);
+        let query = linear(&self.query, hidden.clone());
+        let key = linear(&self.key, hidden.clone());
+        let value = linear(&self.value, hidden);
         let [_, _, width] = query.dims();
         let heads = self.num_attention_heads;
         let heads = AttentionHeads { heads, kv_heads: heads, head_dim: width / heads };
@@ -259,7 +259,7 @@ pub struct BertSelfOutput<B: Backend> {
 impl<B: Backend> BertSelfOutput<B> {
     /// `layer_norm(dropout(dense(hidden)) + residual)`.
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm.forward(polarity_kernels::dropout(&self.dropout, linear_on_rows(&self.dense, hidden)) + residual)
+        self.layer_norm.forward(polarity_kernels::dropout(&self.dropout, linear(&self.dense, hidden)) + residual)
     }
 }
 
@@ -291,7 +291,7 @@ pub struct BertIntermediate<B: Backend> {
 impl<B: Backend> BertIntermediate<B> {
     /// `activation(dense(hidden))`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.activation.forward(linear_on_rows(&self.dense, hidden))
+        self.activation.forward(linear(&self.dense, hidden))
     }
 }
 
@@ -308,7 +308,7 @@ pub struct BertOutput<B: Backend> {
 impl<B: Backend> BertOutput<B> {
     /// `layer_norm(dropout(dense(intermediate)) + residual)`.
     pub fn forward(&self, intermediate: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm.forward(polarity_kernels::dropout(&self.dropout, linear_on_rows(&self.dense, intermediate)) + residual)
+        self.layer_norm.forward(polarity_kernels::dropout(&self.dropout, linear(&self.dense, intermediate)) + residual)
     }
 }
 
@@ -348,7 +348,7 @@ pub struct BertPooler<B: Backend> {
 impl<B: Backend> BertPooler<B> {
     /// `[batch, seq, hidden]` -> `[batch, hidden]`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
-        linear_on_rows(&self.dense, first_token(hidden)).tanh()
+        linear(&self.dense, first_token(hidden)).tanh()
     }
 }
 
@@ -425,7 +425,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
     /// `[batch, num_labels]` logits.
     pub fn forward(&self, batch: TokenBatch<B>) -> Tensor<B, 2> {
         let pooled = self.bert.pooler.forward(self.bert.encode(batch));
-        self.classifier.forward(polarity_kernels::dropout(&self.dropout, pooled))
+        linear(&self.classifier, polarity_kernels::dropout(&self.dropout, pooled))
     }
 
     /// Logits and the mean cross-entropy loss, in the shape burn's `Learner` expects.

@@ -9,8 +9,8 @@ use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
-use polarity_core::ops::linear_on_rows;
-use polarity_kernels::{AttentionHeads, AttentionMask, attention};
+
+use polarity_kernels::{AttentionHeads, AttentionMask, attention, linear};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
@@ -228,13 +228,13 @@ pub struct MultiHeadSelfAttention<B: Backend> {
 impl<B: Backend> MultiHeadSelfAttention<B> {
     /// `[batch, seq, dim]` -> `[batch, seq, dim]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
-        let query = linear_on_rows(&self.q_lin, hidden.clone());
-        let key = linear_on_rows(&self.k_lin, hidden.clone());
-        let value = linear_on_rows(&self.v_lin, hidden);
+        let query = linear(&self.q_lin, hidden.clone());
+        let key = linear(&self.k_lin, hidden.clone());
+        let value = linear(&self.v_lin, hidden);
         let [_, _, width] = query.dims();
         let heads = AttentionHeads { heads: self.n_heads, kv_heads: self.n_heads, head_dim: width / self.n_heads };
         let context = attention(query, key, value, heads, mask, Some(&self.dropout));
-        linear_on_rows(&self.out_lin, context)
+        linear(&self.out_lin, context)
     }
 }
 
@@ -252,7 +252,7 @@ pub struct Ffn<B: Backend> {
 impl<B: Backend> Ffn<B> {
     /// `dropout(lin2(activation(lin1(x))))`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        polarity_kernels::dropout(&self.dropout, linear_on_rows(&self.lin2, self.activation.forward(linear_on_rows(&self.lin1, x))))
+        polarity_kernels::dropout(&self.dropout, linear(&self.lin2, self.activation.forward(linear(&self.lin1, x))))
     }
 }
 
@@ -356,8 +356,8 @@ impl<B: Backend> DistilBertForSequenceClassification<B> {
     /// `[batch, num_labels]` logits.
     pub fn forward(&self, batch: TokenBatch<B>) -> Tensor<B, 2> {
         let cls = first_token(self.distilbert.encode(batch));
-        let pooled = burn::tensor::activation::relu(self.pre_classifier.forward(cls));
-        self.classifier.forward(polarity_kernels::dropout(&self.dropout, pooled))
+        let pooled = burn::tensor::activation::relu(linear(&self.pre_classifier, cls));
+        linear(&self.classifier, polarity_kernels::dropout(&self.dropout, pooled))
     }
 
     /// Logits and the mean cross-entropy loss, in the shape burn's `Learner` expects.

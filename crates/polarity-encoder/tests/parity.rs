@@ -141,3 +141,38 @@ fn dropout_applies_only_when_training() {
     assert!(!TensorCheck::compare("train", &training, reference, LOGITS_TOLERANCE, Tolerance::Absolute).ok);
     assert_all_ok(&[TensorCheck::compare("eval", &eval, reference, LOGITS_TOLERANCE, Tolerance::Absolute)]);
 }
+
+/// Mixed precision (the products in bf16 or f16, everything else f32) stays within half precision's
+/// rounding of transformers' f32 logits, loss and gradients, and really changes the numbers. f16
+/// needs its loss scaled (as the trainer does): these gradients are ~1e-5, where f16 has only a few
+/// significant bits left.
+#[test]
+fn half_precision_products_stay_close_to_transformers() {
+    use burn::tensor::FloatDType;
+    use polarity_kernels::autocast::autocast;
+    // bf16 keeps 8 bits of mantissa (relative rounding 2^-9), f16 11 (2^-12).
+    for (dtype, logits_tolerance, gradient_tolerance, loss_scale) in
+        [(FloatDType::BF16, 2e-2, 0.1, 1.0), (FloatDType::F16, 3e-3, 2e-2, 65536.0)]
+    {
+        for name in ["tiny-bert-cls", "tiny-distilbert-cls"] {
+            let fixture = fixture(name);
+            let device = Default::default();
+            let source = RepoSource::Local(fixture_dir(name).join("model"));
+            let model = EncoderClassifier::<Train>::from_pretrained(&source, &device).unwrap();
+            let output = autocast(Some(dtype), || model.forward_classification(labelled_batch(&fixture, &device)));
+            let logits = values(output.output.clone());
+            let expected = fixture.f32("logits").unwrap().1;
+            let check = TensorCheck::compare("logits", &logits, expected, logits_tolerance, Tolerance::Absolute);
+            assert!(check.ok && check.max_abs_err > 1e-6, "{name} {dtype:?}: {check}");
+            let loss = TensorCheck::compare("loss", &values(output.loss.clone()), fixture.f32("loss").unwrap().1, logits_tolerance, Tolerance::Absolute);
+            assert!(loss.ok, "{name} {dtype:?}: {loss}");
+            let gradients = model.hf_gradients(&output.loss.mul_scalar(loss_scale).backward());
+            for listed in fixture.names().into_iter().filter(|n| n.starts_with("grad.")) {
+                let ours: Vec<f32> =
+                    gradients[&listed["grad.".len()..]].iter::<f32>().map(|g| g / loss_scale as f32).collect();
+                let check = TensorCheck::compare(listed, &ours, fixture.f32(listed).unwrap().1, gradient_tolerance, Tolerance::Relative);
+                assert!(check.ok, "{name} {dtype:?}: {check}");
+            }
+        }
+    }
+}

@@ -63,7 +63,7 @@ pub fn attention<B: Backend>(
     let key = repeat_kv(split(key, kv_heads), groups);
     let value = repeat_kv(split(value, kv_heads), groups);
     let scale = (head_dim as f64).sqrt().recip();
-    let mut scores = query.matmul(key.swap_dims(2, 3)).mul_scalar(scale);
+    let mut scores = crate::autocast::matmul(query, key.swap_dims(2, 3)).mul_scalar(scale);
     if let Some(bias) = mask.bias([batch, num_heads, seq_len], &scores.device()) {
         scores = scores + bias;
     }
@@ -71,7 +71,7 @@ pub fn attention<B: Backend>(
     if let Some(dropout) = dropout {
         weights = crate::dropout(dropout, weights);
     }
-    weights.matmul(value).swap_dims(1, 2).reshape([batch, seq_len, num_heads * head_dim])
+    crate::autocast::matmul(weights, value).swap_dims(1, 2).reshape([batch, seq_len, num_heads * head_dim])
 }
 
 /// Repeats each key/value head `groups` times, `[b, kv_heads, s, d] -> [b, kv_heads * groups, s, d]`,

@@ -30,6 +30,7 @@
 //! ```
 
 mod attention;
+pub mod autocast;
 mod autodiff;
 pub mod composed;
 mod cpu;
@@ -41,6 +42,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 pub use attention::{AttentionHeads, AttentionMask, attention};
+pub use autocast::{linear, on_rows};
 pub use autodiff::{FrozenMatrix, frozen_linear};
 
 /// The exact GELU, `x/2 (1 + erf(x / sqrt 2))` (transformers' `"gelu"`).

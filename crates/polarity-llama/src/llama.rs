@@ -30,7 +30,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::linear;
+use polarity_kernels::autocast::{linear_with, matmul};
 use polarity_kernels::{AttentionHeads, AttentionMask, attention};
 use serde::Deserialize;
 
@@ -473,7 +473,7 @@ impl<B: Backend> Llama<B> {
     /// The language-model head: logits from final hidden states `[..., hidden]`.
     pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => polarity_kernels::linear(head, hidden),
             None => self.tied_logits(hidden),
         }
     }
@@ -487,11 +487,11 @@ impl<B: Backend> Llama<B> {
         let mut dims = hidden.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         if rows >= width {
-            return linear(hidden, embeddings.transpose(), None);
+            return linear_with(hidden, embeddings.transpose(), None);
         }
         dims[D - 1] = vocab;
         let flat = hidden.reshape([rows, width]);
-        embeddings.matmul(flat.transpose()).transpose().reshape(dims)
+        matmul(embeddings, flat.transpose()).transpose().reshape(dims)
     }
 
     /// The next-token logits after the last real token of each row, `[batch, vocab]`: one forward

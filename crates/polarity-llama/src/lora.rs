@@ -32,7 +32,7 @@ use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, SafetensorsS
 use polarity_hub::RepoSource;
 use serde::Deserialize;
 
-use polarity_core::ops::on_rows;
+use polarity_kernels::on_rows;
 
 use crate::LlamaError;
 use crate::llama::{Llama, LlamaModel};
@@ -245,7 +245,7 @@ impl<B: Backend> BaseLinear<B> {
     /// `[..., in] -> [..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            BaseLinear::Dense(layer) => layer.forward(x),
+            BaseLinear::Dense(layer) => polarity_kernels::linear(layer, x),
             BaseLinear::Quantized(layer) => layer.forward(x),
         }
     }
@@ -365,7 +365,8 @@ impl<B: Backend> LoraLinear<B> {
 impl<B: Backend> LoraAdapter<B> {
     /// `[..., in] -> [..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.lora_b.forward(self.lora_a.forward(polarity_kernels::dropout(&self.dropout, x))).mul_scalar(self.scaling)
+        let x = polarity_kernels::dropout(&self.dropout, x);
+        polarity_kernels::linear(&self.lora_b, polarity_kernels::linear(&self.lora_a, x)).mul_scalar(self.scaling)
     }
 
     /// The update of the base weight in burn's `[in, out]` layout: `scaling * A B`.

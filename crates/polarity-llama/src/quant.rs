@@ -52,7 +52,7 @@ use std::sync::Arc;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::module::linear;
+use polarity_kernels::autocast::linear_with;
 use polarity_kernels::FrozenMatrix;
 use rayon::prelude::*;
 
@@ -539,7 +539,7 @@ impl<B: Backend> QuantizedLinear<B> {
         } else {
             Tensor::<B, 2>::from_data(TensorData::new(self.matrix.dequantize(), self.matrix.dims()), &device).transpose()
         };
-        linear(x, weight, bias).reshape(dims)
+        linear_with(x, weight, bias).reshape(dims)
     }
 
     /// A dense copy (dequantised weight, same bias), frozen.

@@ -292,3 +292,21 @@ fn adapter_files_with_foreign_tensors_are_rejected() {
         other => panic!("expected UnexpectedTensors, got {other:?}"),
     }
 }
+
+/// Mixed precision (every projection, the adapters and the head in bf16 or f16; norms, RoPE and
+/// softmax in f32) stays within half precision's rounding of PEFT's f32 logits, on the CPU default.
+#[test]
+fn half_precision_lora_logits_stay_close_to_peft() {
+    use burn::backend::Flex;
+    use burn::tensor::FloatDType;
+    use polarity_kernels::autocast::autocast;
+    let fixture = fixture();
+    let inputs = inputs::<Flex>(&fixture);
+    let (lora, _) = load_base::<Flex>().load_lora(&RepoSource::Local(adapter_dir())).unwrap();
+    for (dtype, tolerance) in [(FloatDType::BF16, 2e-2), (FloatDType::F16, 5e-3)] {
+        let logits = autocast(Some(dtype), || lora.forward(inputs.input_ids.clone(), Some(inputs.attention_mask.clone())));
+        assert_eq!(logits.dtype(), burn::tensor::DType::F32);
+        let check = assert_close(&fixture, "lora_logits", logits.into_data(), tolerance, Tolerance::Absolute);
+        assert!(check.max_abs_err > 1e-6, "{dtype:?}: autocast changed nothing: {check}");
+    }
+}

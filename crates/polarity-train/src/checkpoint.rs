@@ -30,7 +30,7 @@ use polarity_metrics::ClassificationReport;
 use polarity_tokenize::TokenizedExample;
 use serde::{Deserialize, Serialize};
 
-use crate::{TrainError, TrainerConfig};
+use crate::{LossScaler, TrainError, TrainerConfig};
 
 /// The model record in a checkpoint folder.
 pub const MODEL_FILE: &str = "model";
@@ -117,6 +117,9 @@ pub(crate) struct TrainState {
     pub history: Vec<EpochReport>,
     pub eval_reports: Vec<ClassificationReport>,
     pub best: Option<Best>,
+    /// The f16 loss scale and its bookkeeping (f16 runs only).
+    #[serde(default)]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 impl TrainState {
@@ -135,6 +138,7 @@ impl TrainState {
             history: Vec::new(),
             eval_reports: Vec::new(),
             best: None,
+            loss_scaler: config.precision.needs_loss_scaling().then(|| LossScaler::new(config.initial_loss_scale, 2000)),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use polarity_core::Precision;
 use polarity_tokenize::{BatchOrder, InOrder, LengthBucketed, Shuffled, TokenizeError};
 use serde::{Deserialize, Serialize};
 
@@ -156,10 +157,22 @@ pub struct TrainerConfig {
     /// Keep the best epoch's model by this metric and return it at the end (HF `load_best_model_at_end`);
     /// `None` returns the last model.
     pub best_metric: Option<BestMetric>,
+    /// The type of the forward passes' matrix products (mixed precision for bf16/f16, with dynamic
+    /// loss scaling for f16); parameters and optimiser state stay f32.
+    #[serde(default)]
+    pub precision: Precision,
+    /// f16 only: the loss scale of the first step (PyTorch's `init_scale`, 2^16); it then halves on
+    /// overflow and doubles after 2000 finite steps ([`LossScaler`](crate::LossScaler)).
+    #[serde(default = "default_initial_loss_scale")]
+    pub initial_loss_scale: f64,
     /// Resumable checkpoints; `None` writes nothing.
     pub checkpoint: Option<CheckpointConfig>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+}
+
+fn default_initial_loss_scale() -> f64 {
+    65_536.0
 }
 
 impl Default for TrainerConfig {
@@ -179,6 +192,8 @@ impl Default for TrainerConfig {
             seed: 42,
             train_order: TrainOrder::default(),
             best_metric: Some(BestMetric::Accuracy),
+            precision: Precision::F32,
+            initial_loss_scale: default_initial_loss_scale(),
             checkpoint: None,
             progress: true,
         }
@@ -221,6 +236,10 @@ impl TrainerConfig {
         with_train_order: train_order: TrainOrder,
         /// Sets [`best_metric`](Self::best_metric).
         with_best_metric: best_metric: Option<BestMetric>,
+        /// Sets [`precision`](Self::precision).
+        with_precision: precision: Precision,
+        /// Sets [`initial_loss_scale`](Self::initial_loss_scale).
+        with_initial_loss_scale: initial_loss_scale: f64,
         /// Sets [`checkpoint`](Self::checkpoint).
         with_checkpoint: checkpoint: Option<CheckpointConfig>,
         /// Sets [`progress`](Self::progress).
@@ -262,6 +281,9 @@ impl TrainerConfig {
             && !(norm.is_finite() && norm > 0.0)
         {
             return bad(format!("max_grad_norm {norm} must be finite and positive"));
+        }
+        if !(self.initial_loss_scale.is_finite() && self.initial_loss_scale > 0.0) {
+            return bad(format!("initial loss scale {} must be finite and positive", self.initial_loss_scale));
         }
         if let TrainOrder::LengthBucketed { chunk_batches: 0 } = self.train_order {
             return bad("chunk_batches must be at least 1".into());

@@ -133,8 +133,14 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     if !norm.is_finite() {
         return (grads, norm);
     }
-    let factor = max_norm / (norm + 1e-6);
+    let factor = clip_factor(norm, max_norm);
     if factor < 1.0 { (scale_grads::<B, M>(module, grads, factor), norm) } else { (grads, norm) }
+}
+
+/// The factor [`clip_grad_norm`] scales gradients of global norm `norm` by: `max_norm / (norm + 1e-6)`
+/// when that is below 1, else 1.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    (max_norm / (norm + 1e-6)).min(1.0)
 }
 
 struct SplitVisitor<'a> {

@@ -16,6 +16,12 @@
 //!    parameter groups: biases and LayerNorm weights get no weight decay ([`ParamGroups`]). burn's
 //!    AdamW has no parameter groups, so the trainer runs two AdamW instances, one per group.
 //!
+//! With [`TrainerConfig::precision`] set to bf16 or f16 the forward passes (training and evaluation)
+//! run under [`polarity_kernels::autocast`]: products in half precision, parameters, gradients and
+//! optimiser state in f32 (HF's `--bf16` / `--fp16`). f16 adds dynamic loss scaling ([`LossScaler`],
+//! PyTorch's `GradScaler`): a step whose scaled gradients overflow is skipped and the scale halved,
+//! instead of stopping the run.
+//!
 //! Batches are length-bucketed for training ([`TrainOrder`], [`polarity_tokenize::LengthBucketed`],
 //! reseeded every epoch) and in order for evaluation. After each epoch the model is evaluated
 //! (accuracy, macro-F1 via [`polarity_metrics`]), an [`EpochReport`](polarity_core::EpochReport) is
@@ -101,6 +107,7 @@ mod eval;
 mod finetune;
 mod grads;
 mod objective;
+mod scaler;
 mod schedule;
 mod trainer;
 
@@ -108,7 +115,8 @@ pub use config::{BestMetric, CheckpointConfig, TrainOrder, TrainerConfig, Warmup
 pub use error::TrainError;
 pub use eval::{Evaluation, evaluate, predict};
 pub use finetune::{TextClassifier, TextFineTuner, tokenize_examples};
-pub use grads::{ParamGroups, ParamInfo, clip_grad_norm, grad_norm, scale_grads, split_grads};
+pub use grads::{ParamGroups, ParamInfo, clip_factor, clip_grad_norm, grad_norm, scale_grads, split_grads};
 pub use objective::{BatchScorer, CrossEntropyObjective, Objective, label_tensor};
+pub use scaler::LossScaler;
 pub use schedule::LinearWarmupDecay;
 pub use trainer::{TrainOutcome, Trainer};

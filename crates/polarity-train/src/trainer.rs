@@ -9,6 +9,7 @@ use burn::module::{AutodiffModule, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use polarity_kernels::autocast::autocast;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use polarity_core::EpochReport;
 use polarity_metrics::ClassificationReport;
@@ -16,8 +17,8 @@ use polarity_tokenize::TokenizedExample;
 
 use crate::checkpoint::{self, Best, Fingerprint, TrainState};
 use crate::eval::evaluate;
-use crate::grads::{ParamGroups, clip_grad_norm, grad_norm, split_grads};
-use crate::{BestMetric, LinearWarmupDecay, Objective, TrainError, TrainerConfig};
+use crate::grads::{ParamGroups, clip_factor, grad_norm, scale_grads, split_grads};
+use crate::{BestMetric, LinearWarmupDecay, LossScaler, Objective, TrainError, TrainerConfig};
 
 /// What a training run returns.
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub struct TrainOutcome<M> {
     pub global_steps: usize,
     /// The checkpoint the run resumed from, if any.
     pub resumed_from: Option<PathBuf>,
+    /// f16 runs: the loss scale at the end and the steps skipped because their gradients overflowed.
+    pub loss_scaler: Option<LossScaler>,
 }
 
 impl<M> TrainOutcome<M> {
@@ -103,7 +106,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Each optimiser step: reseed the backend from `(seed, step)` (dropout), run `grad_accum`
     /// micro-batches, each loss weighted by its share of the step's examples (so accumulation equals one
     /// big batch), stop on a non-finite loss, clip the global gradient norm, then AdamW with the
-    /// scheduled learning rate: decayed parameters and biases/norm weights in two groups.
+    /// scheduled learning rate: decayed parameters and biases/norm weights in two groups. Forward
+    /// passes run under the configured [`precision`](TrainerConfig::precision); with f16 the loss is
+    /// scaled and a step whose gradients overflow is skipped ([`LossScaler`]).
     pub fn fit<M, O>(
         &self,
         model: M,
@@ -117,6 +122,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     {
         let config = &self.config;
         config.validate()?;
+        let compute_dtype = config.precision.compute_dtype();
         if train.is_empty() {
             return Err(TrainError::EmptyDataset { which: "training set" });
         }
@@ -183,9 +189,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let mut accumulator = GradientsAccumulator::<M>::new();
                 let mut single: Option<GradientsParams> = None;
                 let mut step_loss = 0.0;
+                // f16: the loss is scaled up before the backward pass and the gradients down after.
+                let loss_scale = state.loss_scaler.map_or(1.0, |scaler| scaler.scale());
                 for (micro_batch, indices) in step_batches.iter().enumerate() {
                     let items: Vec<&TokenizedExample> = indices.iter().map(|&i| &train[i]).collect();
-                    let loss = objective.loss(&model, &items, &self.device)?;
+                    let loss = autocast(compute_dtype, || objective.loss(&model, &items, &self.device))?;
                     if loss.dims() != [1] {
                         return Err(TrainError::Model(format!("the loss has shape {:?}, expected [1]", loss.dims())));
                     }
@@ -195,7 +203,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     }
                     let weight = items.len() as f64 / step_samples as f64;
                     step_loss += value * weight;
-                    let loss = if step_batches.len() > 1 { loss.mul_scalar(weight) } else { loss };
+                    let factor = if step_batches.len() > 1 { weight } else { 1.0 } * loss_scale;
+                    let loss = if factor != 1.0 { loss.mul_scalar(factor) } else { loss };
                     let grads = GradientsParams::from_grads(loss.backward(), &model);
                     if step_batches.len() > 1 {
                         accumulator.accumulate(&model, grads);
@@ -204,20 +213,29 @@ impl<B: AutodiffBackend> Trainer<B> {
                     }
                 }
                 let grads = single.unwrap_or_else(|| accumulator.grads());
-                let (grads, norm) = match config.max_grad_norm {
-                    Some(max_norm) => clip_grad_norm::<B, M>(&model, grads, max_norm),
-                    None => {
-                        let norm = grad_norm::<B, M>(&model, &grads);
-                        (grads, norm)
+                let norm = grad_norm::<B, M>(&model, &grads) / loss_scale;
+                let apply = match state.loss_scaler.as_mut() {
+                    Some(scaler) => {
+                        let apply = scaler.update(norm.is_finite());
+                        if !apply {
+                            tracing::warn!(step, scale = scaler.scale(), "f16 gradients overflowed: step skipped, loss scale halved");
+                        }
+                        apply
                     }
+                    None if !norm.is_finite() => {
+                        return Err(TrainError::NonFiniteGradNorm { epoch: epoch + 1, step, norm });
+                    }
+                    None => true,
                 };
-                if !norm.is_finite() {
-                    return Err(TrainError::NonFiniteGradNorm { epoch: epoch + 1, step, norm });
-                }
-                let (decayed, plain) = split_grads::<B, M>(&model, grads, &no_decay);
+                // The schedule advances on skipped steps too: it stays a function of the global step.
                 let lr = schedule.step();
-                model = decay_optimizer.step(lr, model, decayed);
-                model = plain_optimizer.step(lr, model, plain);
+                if apply {
+                    let factor = config.max_grad_norm.map_or(1.0, |max_norm| clip_factor(norm, max_norm)) / loss_scale;
+                    let grads = if factor != 1.0 { scale_grads::<B, M>(&model, grads, factor) } else { grads };
+                    let (decayed, plain) = split_grads::<B, M>(&model, grads, &no_decay);
+                    model = decay_optimizer.step(lr, model, decayed);
+                    model = plain_optimizer.step(lr, model, plain);
+                }
 
                 state.global_step = step;
                 state.steps_in_epoch += 1;
@@ -257,13 +275,15 @@ impl<B: AutodiffBackend> Trainer<B> {
 
             // End of epoch: evaluate, report, keep the best.
             let evaluation = match eval {
-                Some(data) => Some(evaluate::<B::InnerBackend, M::InnerModule, O>(
-                    objective,
-                    &model.valid(),
-                    data,
-                    config.eval_batch_size,
-                    &self.device,
-                )?),
+                Some(data) => Some(autocast(compute_dtype, || {
+                    evaluate::<B::InnerBackend, M::InnerModule, O>(
+                        objective,
+                        &model.valid(),
+                        data,
+                        config.eval_batch_size,
+                        &self.device,
+                    )
+                })?),
                 None => None,
             };
             let report = EpochReport {
@@ -336,6 +356,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             best_epoch,
             global_steps: state.global_step,
             resumed_from,
+            loss_scaler: state.loss_scaler,
         })
     }
 

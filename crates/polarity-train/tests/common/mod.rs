@@ -37,7 +37,7 @@ impl<B: Backend> ClassScorer<B> for Bag<B> {
         let summed: Tensor<B, 2> = (self.embedding.forward(batch.input_ids) * mask.clone()).sum_dim(1).squeeze_dim(1);
         let counts: Tensor<B, 2> = mask.sum_dim(1).squeeze_dim(1);
         let pooled = self.norm.forward(summed / counts);
-        self.head.forward(self.dropout.forward(pooled))
+        polarity_kernels::linear(&self.head, self.dropout.forward(pooled))
     }
 }
 
@@ -47,6 +47,11 @@ fn uniform(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 
 /// A bag model initialised from `seed` without the backend's RNG.
 pub fn bag(vocab: usize, dim: usize, dropout: f64, seed: u64) -> Bag<B> {
+    bag_on::<B>(vocab, dim, dropout, seed)
+}
+
+/// [`bag`] on another backend.
+pub fn bag_on<B: Backend>(vocab: usize, dim: usize, dropout: f64, seed: u64) -> Bag<B> {
     let device = Default::default();
     let mut rng = StdRng::seed_from_u64(seed);
     let tensor2 =

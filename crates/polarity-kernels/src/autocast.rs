@@ -1,0 +1,132 @@
+//! Mixed precision: matrix products in half precision, everything else in f32, the weights kept in
+//! f32 (PyTorch's `torch.autocast`, what HF Trainer's `bf16=True` / `fp16=True` run under).
+//!
+//! Inside [`autocast`]`(Some(dtype), ..)` the products of [`linear`] and [`matmul`] (every linear
+//! layer of polarity's models, the tied Llama head, the composed attention's two products) cast
+//! their operands to `dtype`, multiply, and cast the result back to the input's type. Norms,
+//! softmax, activations, residual sums and the loss stay in f32, and since the parameters stay f32
+//! their gradients and the optimiser state do too (burn's autodiff casts a gradient back through
+//! each cast). On a GPU with tensor cores (burn-cuda) the half-precision products are what is
+//! faster; on the CPU default the fused attention and the frozen quantised products keep their f32
+//! kernels, so there autocast only changes the numbers, not the speed.
+//!
+//! The setting is per thread and scoped, like PyTorch's: forward passes run under it, the backward
+//! pass needs nothing (the casts are in the graph).
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::prelude::*;
+//! use burn::tensor::{DType, FloatDType};
+//! use polarity_kernels::autocast;
+//!
+//! let x = Tensor::<Flex, 2>::from_data([[1.0f32, 2.0]], &Default::default());
+//! let w = Tensor::<Flex, 2>::from_data([[0.1f32], [0.2]], &Default::default());
+//! let y = autocast::autocast(Some(FloatDType::BF16), || autocast::matmul(x.clone(), w.clone()));
+//! assert_eq!(y.dtype(), DType::F32); // computed in bf16, returned in the input's type
+//! assert!((y.into_scalar() - 0.5).abs() < 1e-2);
+//! ```
+
+use std::cell::Cell;
+
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::{DType, FloatDType};
+
+thread_local! {
+    static COMPUTE_DTYPE: Cell<Option<FloatDType>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the products computed in `dtype` (`None`: in the tensors' own type), restoring the
+/// previous setting afterwards, also when `f` panics.
+pub fn autocast<R>(dtype: Option<FloatDType>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<FloatDType>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPUTE_DTYPE.with(|cell| cell.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPUTE_DTYPE.with(|cell| cell.replace(dtype)));
+    f()
+}
+
+/// The type products are computed in on this thread, if autocast is on.
+pub fn compute_dtype() -> Option<FloatDType> {
+    COMPUTE_DTYPE.with(Cell::get)
+}
+
+/// The type `x`'s products run in: the autocast type when it is on and differs from `x`'s.
+fn cast_target(dtype: DType) -> Option<FloatDType> {
+    compute_dtype().filter(|target| DType::from(*target) != dtype)
+}
+
+/// `lhs.matmul(rhs)`, computed in the autocast type when autocast is on; the result has `lhs`'s type.
+pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
+    let dtype = lhs.dtype();
+    match cast_target(dtype) {
+        Some(target) => lhs.cast(target).matmul(rhs.cast(target)).cast(dtype),
+        None => lhs.matmul(rhs),
+    }
+}
+
+/// burn's `linear(x, weight, bias)` (`weight` is `[in, out]`), computed in the autocast type when
+/// autocast is on; the result has `x`'s type.
+pub fn linear_with<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    match cast_target(dtype) {
+        Some(target) => {
+            let bias = bias.map(|bias| bias.cast(target));
+            burn::tensor::module::linear(x.cast(target), weight.cast(target), bias).cast(dtype)
+        }
+        None => burn::tensor::module::linear(x, weight, bias),
+    }
+}
+
+/// `layer.forward(x)` as one 2-D product over all rows of `x` (see [`on_rows`]), under autocast.
+pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    on_rows(x, |rows| linear_with(rows, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val())))
+}
+
+/// Applies a row-wise matrix function to `x` with its leading dimensions folded into one:
+/// `[..., in] -> [rows, in] -> f -> [rows, out] -> [..., out]`.
+///
+/// A linear layer on `[batch, seq, in]` is then one `[batch * seq, in] x [in, out]` product instead of a
+/// batch of `[seq, in]` products: CPU backends re-pack the shared weight for every product of a batch,
+/// and a single large product parallelises better.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::prelude::*;
+/// use polarity_kernels::autocast::on_rows;
+///
+/// let x = Tensor::<Flex, 3>::ones([2, 3, 4], &Default::default());
+/// let y = on_rows(x, |rows| rows.sum_dim(1)); // [6, 4] -> [6, 1]
+/// assert_eq!(y.dims(), [2, 3, 1]);
+/// ```
+pub fn on_rows<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = f(x.reshape([rows, dims[D - 1]]));
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::FloatDType;
+
+    use super::{autocast, compute_dtype};
+
+    #[test]
+    fn the_setting_is_scoped_and_restored_after_a_panic() {
+        assert_eq!(compute_dtype(), None);
+        autocast(Some(FloatDType::BF16), || {
+            assert_eq!(compute_dtype(), Some(FloatDType::BF16));
+            autocast(None, || assert_eq!(compute_dtype(), None));
+            assert_eq!(compute_dtype(), Some(FloatDType::BF16));
+        });
+        assert_eq!(compute_dtype(), None);
+        let panicked = std::panic::catch_unwind(|| autocast(Some(FloatDType::F16), || panic!("inside")));
+        assert!(panicked.is_err());
+        assert_eq!(compute_dtype(), None);
+    }
+}
