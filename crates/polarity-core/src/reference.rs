@@ -12,6 +12,37 @@ use serde::Serialize;
 
 use crate::CoreError;
 
+/// Copies a single-file safetensors checkpoint into `dir` as transformers writes a sharded one:
+/// `shards` files `model-0000i-of-0000n.safetensors` (tensors split in name order) and a
+/// `model.safetensors.index.json` mapping every tensor to its shard. For testing loaders on the layout
+/// large checkpoints (Llama-3-8B) use, with the small fixture models.
+pub fn write_sharded_copy(file: &Path, dir: &Path, shards: usize) -> Result<Vec<PathBuf>, CoreError> {
+    let failed = |what: String| CoreError::Fixture { dir: dir.to_path_buf(), what };
+    let bytes = std::fs::read(file).map_err(|e| failed(format!("reading {}: {e}", file.display())))?;
+    let checkpoint = SafeTensors::deserialize(&bytes).map_err(|e| failed(format!("{}: {e}", file.display())))?;
+    let mut names = checkpoint.names();
+    names.sort_unstable();
+    let shards = shards.clamp(1, names.len().max(1));
+    let mut weight_map = serde_json::Map::new();
+    let mut paths = Vec::with_capacity(shards);
+    for (index, chunk) in names.chunks(names.len().div_ceil(shards).max(1)).enumerate() {
+        let shard = format!("model-{:05}-of-{shards:05}.safetensors", index + 1);
+        let views = chunk.iter().map(|name| checkpoint.tensor(name).map(|view| (*name, view))).collect::<Result<Vec<_>, _>>();
+        let path = dir.join(&shard);
+        views
+            .and_then(|views| safetensors::serialize_to_file(views, None, &path))
+            .map_err(|e| failed(format!("writing {}: {e}", path.display())))?;
+        for name in chunk {
+            weight_map.insert(name.to_string(), shard.clone().into());
+        }
+        paths.push(path);
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    let index_path = dir.join("model.safetensors.index.json");
+    std::fs::write(&index_path, index.to_string()).map_err(|e| failed(format!("writing {}: {e}", index_path.display())))?;
+    Ok(paths)
+}
+
 /// One reference tensor, converted to a flat vector.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ReferenceData {

@@ -4,7 +4,7 @@
 //!   parameter names, computing what `modeling_bert.py` / `modeling_distilbert.py` compute (exact-erf
 //!   GELU, additive `finfo.min` attention masking, dropout only on autodiff backends).
 //! - [`HfModel`]: `from_pretrained` (a hub id resolved cache-first through [`polarity_hub`], or a local
-//!   directory), strict `model.safetensors` loading with typed errors, and `save_pretrained` to a
+//!   directory), strict loading of `model.safetensors` or a sharded checkpoint with typed errors, and `save_pretrained` to a
 //!   directory transformers loads unchanged.
 //! - [`EncoderClassifier`]: either classifier, picked by `config.json`'s `model_type`; it implements
 //!   [`polarity_core::ClassScorer`].
@@ -119,14 +119,15 @@ impl<B: Backend> EncoderClassifier<B> {
         device: &B::Device,
     ) -> Result<(Self, LoadReport), EncoderError> {
         let config = HfConfigJson::read(&source.file(CONFIG_FILE)?)?;
-        Self::from_config_json(&config, &source.file(WEIGHTS_FILE)?, false, device)
+        Self::from_config_json(&config, &source.safetensors_files()?, false, device)
     }
 
-    /// Builds the classifier `config` describes and loads `weights` into it; `without_dropout` zeroes
-    /// every dropout probability (eval-mode outputs on an autodiff backend).
+    /// Builds the classifier `config` describes and loads `weights` (one safetensors file or a sharded
+    /// checkpoint's files) into it; `without_dropout` zeroes every dropout probability (eval-mode
+    /// outputs on an autodiff backend).
     pub fn from_config_json(
         config: &HfConfigJson,
-        weights: &Path,
+        weights: &[PathBuf],
         without_dropout: bool,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), EncoderError> {

@@ -92,7 +92,8 @@ pub trait HfModel<B: Backend>: Module<B> + Sized {
         None
     }
 
-    /// Loads `config.json` and `model.safetensors` from a hub id (cache first) or a local directory.
+    /// Loads `config.json` and `model.safetensors` (or the shards `model.safetensors.index.json`
+    /// lists) from a hub id (cache first) or a local directory.
     fn from_pretrained(source: &RepoSource, device: &B::Device) -> Result<Self, EncoderError> {
         Ok(Self::from_pretrained_with_report(source, device)?.0)
     }
@@ -104,17 +105,17 @@ pub trait HfModel<B: Backend>: Module<B> + Sized {
         device: &B::Device,
     ) -> Result<(Self, LoadReport), EncoderError> {
         let config = Self::Config::from_hf_file(&source.file(CONFIG_FILE)?)?;
-        let weights = source.file(WEIGHTS_FILE)?;
-        Self::from_config(&config, device).load_safetensors(&weights)
+        Self::from_config(&config, device).load_safetensors(&source.safetensors_files()?)
     }
 
-    /// Replaces the model's parameters with those of a transformers `model.safetensors`
-    /// (prefixed or bare), checked as the [trait docs](HfModel) describe.
-    fn load_safetensors(mut self, path: &Path) -> Result<(Self, LoadReport), EncoderError> {
-        let report = load_into(&mut self, path, &Self::naming())?;
+    /// Replaces the model's parameters with those of a transformers `model.safetensors`, or of all
+    /// the shards of a sharded checkpoint (prefixed or bare names), checked as the
+    /// [trait docs](HfModel) describe.
+    fn load_safetensors(mut self, files: &[PathBuf]) -> Result<(Self, LoadReport), EncoderError> {
+        let report = load_into(&mut self, files, &Self::naming())?;
         if !report.initialised.is_empty() {
             tracing::warn!(
-                checkpoint = %path.display(),
+                checkpoint = ?files,
                 tensors = ?report.initialised,
                 "{} tensors are not in the checkpoint and keep their fresh initialisation",
                 report.initialised.len()
@@ -243,19 +244,24 @@ fn is_buffer(name: &str) -> bool {
 
 fn load_into<B: Backend, M: Module<B>>(
     model: &mut M,
-    path: &Path,
+    files: &[PathBuf],
     naming: &ParameterNaming,
 ) -> Result<LoadReport, EncoderError> {
-    let mut store = SafetensorsStore::from_file(path);
-    let file: Vec<(String, TensorSnapshot)> = store
-        .get_all_snapshots()
-        .map_err(|e| match e {
-            SafetensorsStoreError::Io(source) => EncoderError::Io { path: path.to_path_buf(), source },
-            other => EncoderError::InvalidSafetensors { path: path.to_path_buf(), reason: other.to_string() },
-        })?
-        .iter()
-        .map(|(key, snapshot)| (key.clone(), snapshot.clone()))
-        .collect();
+    // Errors about the checkpoint as a whole name its file, or the shards' folder.
+    let checkpoint: PathBuf = match files {
+        [] => return Err(EncoderError::InvalidInput("no safetensors file to load".into())),
+        [file] => file.clone(),
+        [first, ..] => first.parent().map_or_else(|| first.clone(), Path::to_path_buf),
+    };
+    let mut file: Vec<(String, TensorSnapshot, &Path)> = Vec::new();
+    for path in files {
+        let mut store = SafetensorsStore::from_file(path);
+        let snapshots = store.get_all_snapshots().map_err(|e| match e {
+            SafetensorsStoreError::Io(source) => EncoderError::Io { path: path.clone(), source },
+            other => EncoderError::InvalidSafetensors { path: path.clone(), reason: other.to_string() },
+        })?;
+        file.extend(snapshots.iter().map(|(key, snapshot)| (key.clone(), snapshot.clone(), path.as_path())));
+    }
 
     let expected = expected_parameters(model, naming);
     let by_hf_name: HashMap<&str, &ExpectedParameter> = expected.iter().map(|p| (p.hf_name.as_str(), p)).collect();
@@ -264,7 +270,8 @@ fn load_into<B: Backend, M: Module<B>>(
     let mut report = LoadReport::default();
     let mut snapshots = Vec::new();
     let mut loaded: HashSet<&str> = HashSet::new();
-    for (key, snapshot) in &file {
+    let mut file_of: HashMap<&str, &Path> = HashMap::new();
+    for (key, snapshot, path) in &file {
         let name = normalise_key(key, naming);
         let found = snapshot.shape.to_vec();
         match by_hf_name.get(name.as_str()) {
@@ -286,6 +293,7 @@ fn load_into<B: Backend, M: Module<B>>(
             }
             Some(param) => {
                 loaded.insert(param.hf_name.as_str());
+                file_of.insert(param.path.as_str(), path);
                 report.loaded.push(param.hf_name.clone());
                 // Re-key the lazy snapshot to our module path; the data is read only when applied.
                 snapshots.push(TensorSnapshot::from_closure(
@@ -317,7 +325,7 @@ fn load_into<B: Backend, M: Module<B>>(
         }
         if !is_optional(&param.hf_name) {
             return Err(EncoderError::MissingTensor {
-                path: path.to_path_buf(),
+                path: checkpoint.clone(),
                 name: param.hf_name.clone(),
                 expected: param.hf_shape.clone(),
             });
@@ -340,7 +348,7 @@ fn load_into<B: Backend, M: Module<B>>(
             | burn_store::ApplyError::LoadError { path, .. } => path,
         };
         return Err(EncoderError::TensorLoad {
-            path: path.to_path_buf(),
+            path: file_of.get(our_path.as_str()).map_or_else(|| checkpoint.clone(), |path| path.to_path_buf()),
             name: hf_name_of(our_path),
             reason: error.to_string(),
         });
@@ -348,7 +356,7 @@ fn load_into<B: Backend, M: Module<B>>(
     // Every parameter the checks above accepted as present must have been applied.
     if let Some((our_path, _)) = result.missing.iter().find(|(p, _)| !is_optional(&hf_name_of(p))) {
         return Err(EncoderError::TensorLoad {
-            path: path.to_path_buf(),
+            path: file_of.get(our_path.as_str()).map_or_else(|| checkpoint.clone(), |path| path.to_path_buf()),
             name: hf_name_of(our_path),
             reason: "matched in the checkpoint but not applied to the model".into(),
         });

@@ -23,7 +23,7 @@ use polarity_hub::{RepoKind, RepoSource};
 
 use crate::{
     BertConfig, BertModel, CONFIG_FILE, DistilBertConfig, DistilBertModel, EncoderArchitecture, EncoderClassifier,
-    EncoderError, EncoderOutput, HfConfig, HfConfigJson, HfModel, WEIGHTS_FILE, cross_entropy, l2_normalize, mean_pool,
+    EncoderError, EncoderOutput, HfConfig, HfConfigJson, HfModel, cross_entropy, l2_normalize, mean_pool,
 };
 
 /// `meta.json` kind of bare-encoder fixtures.
@@ -82,7 +82,7 @@ fn verify_hidden_states<B: Backend>(
 ) -> Result<Vec<TensorCheck>, EncoderError> {
     let source = model_source(fixture, model_override)?;
     let config = HfConfigJson::read(&source.file(CONFIG_FILE)?)?;
-    let weights = source.file(WEIGHTS_FILE)?;
+    let weights = source.safetensors_files()?;
     let (output, mask) = match EncoderArchitecture::of(&config)? {
         EncoderArchitecture::Bert => {
             let bert = BertConfig::from_hf(&config)?;
@@ -152,7 +152,7 @@ fn verify_sequence_classification<B: AutodiffBackend>(
 ) -> Result<Vec<TensorCheck>, EncoderError> {
     let source = model_source(fixture, model_override)?;
     let config = HfConfigJson::read(&source.file(CONFIG_FILE)?)?;
-    let weights = source.file(WEIGHTS_FILE)?;
+    let weights = source.safetensors_files()?;
     // Reference logits and gradients are computed in eval semantics, so dropout is switched off.
     let (model, _) = EncoderClassifier::<B>::from_config_json(&config, &weights, true, device)?;
     let limits = match &model {

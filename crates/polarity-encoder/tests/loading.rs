@@ -314,3 +314,27 @@ fn inputs_longer_than_the_position_table_are_rejected_before_the_forward_pass() 
     assert!(err.to_string().contains("max_position_embeddings 64"), "{err}");
     assert!(model.validate(&token_batch(&fixture("tiny-bert-cls"), &device)).is_ok());
 }
+
+#[test]
+fn sharded_checkpoints_load_like_single_files_and_broken_indexes_are_typed_errors() {
+    let fixture_model = fixture_dir("tiny-bert-cls").join("model");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture_model.join("config.json"), dir.path().join("config.json")).unwrap();
+    let shards = polarity_core::reference::write_sharded_copy(&fixture_model.join("model.safetensors"), dir.path(), 3).unwrap();
+    assert_eq!(local(dir.path()).safetensors_files().unwrap(), shards);
+    assert_logits_match_fixture(&load_bert(dir.path()).unwrap());
+    let classifier = EncoderClassifier::<Cpu>::from_pretrained(&local(dir.path()), &Default::default()).unwrap();
+    assert_eq!(classifier.architecture(), polarity_encoder::EncoderArchitecture::Bert);
+
+    // A shard the index names but the folder lacks.
+    std::fs::remove_file(&shards[2]).unwrap();
+    let err = load_bert(dir.path()).unwrap_err();
+    assert!(matches!(err, EncoderError::Hub(HubError::MissingLocalFile { .. })), "{err}");
+    assert!(err.to_string().contains("model-00003-of-00003.safetensors"), "{err}");
+
+    // An index without a weight map.
+    std::fs::write(dir.path().join("model.safetensors.index.json"), "{\"metadata\": {}}").unwrap();
+    let err = load_bert(dir.path()).unwrap_err();
+    assert!(matches!(err, EncoderError::Hub(HubError::InvalidIndex(_))), "{err}");
+    assert!(err.to_string().contains("weight_map"), "{err}");
+}

@@ -133,7 +133,7 @@ fn dropout_applies_only_when_training() {
         .with_hidden_dropout_prob(0.5);
     let weights = fixture_dir(name).join("model/model.safetensors");
     let (model, _) =
-        BertForSequenceClassification::<Train>::from_config(&config, &device).load_safetensors(&weights).unwrap();
+        BertForSequenceClassification::<Train>::from_config(&config, &device).load_safetensors(&[weights]).unwrap();
     let reference = fixture.f32("logits").unwrap().1;
 
     let training = values(model.forward(token_batch(&fixture, &device)));

@@ -61,6 +61,19 @@ pub enum HubError {
         /// What the download said.
         reason: String,
     },
+    /// A sharded checkpoint's `model.safetensors.index.json` is unreadable or malformed.
+    #[error(transparent)]
+    InvalidIndex(#[from] InvalidIndex),
+}
+
+/// A sharded checkpoint's index is unreadable or malformed.
+#[derive(Debug, Error)]
+#[error("sharded checkpoint index {path}: {reason}")]
+pub struct InvalidIndex {
+    /// The index file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// Which kind of hub repository.
@@ -138,6 +151,42 @@ impl RepoSource {
                 hub_cache().repo(repo(repo_id, *kind, revision)).get(file).is_some()
             }
         }
+    }
+}
+
+/// A checkpoint's weights in one file.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint (`weight_map`: tensor name -> shard file).
+pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+impl RepoSource {
+    /// The safetensors files of a model checkpoint: `model.safetensors`, or the shards that
+    /// `model.safetensors.index.json` lists (large checkpoints such as Llama-3-8B come in shards), in
+    /// file-name order. Cached files are preferred, so an offline hub cache needs only one of the two.
+    pub fn safetensors_files(&self) -> Result<Vec<PathBuf>, HubError> {
+        let sharded = self.has_cached(SAFETENSORS_INDEX_FILE)
+            || (!self.has_cached(SAFETENSORS_FILE) && self.file(SAFETENSORS_FILE).is_err());
+        if !sharded {
+            return Ok(vec![self.file(SAFETENSORS_FILE)?]);
+        }
+        let index_path = self.file(SAFETENSORS_INDEX_FILE)?;
+        let invalid = |reason: String| HubError::from(InvalidIndex { path: index_path.clone(), reason });
+        let text = std::fs::read_to_string(&index_path).map_err(|e| invalid(e.to_string()))?;
+        let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let weight_map =
+            index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
+        let mut shards: Vec<&str> = Vec::new();
+        for (tensor, shard) in weight_map {
+            let shard = shard.as_str().ok_or_else(|| invalid(format!("the shard of {tensor:?} is not a string")))?;
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+        }
+        if shards.is_empty() {
+            return Err(invalid("the weight map is empty".into()));
+        }
+        shards.sort_unstable();
+        shards.into_iter().map(|shard| self.file(shard)).collect()
     }
 }
 

@@ -50,7 +50,7 @@ mod tokenizer;
 
 pub use error::LlamaError;
 pub use llama::{IGNORE_INDEX, Llama, Llama3RopeScaling, LlamaConfig, causal_lm_loss};
-pub use load::{SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, hf_name_of_gguf_tensor, safetensors_files};
+pub use load::hf_name_of_gguf_tensor;
 pub use lora::{BaseLinear, LoraAdapter, LoraConfig, LoraLinear};
 pub use quant::{QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory};
 pub use objective::{CausalLmObjective, answer_loss};

@@ -24,11 +24,6 @@ use crate::lora::{BaseLinear, LoraLinear};
 use crate::quant::{QuantizedLinear, QuantizedMatrix};
 use crate::{LlamaError, LlamaTokenizer};
 
-/// The single-file checkpoint name transformers writes.
-pub const SAFETENSORS_FILE: &str = "model.safetensors";
-/// The index of a sharded checkpoint (`weight_map`: tensor name → shard file).
-pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
-
 /// Which parameters of a model a checkpoint provides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Part {
@@ -173,40 +168,12 @@ pub(crate) fn read_safetensors(files: &[PathBuf], remapper: &KeyRemapper) -> Res
     Ok(tensors)
 }
 
-/// The safetensors files of a checkpoint: the shards listed by `model.safetensors.index.json`, or
-/// `model.safetensors`. Cached files are preferred, so an offline hub cache needs only one of them.
-pub fn safetensors_files(source: &RepoSource) -> Result<Vec<PathBuf>, LlamaError> {
-    let sharded = source.has_cached(SAFETENSORS_INDEX_FILE)
-        || (!source.has_cached(SAFETENSORS_FILE) && source.file(SAFETENSORS_FILE).is_err());
-    if !sharded {
-        return Ok(vec![source.file(SAFETENSORS_FILE)?]);
-    }
-    let index_path = source.file(SAFETENSORS_INDEX_FILE)?;
-    let index_text = std::fs::read_to_string(&index_path).map_err(|e| LlamaError::io(&index_path, e))?;
-    let index: serde_json::Value = serde_json::from_str(&index_text).map_err(|e| LlamaError::json(&index_path, e))?;
-    let weight_map = index
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| LlamaError::json(&index_path, "no \"weight_map\" object"))?;
-    let mut shards: Vec<&str> = Vec::new();
-    for (tensor, shard) in weight_map {
-        let shard = shard
-            .as_str()
-            .ok_or_else(|| LlamaError::json(&index_path, format!("shard of {tensor:?} is not a string")))?;
-        if !shards.contains(&shard) {
-            shards.push(shard);
-        }
-    }
-    shards.sort_unstable();
-    shards.into_iter().map(|shard| source.file(shard).map_err(LlamaError::from)).collect()
-}
-
 impl<B: Backend> Llama<B> {
     /// Loads a Hugging Face Llama checkpoint (`config.json` and safetensors, one file or sharded) from
     /// a hub id or a local directory, resolving hub files cache-first (see [`polarity_hub`]).
     pub fn from_pretrained(source: &RepoSource, device: &B::Device) -> Result<Self, LlamaError> {
         let config = LlamaConfig::from_hf_file(&source.file("config.json")?)?;
-        let files = safetensors_files(source)?;
+        let files = source.safetensors_files()?;
         config.init(device)?.load_safetensors(&files, &source.to_string())
     }
 

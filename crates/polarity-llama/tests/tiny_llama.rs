@@ -246,27 +246,12 @@ fn a_shape_mismatch_is_an_error_naming_tensor_and_shapes() {
 #[test]
 fn sharded_checkpoints_load_like_single_files() {
     let fixture = fixture();
-    let bytes = std::fs::read(model_dir().join("model.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(model_dir().join("config.json"), dir.path().join("config.json")).unwrap();
-    let mut weight_map = serde_json::Map::new();
-    let mut names = file.names();
-    names.sort();
-    let (first, second) = names.split_at(names.len() / 2);
-    for (shard, names) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
-        let views: Vec<(&str, safetensors::tensor::TensorView)> =
-            names.iter().map(|n| (*n, file.tensor(n).unwrap())).collect();
-        safetensors::serialize_to_file(views, None, &dir.path().join(shard)).unwrap();
-        for name in names {
-            weight_map.insert(name.to_string(), serde_json::json!(shard));
-        }
-    }
-    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    polarity_core::reference::write_sharded_copy(&model_dir().join("model.safetensors"), dir.path(), 2).unwrap();
 
     let source = RepoSource::Local(dir.path().to_path_buf());
-    assert_eq!(polarity_llama::safetensors_files(&source).unwrap().len(), 2);
+    assert_eq!(source.safetensors_files().unwrap().len(), 2);
     let model = Llama::<Cpu>::from_pretrained(&source, &Default::default()).unwrap();
     let inputs = inputs::<Cpu>(&fixture);
     let logits = model.forward(inputs.input_ids, Some(inputs.attention_mask));
