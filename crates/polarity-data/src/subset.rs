@@ -149,6 +149,23 @@ mod tests {
     }
 
     #[test]
+    fn disjoint_subsets_share_no_review_and_need_room_for_all_of_them() {
+        let data = sorted_by_label(30, 30);
+        let subsets = data.balanced_subsets(&[20, 10, 6], 3).unwrap();
+        assert_eq!(subsets[0], data.balanced_subset(20, 3).unwrap());
+        let mut texts: Vec<String> = subsets.iter().flat_map(|s| s.texts()).map(str::to_string).collect();
+        assert_eq!(texts.len(), 36);
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(texts.len(), 36);
+        assert_eq!(subsets.iter().map(|s| s.label_counts()).collect::<Vec<_>>(), [[10, 10], [5, 5], [3, 3]]);
+        match data.balanced_subsets(&[40, 30], 3).unwrap_err() {
+            DataError::SubsetTooLarge { requested: 70, needed: 35, available: 30, .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn validation_split_is_stratified_and_disjoint() {
         let data = sorted_by_label(40, 60);
         let (train, validation) = data.split_validation(0.1, 3).unwrap();

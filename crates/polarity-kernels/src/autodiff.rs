@@ -116,6 +116,111 @@ pub(crate) fn attention<B: Backend>(
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
+#[derive(Debug)]
+struct FusedGelu;
+
+impl Backward<Flex, 1> for FusedGelu {
+    /// The input.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let input = ops.state;
+        let mut grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [input_node] = ops.parents;
+        if let Some(node) = input_node {
+            cpu::gelu_backward(grad.storage_mut::<f32>(), input.storage());
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+/// The exact GELU on an `Autodiff<Flex>` tensor as one graph node: one fused pass forward, one
+/// backward (`grad * (Φ(x) + x φ(x))`), instead of the five element-wise ops of the composed
+/// formula and their gradients. The caller has checked [`accepts`].
+pub(crate) fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = into_autodiff(x);
+    let input = x.primitive.to_contiguous();
+    let mut output = vec![0f32; input.storage::<f32>().len()];
+    cpu::gelu_into(input.storage(), &mut output);
+    let output = new_flex(output, input.layout().shape().clone());
+    let result = match FusedGelu.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(input, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+/// What the layer norm's backward pass needs.
+#[derive(Debug, Clone)]
+struct SavedNorm {
+    input: FlexTensor,
+    gamma: FlexTensor,
+    /// `[mean, 1 / std]` per row.
+    stats: Arc<Vec<[f32; 2]>>,
+}
+
+#[derive(Debug)]
+struct FusedLayerNorm;
+
+impl Backward<Flex, 3> for FusedLayerNorm {
+    type State = SavedNorm;
+
+    fn backward(self, ops: Ops<SavedNorm, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let SavedNorm { input, gamma, stats } = ops.state;
+        let grad_output = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let width = gamma.storage::<f32>().len();
+        let mut grad_input = vec![0f32; input.storage::<f32>().len()];
+        let (mut grad_gamma, mut grad_beta) = (vec![0f32; width], vec![0f32; width]);
+        cpu::layer_norm_backward(
+            input.storage(),
+            gamma.storage(),
+            &stats,
+            grad_output.storage(),
+            &mut grad_input,
+            &mut grad_gamma,
+            &mut grad_beta,
+        );
+        let [input_node, gamma_node, beta_node] = ops.parents;
+        let vector = || burn::tensor::Shape::from([width]);
+        let registered = [(input_node, grad_input, input.layout().shape().clone()), (gamma_node, grad_gamma, vector()), (beta_node, grad_beta, vector())];
+        for (node, grad, shape) in registered {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, new_flex(grad, shape));
+            }
+        }
+    }
+}
+
+/// LayerNorm with a bias on `Autodiff<Flex>` tensors as one graph node, forward and backward each
+/// one fused, row-parallel pass. The caller has checked [`accepts`] on all three and the widths.
+pub(crate) fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let (x, gamma, beta) = (into_autodiff(x), into_autodiff(gamma), into_autodiff(beta));
+    let input = x.primitive.to_contiguous();
+    let gamma_values = gamma.primitive.to_contiguous();
+    let beta_values = beta.primitive.to_contiguous();
+    let width = gamma_values.storage::<f32>().len();
+    let mut output = vec![0f32; input.storage::<f32>().len()];
+    let mut stats = vec![[0f32; 2]; output.len() / width];
+    cpu::layer_norm(input.storage(), gamma_values.storage(), Some(beta_values.storage()), eps as f32, &mut output, &mut stats);
+    let output = new_flex(output, input.layout().shape().clone());
+    let prep = FusedLayerNorm
+        .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful();
+    let result = match prep {
+        OpsKind::Tracked(prep) => prep.finish(SavedNorm { input, gamma: gamma_values, stats: Arc::new(stats) }, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
 /// A frozen matrix decoded on demand, such as a quantised weight (see [`frozen_linear`]).
 pub trait FrozenMatrix: Send + Sync + std::fmt::Debug + 'static {
     /// `[rows, cols]` of the decoded matrix (`[out_features, in_features]` for a linear layer).

@@ -25,6 +25,20 @@ fn gelu_slice(values: &mut [f32]) {
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn gelu_into_slice(input: &[f32], output: &mut [f32]) {
+    for (y, x) in output.iter_mut().zip(input) {
+        *y = math::gelu(*x);
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn gelu_backward_slice(grad: &mut [f32], input: &[f32]) {
+    for (g, x) in grad.iter_mut().zip(input) {
+        *g *= math::gelu_derivative(*x);
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
 fn silu_mul_slice(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
         *g = math::silu(*g) * u;
@@ -58,6 +72,18 @@ pub fn gelu(values: &mut [f32]) {
     values.par_chunks_mut(CHUNK).for_each(gelu_slice);
 }
 
+/// `output <- gelu(input)`.
+pub fn gelu_into(input: &[f32], output: &mut [f32]) {
+    assert_eq!(input.len(), output.len());
+    output.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(y, x)| gelu_into_slice(x, y));
+}
+
+/// `grad <- grad * gelu'(input)`: the GELU's backward pass.
+pub fn gelu_backward(grad: &mut [f32], input: &[f32]) {
+    assert_eq!(grad.len(), input.len());
+    grad.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(g, x)| gelu_backward_slice(g, x));
+}
+
 /// `gate <- silu(gate) * up`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len());
@@ -85,6 +111,34 @@ fn sum_of_squares(values: &[f32]) -> f32 {
     for chunk in chunks {
         for (acc, v) in lanes.iter_mut().zip(chunk) {
             *acc += v * v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `Σ (v - center)^2`.
+#[inline(always)]
+fn centered_sum_of_squares(values: &[f32], center: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - center) * (v - center)).sum();
+    for chunk in chunks {
+        for (acc, v) in lanes.iter_mut().zip(chunk) {
+            *acc += (v - center) * (v - center);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `Σ a b`.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for ((acc, a), b) in lanes.iter_mut().zip(a).zip(b) {
+            *acc += a * b;
         }
     }
     lanes.iter().sum::<f32>() + tail
@@ -128,6 +182,110 @@ pub fn rms_norm(input: &[f32], weight: &[f32], eps: f32, output: &mut [f32]) {
         .par_chunks_mut(rows_per_task * width)
         .zip(input.par_chunks(rows_per_task * width))
         .for_each(|(y, x)| rms_norm_rows(x, weight, eps, y));
+}
+
+/// Rows per rayon task for the layer norm (a few hundred KB of activations).
+const NORM_ROWS: usize = 64;
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn layer_norm_rows(input: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, output: &mut [f32], stats: &mut [[f32; 2]]) {
+    let width = gamma.len();
+    for ((x, y), stat) in input.chunks_exact(width).zip(output.chunks_exact_mut(width)).zip(stats) {
+        // Two passes (mean, then centred squares), as PyTorch: no cancellation for large means.
+        let mean = sum(x) / width as f32;
+        let inverse_std = 1.0 / (centered_sum_of_squares(x, mean) / width as f32 + eps).sqrt();
+        *stat = [mean, inverse_std];
+        match beta {
+            Some(beta) => {
+                for (((y, x), g), b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                    *y = (x - mean) * inverse_std * g + b;
+                }
+            }
+            None => {
+                for ((y, x), g) in y.iter_mut().zip(x).zip(gamma) {
+                    *y = (x - mean) * inverse_std * g;
+                }
+            }
+        }
+    }
+}
+
+/// LayerNorm over rows of `gamma.len()` values: `(x - mean) / sqrt(var + eps) * gamma + beta` with
+/// the biased variance; `stats` receives each row's `[mean, 1 / std]` for the backward pass.
+pub fn layer_norm(input: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, output: &mut [f32], stats: &mut [[f32; 2]]) {
+    let width = gamma.len();
+    assert!(width > 0 && input.len() == output.len() && input.len() == stats.len() * width);
+    input
+        .par_chunks(NORM_ROWS * width)
+        .zip(output.par_chunks_mut(NORM_ROWS * width))
+        .zip(stats.par_chunks_mut(NORM_ROWS))
+        .for_each(|((x, y), stats)| layer_norm_rows(x, gamma, beta, eps, y, stats));
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn layer_norm_backward_rows(
+    input: &[f32],
+    gamma: &[f32],
+    stats: &[[f32; 2]],
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+    grad_gamma: &mut [f32],
+    grad_beta: &mut [f32],
+) {
+    let width = gamma.len();
+    let mut normalized = vec![0f32; width];
+    let mut scaled_grad = vec![0f32; width];
+    let rows = input.chunks_exact(width).zip(grad_output.chunks_exact(width)).zip(grad_input.chunks_exact_mut(width));
+    for (((x, gy), gx), &[mean, inverse_std]) in rows.zip(stats) {
+        for ((((n, s), x), gy), g) in normalized.iter_mut().zip(scaled_grad.iter_mut()).zip(x).zip(gy).zip(gamma) {
+            *n = (x - mean) * inverse_std;
+            *s = gy * g;
+        }
+        for (((dg, db), n), gy) in grad_gamma.iter_mut().zip(grad_beta.iter_mut()).zip(&normalized).zip(gy) {
+            *dg += gy * n;
+            *db += gy;
+        }
+        // dx = (1/std) (s - mean(s) - x̂ mean(s x̂)) with s = dy γ.
+        let mean_scaled = sum(&scaled_grad) / width as f32;
+        let mean_projection = dot(&scaled_grad, &normalized) / width as f32;
+        for ((gx, s), n) in gx.iter_mut().zip(&scaled_grad).zip(&normalized) {
+            *gx = inverse_std * (s - mean_scaled - n * mean_projection);
+        }
+    }
+}
+
+/// The backward pass of [`layer_norm`]: the input's gradient into `grad_input`, and the gradients of
+/// `gamma` and `beta` (summed over rows) into `grad_gamma` / `grad_beta`.
+pub fn layer_norm_backward(
+    input: &[f32],
+    gamma: &[f32],
+    stats: &[[f32; 2]],
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+    grad_gamma: &mut [f32],
+    grad_beta: &mut [f32],
+) {
+    let width = gamma.len();
+    assert!(width > 0 && input.len() == grad_output.len() && input.len() == grad_input.len());
+    assert!(input.len() == stats.len() * width && grad_gamma.len() == width && grad_beta.len() == width);
+    // Per-task partial sums, added in task order so that the result does not depend on scheduling.
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = input
+        .par_chunks(NORM_ROWS * width)
+        .zip(grad_output.par_chunks(NORM_ROWS * width))
+        .zip(grad_input.par_chunks_mut(NORM_ROWS * width))
+        .zip(stats.par_chunks(NORM_ROWS))
+        .map(|(((x, gy), gx), stats)| {
+            let (mut dgamma, mut dbeta) = (vec![0f32; width], vec![0f32; width]);
+            layer_norm_backward_rows(x, gamma, stats, gy, gx, &mut dgamma, &mut dbeta);
+            (dgamma, dbeta)
+        })
+        .collect();
+    grad_gamma.fill(0.0);
+    grad_beta.fill(0.0);
+    for (dgamma, dbeta) in partials {
+        grad_gamma.iter_mut().zip(dgamma).for_each(|(a, b)| *a += b);
+        grad_beta.iter_mut().zip(dbeta).for_each(|(a, b)| *a += b);
+    }
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]

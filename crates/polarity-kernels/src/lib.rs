@@ -8,10 +8,10 @@
 //!   vectorised (AVX-512 or AVX2, picked at run time), in place where the input is not shared;
 //! - on any other backend and on other float types runs the same operation composed from burn's tensor
 //!   ops ([`composed`]), so results and gradients are burn's;
-//! - under autodiff over burn-flex (training on the CPU default), [`attention`] is one graph node with
-//!   its own fused backward pass (the softmax weights are kept, the dropout mask is regenerated from
-//!   its seed); the element-wise functions take the composed path there, so autodiff differentiates
-//!   them.
+//! - under autodiff over burn-flex (training on the CPU default), [`attention`], [`gelu`] and
+//!   [`layer_norm`] are single graph nodes with their own fused backward passes (attention keeps the
+//!   softmax weights and regenerates the dropout mask from its seed); the other element-wise
+//!   functions take the composed path there, so autodiff differentiates them.
 //!
 //! [`dropout`] is the exception: it only acts under autodiff, and there it replaces burn's
 //! one-element-at-a-time Bernoulli mask by a parallel counter-based one.
@@ -36,6 +36,7 @@ pub mod composed;
 mod cpu;
 mod flex;
 pub mod math;
+mod norm;
 
 use burn::nn::Dropout;
 use burn::prelude::*;
@@ -44,9 +45,14 @@ use burn::tensor::Distribution;
 pub use attention::{AttentionHeads, AttentionMask, attention};
 pub use autocast::{linear, on_rows};
 pub use autodiff::{FrozenMatrix, frozen_linear};
+pub use norm::{LayerNorm, layer_norm};
 
-/// The exact GELU, `x/2 (1 + erf(x / sqrt 2))` (transformers' `"gelu"`).
+/// The exact GELU, `x/2 (1 + erf(x / sqrt 2))` (transformers' `"gelu"`); under autodiff over
+/// burn-flex one graph node with a fused backward pass.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if autodiff::accepts(&x) {
+        return autodiff::gelu(x);
+    }
     flex::in_place(x, cpu::gelu).unwrap_or_else(composed::gelu)
 }
 

@@ -47,6 +47,13 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// The derivative of the exact GELU, `Φ(x) + x φ(x)` (the normal distribution's CDF and density).
+#[inline(always)]
+pub fn gelu_derivative(x: f32) -> f32 {
+    const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x)
+}
+
 /// SiLU (swish), `x / (1 + e^-x)`.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
@@ -96,6 +103,37 @@ mod tests {
         assert!(erf(0.0).abs() < 1e-7);
         assert_eq!(gelu(-20.0), -0.0);
         assert_eq!(gelu(20.0), 20.0);
+    }
+
+    #[test]
+    fn gelu_derivative_matches_a_central_difference_of_f64_gelu() {
+        let gelu64 = |x: f64| 0.5 * x * (1.0 + libm_free_erf(x / std::f64::consts::SQRT_2));
+        for x in grid(-8.0, 8.0, 1_600) {
+            let h = 1e-4;
+            let exact = (gelu64(x as f64 + h) - gelu64(x as f64 - h)) / (2.0 * h);
+            assert!((gelu_derivative(x) as f64 - exact).abs() < 1e-6, "gelu'({x}) = {} vs {exact}", gelu_derivative(x));
+        }
+    }
+
+    /// erf in f64 from its Taylor series (|x| <= 3) and the asymptotic continued fraction beyond.
+    fn libm_free_erf(x: f64) -> f64 {
+        let a = x.abs();
+        let value = if a <= 3.0 {
+            let (mut term, mut sum, mut n) = (a, a, 0.0);
+            while term.abs() > 1e-17 * sum.abs() {
+                n += 1.0;
+                term *= -a * a / n;
+                sum += term / (2.0 * n + 1.0);
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            let mut fraction = a;
+            for k in (1..60).rev() {
+                fraction = a + (k as f64 / 2.0) / fraction;
+            }
+            1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / fraction
+        };
+        value.copysign(x)
     }
 
     #[test]

@@ -141,6 +141,55 @@ fn other_backends_and_autodiff_take_the_composed_path() {
 }
 
 #[test]
+fn fused_gelu_gradients_match_the_composed_graph() {
+    let _serial = serial();
+    type Train = Autodiff<Flex>;
+    let x = random::<Train, 2>([37, 300], 21).require_grad();
+    let weights = random::<Train, 2>([37, 300], 22);
+    let gradient = |output: Tensor<Train, 2>| (output * weights.clone()).sum().backward();
+    let (fast, reference) = (polarity_kernels::gelu(x.clone()), composed::gelu(x.clone()));
+    assert_close(fast.clone(), reference.clone(), 1e-6);
+    let fast = x.grad(&gradient(fast)).unwrap();
+    let reference = x.grad(&gradient(reference)).unwrap();
+    assert_close(fast, reference, 1e-6);
+}
+
+#[test]
+fn fused_layer_norm_matches_burns_values_and_gradients() {
+    let _serial = serial();
+    type Reference = Autodiff<NdArray>;
+    type Train = Autodiff<Flex>;
+    let (rows, width) = (150, 96);
+    let data = |seed| random::<Fast, 2>([rows, width], seed).into_data();
+    // Rows with a large common offset: the two-pass variance must not cancel.
+    let x = random::<Fast, 2>([rows, width], 31).add_scalar(100.0).into_data();
+    let (gamma, beta) = (random::<Fast, 1>([width], 32).into_data(), random::<Fast, 1>([width], 33).into_data());
+    let weights = data(34);
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        [x, gamma, beta, weights]: [&TensorData; 4],
+    ) -> [Tensor<B::InnerBackend, 2>; 4] {
+        let device = Default::default();
+        let x = Tensor::<B, 2>::from_data(x.clone(), &device).require_grad();
+        let gamma = Tensor::<B, 1>::from_data(gamma.clone(), &device).require_grad();
+        let beta = Tensor::<B, 1>::from_data(beta.clone(), &device).require_grad();
+        let output = polarity_kernels::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-12);
+        let grads = (output.clone() * Tensor::from_data(weights.clone(), &device)).sum().backward();
+        let [g, b] = [gamma.grad(&grads).unwrap(), beta.grad(&grads).unwrap()].map(|t| t.unsqueeze::<2>());
+        [output.inner(), x.grad(&grads).unwrap(), g, b]
+    }
+    let inputs = [&x, &gamma, &beta, &weights];
+    let fast = run::<Train>(inputs);
+    let reference = run::<Reference>(inputs);
+    for (name, (fast, reference)) in ["output", "x", "gamma", "beta"].iter().zip(fast.into_iter().zip(reference)) {
+        let (fast, reference) = (fast.into_data(), reference.into_data());
+        let fast = Tensor::<NdArray, 2>::from_data(fast, &Default::default());
+        let reference = Tensor::<NdArray, 2>::from_data(reference, &Default::default());
+        let error = (fast - reference.clone()).abs().max().into_scalar() / reference.abs().max().into_scalar().max(1.0);
+        assert!(error < 2e-5, "{name}: relative error {error:e}");
+    }
+}
+
+#[test]
 fn float_types_other_than_f32_fall_back() {
     let _serial = serial();
     let x = random::<Fast, 2>([3, 4], 11);
