@@ -6,11 +6,11 @@
 //! `sentence-transformers/all-MiniLM-L6-v2` ships); [`BertForSequenceClassification`] adds
 //! transformers' head: pooler (dense + tanh on `[CLS]`) -> dropout -> classifier.
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
 
-use polarity_kernels::{AttentionHeads, AttentionMask, attention, linear};
+use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
@@ -79,7 +79,7 @@ impl BertConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> BertModel<B> {
         let std = self.initializer_range;
         let hidden = self.hidden_size;
-        let layer_norm = || LayerNormConfig::new(hidden).with_epsilon(self.layer_norm_eps).init(device);
+        let layer_norm = || LayerNorm::new(hidden, self.layer_norm_eps, device);
         let hidden_dropout = || DropoutConfig::new(self.hidden_dropout_prob).init();
         let layer = || BertLayer {
             attention: BertAttention {

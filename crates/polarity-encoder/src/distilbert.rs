@@ -6,11 +6,11 @@
 //! head on the `[CLS]` hidden state: pre_classifier -> ReLU -> dropout -> classifier.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
 
-use polarity_kernels::{AttentionHeads, AttentionMask, attention, linear};
+use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
@@ -76,7 +76,7 @@ impl DistilBertConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> DistilBertModel<B> {
         let std = self.initializer_range;
         let dim = self.dim;
-        let layer_norm = || LayerNormConfig::new(dim).with_epsilon(LAYER_NORM_EPS).init(device);
+        let layer_norm = || LayerNorm::new(dim, LAYER_NORM_EPS, device);
         let dropout = || DropoutConfig::new(self.dropout).init();
         let block = || TransformerBlock {
             attention: MultiHeadSelfAttention {
