@@ -151,6 +151,131 @@ pub(crate) fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> 
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
+/// The output of a fused op as an autodiff tensor: tracked (keeping `state` for the backward pass)
+/// when an input requires a gradient, untracked otherwise.
+fn finish<Op, const N: usize>(
+    prepared: OpsKind<Op, Flex, Op::State, NoCheckpointing, N>,
+    state: impl FnOnce() -> Op::State,
+    output: FlexTensor,
+) -> AutodiffFlexTensor
+where
+    Op: Backward<Flex, N>,
+    Op::State: Clone + Send + std::fmt::Debug + 'static,
+{
+    match prepared {
+        OpsKind::Tracked(prep) => prep.finish(state(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+fn into_tensor<B: Backend, const D: usize>(result: AutodiffFlexTensor) -> Tensor<B, D> {
+    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+#[derive(Debug)]
+struct FusedSiluMul;
+
+impl Backward<Flex, 2> for FusedSiluMul {
+    /// The gate and up projections.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (gate, up) = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let mut grad_gate = vec![0f32; gate.storage::<f32>().len()];
+        let mut grad_up = vec![0f32; grad_gate.len()];
+        cpu::silu_mul_backward(gate.storage(), up.storage(), grad.storage(), &mut grad_gate, &mut grad_up);
+        let [gate_node, up_node] = ops.parents;
+        let shape = gate.layout().shape().clone();
+        for (node, grad) in [(gate_node, grad_gate), (up_node, grad_up)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, new_flex(grad, shape.clone()));
+            }
+        }
+    }
+}
+
+/// `silu(gate) * up` on `Autodiff<Flex>` tensors of one shape as one graph node. The caller has
+/// checked [`accepts`] on both and the shapes.
+pub(crate) fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    let (gate, up) = (into_autodiff(gate), into_autodiff(up));
+    let (gate_values, up_values) = (gate.primitive.to_contiguous(), up.primitive.to_contiguous());
+    let mut output = gate_values.storage::<f32>().to_vec();
+    cpu::silu_mul(&mut output, up_values.storage());
+    let output = new_flex(output, gate_values.layout().shape().clone());
+    let prepared = FusedSiluMul.prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()]).compute_bound().stateful();
+    into_tensor(finish(prepared, || (gate_values, up_values), output))
+}
+
+#[derive(Debug)]
+struct FusedRmsNorm;
+
+impl Backward<Flex, 2> for FusedRmsNorm {
+    /// The input, the weight and epsilon.
+    type State = (FlexTensor, FlexTensor, f32);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (input, weight, eps) = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let width = weight.storage::<f32>().len();
+        let mut grad_input = vec![0f32; input.storage::<f32>().len()];
+        let mut grad_weight = vec![0f32; width];
+        cpu::rms_norm_backward(input.storage(), weight.storage(), eps, grad.storage(), &mut grad_input, &mut grad_weight);
+        let [input_node, weight_node] = ops.parents;
+        if let Some(node) = input_node {
+            grads.register::<Flex>(node.id, new_flex(grad_input, input.layout().shape().clone()));
+        }
+        if let Some(node) = weight_node {
+            grads.register::<Flex>(node.id, new_flex(grad_weight, burn::tensor::Shape::from([width])));
+        }
+    }
+}
+
+/// RMSNorm on `Autodiff<Flex>` tensors as one graph node. The caller has checked [`accepts`] on both
+/// and the widths.
+pub(crate) fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    let (x, weight) = (into_autodiff(x), into_autodiff(weight));
+    let (input, weight_values) = (x.primitive.to_contiguous(), weight.primitive.to_contiguous());
+    let mut output = vec![0f32; input.storage::<f32>().len()];
+    cpu::rms_norm(input.storage(), weight_values.storage(), eps as f32, &mut output);
+    let output = new_flex(output, input.layout().shape().clone());
+    let prepared = FusedRmsNorm.prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful();
+    into_tensor(finish(prepared, || (input, weight_values, eps as f32), output))
+}
+
+#[derive(Debug)]
+struct FusedRotary;
+
+impl Backward<Flex, 1> for FusedRotary {
+    /// The cos and sin tables, the row width and the head size.
+    type State = (FlexTensor, FlexTensor, usize, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (cos, sin, width, head_dim) = ops.state;
+        let mut grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [input_node] = ops.parents;
+        if let Some(node) = input_node {
+            cpu::rotary_backward(grad.storage_mut::<f32>(), width, cos.storage(), sin.storage(), head_dim);
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+/// Rotary embedding of an `Autodiff<Flex>` tensor as one graph node; the tables are constants (no
+/// gradient flows to them). The caller has checked [`accepts`] on all three and the shapes.
+pub(crate) fn rotary<B: Backend>(x: Tensor<B, 3>, cos: Tensor<B, 2>, sin: Tensor<B, 2>, head_dim: usize) -> Tensor<B, 3> {
+    let width = x.dims()[2];
+    let (cos, sin) = (into_autodiff(cos).primitive.to_contiguous(), into_autodiff(sin).primitive.to_contiguous());
+    let x = into_autodiff(x);
+    let mut output = x.primitive.to_contiguous();
+    // A fresh buffer: the input may be shared (it is a projection's output that others may read).
+    output = new_flex(output.storage::<f32>().to_vec(), output.layout().shape().clone());
+    cpu::rotary(output.storage_mut::<f32>(), width, cos.storage(), sin.storage(), head_dim);
+    let prepared = FusedRotary.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful();
+    into_tensor(finish(prepared, || (cos, sin, width, head_dim), output))
+}
+
 /// What the layer norm's backward pass needs.
 #[derive(Debug, Clone)]
 struct SavedNorm {

@@ -46,6 +46,16 @@ fn silu_mul_slice(gate: &mut [f32], up: &[f32]) {
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn silu_mul_backward_slice(gate: &[f32], up: &[f32], grad: &[f32], grad_gate: &mut [f32], grad_up: &mut [f32]) {
+    for ((((g, u), dy), dg), du) in gate.iter().zip(up).zip(grad).zip(grad_gate.iter_mut()).zip(grad_up.iter_mut()) {
+        let sigmoid = 1.0 / (1.0 + math::exp(-*g));
+        // silu'(g) = σ(g) (1 + g (1 - σ(g))).
+        *dg = dy * u * sigmoid * (1.0 + g * (1.0 - sigmoid));
+        *du = dy * g * sigmoid;
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
 fn dropout_mask_slice(mask: &mut [f32], first_index: u64, seed: u64, keep_threshold: u32, scale: f32) {
     for (i, m) in mask.iter_mut().enumerate() {
         // SplitMix64's finaliser over (seed, index): a counter-based generator, so every chunk draws
@@ -82,6 +92,17 @@ pub fn gelu_into(input: &[f32], output: &mut [f32]) {
 pub fn gelu_backward(grad: &mut [f32], input: &[f32]) {
     assert_eq!(grad.len(), input.len());
     grad.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(g, x)| gelu_backward_slice(g, x));
+}
+
+/// The backward pass of `silu(gate) * up`: the gradients of `gate` and `up` for output gradient `grad`.
+pub fn silu_mul_backward(gate: &[f32], up: &[f32], grad: &[f32], grad_gate: &mut [f32], grad_up: &mut [f32]) {
+    let n = gate.len();
+    assert!(up.len() == n && grad.len() == n && grad_gate.len() == n && grad_up.len() == n);
+    grad_gate
+        .par_chunks_mut(CHUNK)
+        .zip(grad_up.par_chunks_mut(CHUNK))
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)).zip(grad.par_chunks(CHUNK)))
+        .for_each(|((dg, du), ((g, u), dy))| silu_mul_backward_slice(g, u, dy, dg, du));
 }
 
 /// `gate <- silu(gate) * up`.
@@ -182,6 +203,47 @@ pub fn rms_norm(input: &[f32], weight: &[f32], eps: f32, output: &mut [f32]) {
         .par_chunks_mut(rows_per_task * width)
         .zip(input.par_chunks(rows_per_task * width))
         .for_each(|(y, x)| rms_norm_rows(x, weight, eps, y));
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn rms_norm_backward_rows(input: &[f32], weight: &[f32], eps: f32, grad_output: &[f32], grad_input: &mut [f32], grad_weight: &mut [f32]) {
+    let width = weight.len();
+    let mut scaled_grad = vec![0f32; width];
+    let rows = input.chunks_exact(width).zip(grad_output.chunks_exact(width)).zip(grad_input.chunks_exact_mut(width));
+    for ((x, gy), gx) in rows {
+        let inverse_rms = 1.0 / (sum_of_squares(x) / width as f32 + eps).sqrt();
+        for (((s, gy), w), (dw, x)) in scaled_grad.iter_mut().zip(gy).zip(weight).zip(grad_weight.iter_mut().zip(x)) {
+            *s = gy * w;
+            *dw += gy * x * inverse_rms;
+        }
+        // dx = r (s - x r² mean(s x)) with s = dy w and r = 1 / rms(x).
+        let projection = dot(&scaled_grad, x) / width as f32 * inverse_rms * inverse_rms;
+        for ((gx, s), x) in gx.iter_mut().zip(&scaled_grad).zip(x) {
+            *gx = inverse_rms * (s - x * projection);
+        }
+    }
+}
+
+/// The backward pass of [`rms_norm`]: the input's gradient into `grad_input` and the weight's
+/// (summed over rows, in a fixed order) into `grad_weight`.
+pub fn rms_norm_backward(input: &[f32], weight: &[f32], eps: f32, grad_output: &[f32], grad_input: &mut [f32], grad_weight: &mut [f32]) {
+    let width = weight.len();
+    assert!(width > 0 && input.len() % width == 0 && input.len() == grad_output.len() && input.len() == grad_input.len());
+    assert_eq!(grad_weight.len(), width);
+    let partials: Vec<Vec<f32>> = input
+        .par_chunks(NORM_ROWS * width)
+        .zip(grad_output.par_chunks(NORM_ROWS * width))
+        .zip(grad_input.par_chunks_mut(NORM_ROWS * width))
+        .map(|((x, gy), gx)| {
+            let mut dw = vec![0f32; width];
+            rms_norm_backward_rows(x, weight, eps, gy, gx, &mut dw);
+            dw
+        })
+        .collect();
+    grad_weight.fill(0.0);
+    for dw in partials {
+        grad_weight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+    }
 }
 
 /// Rows per rayon task for the layer norm (a few hundred KB of activations).
@@ -312,6 +374,32 @@ pub fn rotary(values: &mut [f32], width: usize, cos: &[f32], sin: &[f32], head_d
     values.par_chunks_mut(width).enumerate().for_each(|(row, values)| {
         let table = (row % seq_len) * head_dim..(row % seq_len + 1) * head_dim;
         rotate_rows(values, &cos[table.clone()], &sin[table], head_dim);
+    });
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn rotate_rows_backward(rows: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize) {
+    let half = head_dim / 2;
+    for head in rows.chunks_exact_mut(head_dim) {
+        let (first, second) = head.split_at_mut(half);
+        for j in 0..half {
+            // The transpose of the forward rotation: a' = a c1 - b s1, b' = b c2 + a s2.
+            let (da, db) = (first[j], second[j]);
+            first[j] = da * cos[j] + db * sin[half + j];
+            second[j] = db * cos[half + j] - da * sin[j];
+        }
+    }
+}
+
+/// The backward pass of [`rotary`] in place on the output's gradient (the rotation is linear).
+pub fn rotary_backward(grad: &mut [f32], width: usize, cos: &[f32], sin: &[f32], head_dim: usize) {
+    assert!(head_dim > 0 && head_dim % 2 == 0 && width > 0 && width % head_dim == 0 && grad.len() % width == 0);
+    assert!(cos.len() % head_dim == 0 && sin.len() == cos.len());
+    let seq_len = cos.len() / head_dim;
+    assert!(seq_len > 0 && (grad.len() / width) % seq_len == 0);
+    grad.par_chunks_mut(width).enumerate().for_each(|(row, grad)| {
+        let table = (row % seq_len) * head_dim..(row % seq_len + 1) * head_dim;
+        rotate_rows_backward(grad, &cos[table.clone()], &sin[table], head_dim);
     });
 }
 

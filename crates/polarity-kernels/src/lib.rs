@@ -58,6 +58,9 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 
 /// `silu(gate) * up`, Llama's SwiGLU gate, in one pass.
 pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    if gate.dims() == up.dims() && autodiff::accepts(&gate) && autodiff::accepts(&up) {
+        return autodiff::silu_mul(gate, up);
+    }
     if gate.dims() != up.dims() || !flex::accepts(&up) {
         return composed::silu_mul(gate, up);
     }
@@ -70,7 +73,11 @@ pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>
 /// RMSNorm, `x / sqrt(mean(x^2) + eps) * weight` over the last dimension (`weight` has its width).
 pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
     let dims = x.dims();
-    if weight.dims() != [dims[D - 1]] || dims[D - 1] == 0 || !flex::accepts(&x) || !flex::accepts(&weight) {
+    let fits = weight.dims() == [dims[D - 1]] && dims[D - 1] > 0;
+    if fits && autodiff::accepts(&x) && autodiff::accepts(&weight) {
+        return autodiff::rms_norm(x, weight, eps);
+    }
+    if !fits || !flex::accepts(&x) || !flex::accepts(&weight) {
         return composed::rms_norm(x, weight, eps);
     }
     let (x, weight) = (flex::into_flex(x), flex::into_flex(weight));
@@ -89,6 +96,9 @@ pub fn rotary<B: Backend>(x: Tensor<B, 3>, cos: Tensor<B, 2>, sin: Tensor<B, 2>,
         && seq_len > 0
         && cos.dims() == [seq_len, head_dim]
         && sin.dims() == cos.dims();
+    if fits && autodiff::accepts(&x) && autodiff::accepts(&cos) && autodiff::accepts(&sin) {
+        return autodiff::rotary(x, cos, sin, head_dim);
+    }
     if !(fits && flex::accepts(&x) && flex::accepts(&cos) && flex::accepts(&sin)) {
         return composed::rotary(x, cos, sin, head_dim);
     }

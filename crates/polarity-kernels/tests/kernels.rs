@@ -154,6 +154,46 @@ fn fused_gelu_gradients_match_the_composed_graph() {
     assert_close(fast, reference, 1e-6);
 }
 
+/// The fused element-wise autodiff ops (SiLU gate, RMSNorm, RoPE) give the composed graph's values and
+/// gradients, for every input that takes one.
+#[test]
+fn fused_llama_ops_match_the_composed_graph_and_its_gradients() {
+    let _serial = serial();
+    type Train = Autodiff<Flex>;
+    let (batch, seq, heads, head_dim) = (2, 7, 3, 8);
+    let width = heads * head_dim;
+    let leaf = |seed, dims: [usize; 3]| random::<Train, 3>(dims, seed).require_grad();
+    let weights = random::<Train, 3>([batch, seq, width], 40);
+    let backward = |output: Tensor<Train, 3>| (output * weights.clone()).sum().backward();
+
+    let (gate, up) = (leaf(41, [batch, seq, width]), leaf(42, [batch, seq, width]));
+    let fast = polarity_kernels::silu_mul(gate.clone(), up.clone());
+    let reference = composed::silu_mul(gate.clone(), up.clone());
+    assert_close(fast.clone(), reference.clone(), 1e-5);
+    let (fast, reference) = (backward(fast), backward(reference));
+    assert_close(gate.grad(&fast).unwrap(), gate.grad(&reference).unwrap(), 1e-5);
+    assert_close(up.grad(&fast).unwrap(), up.grad(&reference).unwrap(), 1e-5);
+
+    let x = leaf(43, [batch, seq, width]);
+    let weight = random::<Train, 1>([width], 44).require_grad();
+    let fast = polarity_kernels::rms_norm(x.clone(), weight.clone(), 1e-5);
+    let reference = composed::rms_norm(x.clone(), weight.clone(), 1e-5);
+    assert_close(fast.clone(), reference.clone(), 1e-5);
+    let (fast, reference) = (backward(fast), backward(reference));
+    assert_close(x.grad(&fast).unwrap(), x.grad(&reference).unwrap(), 1e-5);
+    assert_close(weight.grad(&fast).unwrap(), weight.grad(&reference).unwrap(), 1e-5);
+
+    // Tables with different values in the two halves, so that the backward pass's indexing is tested
+    // beyond Llama's duplicated frequencies.
+    let (cos, sin) = (random::<Train, 2>([seq, head_dim], 45), random::<Train, 2>([seq, head_dim], 46));
+    let x = leaf(47, [batch, seq, width]);
+    let fast = polarity_kernels::rotary(x.clone(), cos.clone(), sin.clone(), head_dim);
+    let reference = composed::rotary(x.clone(), cos, sin, head_dim);
+    assert_close(fast.clone(), reference.clone(), 1e-5);
+    let (fast, reference) = (backward(fast), backward(reference));
+    assert_close(x.grad(&fast).unwrap(), x.grad(&reference).unwrap(), 1e-5);
+}
+
 #[test]
 fn fused_layer_norm_matches_burns_values_and_gradients() {
     let _serial = serial();
