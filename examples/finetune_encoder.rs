@@ -31,9 +31,13 @@
 //! {
 //!   "model": "sentence-transformers/all-MiniLM-L6-v2", "architecture": "bert",
 //!   "dataset": "stanfordnlp/imdb", "backend": "ndarray (cpu)",
-//!   "train_size": 2000, "test_size": 1000, "max_length": 256, "epochs": 1,
+//!   "train_size": 2000, "test_size": 1000, "validation_size": 0,
+//!   "eval_set": "test",                    // what picked the best epoch: "test" or "validation"
+//!   "max_length": 256, "epochs": 1,
 //!   "learning_rate": 5e-5, "batch_size": 16, "grad_accum": 1, "eval_batch_size": 64,
 //!   "warmup_steps": 13, "weight_decay": 0.01, "max_grad_norm": 1.0, "seed": 42,
+//!   "precision": "f32",                    // "bf16" / "f16": mixed precision
+//!   "loss_scale": null, "skipped_steps": 0, // f16 only: final loss scale, steps skipped on overflow
 //!   "accuracy": 0.85,                      // final evaluation of the returned model on the test subset
 //!   "macro_f1": 0.85,
 //!   "train_seconds": 600.0,                // optimiser steps only (evaluation and checkpoints excluded)

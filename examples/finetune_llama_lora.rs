@@ -35,7 +35,7 @@
 //!   "lora": {...}, "zero_shot": {...},                      // see below
 //!   "lora_config": {"r": 16, "lora_alpha": 32.0, "lora_dropout": 0.05, "target_modules": [...]},
 //!   "trainer": {"epochs", "learning_rate", "batch_size", "grad_accum", "warmup_steps", "weight_decay",
-//!               "max_grad_norm", "seed"},
+//!               "max_grad_norm", "seed", "precision", "loss_scale", "skipped_steps"},
 //!   "qlora": false, "weight_memory": {"dense_bytes", "quantized_bytes", "quantized_as_f32_bytes", "saved_bytes"},
 //!   "trainable_parameters": 460800, "total_parameters": 134975808,
 //!   "improvement_points": 30.0                             // (lora.accuracy - zero_shot.accuracy) * 100

@@ -203,7 +203,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     }
                     let weight = items.len() as f64 / step_samples as f64;
                     step_loss += value * weight;
-                    let factor = if step_batches.len() > 1 { weight } else { 1.0 } * loss_scale;
+                    let share = if step_batches.len() > 1 { weight } else { 1.0 };
+                    let factor = share * loss_scale;
                     let loss = if factor != 1.0 { loss.mul_scalar(factor) } else { loss };
                     let grads = GradientsParams::from_grads(loss.backward(), &model);
                     if step_batches.len() > 1 {

@@ -86,3 +86,14 @@ fn an_f16_run_resumes_with_its_loss_scale() {
     let diff = max_abs_diff(&params(&reference.model), &params(&resumed.model));
     assert!(diff < 1e-6, "resumed parameters differ by {diff}");
 }
+
+#[test]
+fn loss_scaling_composes_with_gradient_accumulation() {
+    // Micro-batches of 4, two per step: each micro-batch's loss is weighted by its share and scaled.
+    let accumulated = |precision| config(precision).with_batch_size(4).with_grad_accum(2).with_initial_loss_scale(1024.0);
+    let reference = fit(accumulated(Precision::F32), 5).unwrap();
+    let scaled = fit(accumulated(Precision::F16), 5).unwrap();
+    assert_eq!(scaled.loss_scaler.unwrap().skipped_steps(), 0);
+    let diff = max_abs_diff(&params(&reference.model), &params(&scaled.model));
+    assert!(diff > 0.0 && diff < 0.02, "f16 with accumulation differs from f32 by {diff}");
+}
