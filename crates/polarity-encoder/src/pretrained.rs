@@ -253,14 +253,14 @@ fn load_into<B: Backend, M: Module<B>>(
         [file] => file.clone(),
         [first, ..] => first.parent().map_or_else(|| first.clone(), Path::to_path_buf),
     };
-    let mut file: Vec<(String, TensorSnapshot, &Path)> = Vec::new();
+    let mut tensors: Vec<(String, TensorSnapshot, &Path)> = Vec::new();
     for path in files {
         let mut store = SafetensorsStore::from_file(path);
         let snapshots = store.get_all_snapshots().map_err(|e| match e {
             SafetensorsStoreError::Io(source) => EncoderError::Io { path: path.clone(), source },
             other => EncoderError::InvalidSafetensors { path: path.clone(), reason: other.to_string() },
         })?;
-        file.extend(snapshots.iter().map(|(key, snapshot)| (key.clone(), snapshot.clone(), path.as_path())));
+        tensors.extend(snapshots.iter().map(|(key, snapshot)| (key.clone(), snapshot.clone(), path.as_path())));
     }
 
     let expected = expected_parameters(model, naming);
@@ -271,7 +271,7 @@ fn load_into<B: Backend, M: Module<B>>(
     let mut snapshots = Vec::new();
     let mut loaded: HashSet<&str> = HashSet::new();
     let mut file_of: HashMap<&str, &Path> = HashMap::new();
-    for (key, snapshot, path) in &file {
+    for (key, snapshot, path) in &tensors {
         let name = normalise_key(key, naming);
         let found = snapshot.shape.to_vec();
         match by_hf_name.get(name.as_str()) {
@@ -340,6 +340,8 @@ fn load_into<B: Backend, M: Module<B>>(
     let hf_name_of = |our_path: &str| {
         expected.iter().find(|p| p.path == our_path).map_or_else(|| our_path.to_string(), |p| p.hf_name.clone())
     };
+    // The shard a parameter came from, for error messages.
+    let file_holding = |our_path: &str| file_of.get(our_path).map_or_else(|| checkpoint.clone(), |path| path.to_path_buf());
     if let Some(error) = result.errors.first() {
         let our_path = match error {
             burn_store::ApplyError::ShapeMismatch { path, .. }
@@ -348,7 +350,7 @@ fn load_into<B: Backend, M: Module<B>>(
             | burn_store::ApplyError::LoadError { path, .. } => path,
         };
         return Err(EncoderError::TensorLoad {
-            path: file_of.get(our_path.as_str()).map_or_else(|| checkpoint.clone(), |path| path.to_path_buf()),
+            path: file_holding(our_path),
             name: hf_name_of(our_path),
             reason: error.to_string(),
         });
@@ -356,7 +358,7 @@ fn load_into<B: Backend, M: Module<B>>(
     // Every parameter the checks above accepted as present must have been applied.
     if let Some((our_path, _)) = result.missing.iter().find(|(p, _)| !is_optional(&hf_name_of(p))) {
         return Err(EncoderError::TensorLoad {
-            path: file_of.get(our_path.as_str()).map_or_else(|| checkpoint.clone(), |path| path.to_path_buf()),
+            path: file_holding(our_path),
             name: hf_name_of(our_path),
             reason: "matched in the checkpoint but not applied to the model".into(),
         });
