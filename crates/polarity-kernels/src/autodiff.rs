@@ -31,6 +31,29 @@ fn into_autodiff<B: Backend, const D: usize>(x: Tensor<B, D>) -> AutodiffFlexTen
     cast(primitive).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"))
 }
 
+/// The output of a fused op as an autodiff tensor: tracked (keeping `state` for the backward pass)
+/// when an input requires a gradient, untracked otherwise.
+fn finish<Op, const N: usize>(
+    prepared: OpsKind<Op, Flex, Op::State, NoCheckpointing, N>,
+    state: impl FnOnce() -> Op::State,
+    output: FlexTensor,
+) -> AutodiffFlexTensor
+where
+    Op: Backward<Flex, N>,
+    Op::State: Clone + Send + std::fmt::Debug + 'static,
+{
+    match prepared {
+        OpsKind::Tracked(prep) => prep.finish(state(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+/// The inverse of [`into_autodiff`].
+fn into_tensor<B: Backend, const D: usize>(result: AutodiffFlexTensor) -> Tensor<B, D> {
+    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
 /// What the backward pass needs: the inputs, the softmax weights and the dropout seed.
 #[derive(Debug, Clone)]
 struct Saved {
@@ -112,8 +135,7 @@ pub(crate) fn attention<B: Backend>(
             prep.finish(new_flex(output, output_shape))
         }
     };
-    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+    into_tensor(result)
 }
 
 #[derive(Debug)]
@@ -143,34 +165,8 @@ pub(crate) fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> 
     let mut output = vec![0f32; input.storage::<f32>().len()];
     cpu::gelu_into(input.storage(), &mut output);
     let output = new_flex(output, input.layout().shape().clone());
-    let result = match FusedGelu.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(input, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
-}
-
-/// The output of a fused op as an autodiff tensor: tracked (keeping `state` for the backward pass)
-/// when an input requires a gradient, untracked otherwise.
-fn finish<Op, const N: usize>(
-    prepared: OpsKind<Op, Flex, Op::State, NoCheckpointing, N>,
-    state: impl FnOnce() -> Op::State,
-    output: FlexTensor,
-) -> AutodiffFlexTensor
-where
-    Op: Backward<Flex, N>,
-    Op::State: Clone + Send + std::fmt::Debug + 'static,
-{
-    match prepared {
-        OpsKind::Tracked(prep) => prep.finish(state(), output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    }
-}
-
-fn into_tensor<B: Backend, const D: usize>(result: AutodiffFlexTensor) -> Tensor<B, D> {
-    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+    let prepared = FusedGelu.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful();
+    into_tensor(finish(prepared, || input, output))
 }
 
 #[derive(Debug)]
@@ -338,12 +334,7 @@ pub(crate) fn layer_norm<B: Backend, const D: usize>(
         .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
         .compute_bound()
         .stateful();
-    let result = match prep {
-        OpsKind::Tracked(prep) => prep.finish(SavedNorm { input, gamma: gamma_values, stats: Arc::new(stats) }, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+    into_tensor(finish(prep, || SavedNorm { input, gamma: gamma_values, stats: Arc::new(stats) }, output))
 }
 
 /// A frozen matrix decoded on demand, such as a quantised weight (see [`frozen_linear`]).
@@ -403,10 +394,6 @@ pub fn frozen_linear<B: Backend>(x: Tensor<B, 2>, matrix: Arc<dyn FrozenMatrix>)
         decoded(matrix.as_ref()).transpose()
     };
     let output = input.matmul(weight).into_primitive().tensor();
-    let result = match FrozenLinear.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(matrix, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    let primitive = cast(result).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+    let prepared = FrozenLinear.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful();
+    Ok(into_tensor(finish(prepared, || matrix, output)))
 }

@@ -126,15 +126,7 @@ fn sum(values: &[f32]) -> f32 {
 
 #[inline(always)]
 fn sum_of_squares(values: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    for chunk in chunks {
-        for (acc, v) in lanes.iter_mut().zip(chunk) {
-            *acc += v * v;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
+    centered_sum_of_squares(values, 0.0)
 }
 
 /// `Σ (v - center)^2`.
@@ -240,9 +232,15 @@ pub fn rms_norm_backward(input: &[f32], weight: &[f32], eps: f32, grad_output: &
             dw
         })
         .collect();
-    grad_weight.fill(0.0);
-    for dw in partials {
-        grad_weight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+    sum_in_order(grad_weight, partials);
+}
+
+/// `target = Σ partials`, added in the given order (per-task sums of a parallel reduction, so that
+/// the result does not depend on rayon's scheduling).
+fn sum_in_order(target: &mut [f32], partials: impl IntoIterator<Item = Vec<f32>>) {
+    target.fill(0.0);
+    for partial in partials {
+        target.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
     }
 }
 
@@ -342,12 +340,9 @@ pub fn layer_norm_backward(
             (dgamma, dbeta)
         })
         .collect();
-    grad_gamma.fill(0.0);
-    grad_beta.fill(0.0);
-    for (dgamma, dbeta) in partials {
-        grad_gamma.iter_mut().zip(dgamma).for_each(|(a, b)| *a += b);
-        grad_beta.iter_mut().zip(dbeta).for_each(|(a, b)| *a += b);
-    }
+    let (dgammas, dbetas): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+    sum_in_order(grad_gamma, dgammas);
+    sum_in_order(grad_beta, dbetas);
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
@@ -655,17 +650,9 @@ pub fn attention_saving_weights(
 fn softmax_backward_rows(grad: &mut [f32], weights: &[f32], seq_len: usize) {
     // d scores = P * (dP - rowsum(dP * P)), row by row.
     for (g, p) in grad.chunks_exact_mut(seq_len).zip(weights.chunks_exact(seq_len)) {
-        let mut lanes = [0f32; LANES];
-        let (g_chunks, p_chunks) = (g.chunks_exact(LANES), p.chunks_exact(LANES));
-        let tail: f32 = g_chunks.remainder().iter().zip(p_chunks.remainder()).map(|(g, p)| g * p).sum();
-        for (gs, ps) in g_chunks.zip(p_chunks) {
-            for ((acc, g), p) in lanes.iter_mut().zip(gs).zip(ps) {
-                *acc += g * p;
-            }
-        }
-        let dot = lanes.iter().sum::<f32>() + tail;
+        let projection = dot(g, p);
         for (g, p) in g.iter_mut().zip(p) {
-            *g = p * (*g - dot);
+            *g = p * (*g - projection);
         }
     }
 }
