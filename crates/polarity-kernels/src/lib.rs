@@ -8,10 +8,10 @@
 //!   vectorised (AVX-512 or AVX2, picked at run time), in place where the input is not shared;
 //! - on any other backend and on other float types runs the same operation composed from burn's tensor
 //!   ops ([`composed`]), so results and gradients are burn's;
-//! - under autodiff over burn-flex (training on the CPU default), [`attention`], [`gelu`] and
-//!   [`layer_norm`] are single graph nodes with their own fused backward passes (attention keeps the
-//!   softmax weights and regenerates the dropout mask from its seed); the other element-wise
-//!   functions take the composed path there, so autodiff differentiates them.
+//! - under autodiff over burn-flex (training on the CPU default), [`attention`], [`gelu`],
+//!   [`layer_norm`], [`silu_mul`], [`rms_norm`] and [`rotary`] are single graph nodes with their own
+//!   fused backward passes (attention keeps the softmax weights and regenerates the dropout mask from
+//!   its seed).
 //!
 //! [`dropout`] is the exception: it only acts under autodiff, and there it replaces burn's
 //! one-element-at-a-time Bernoulli mask by a parallel counter-based one.
