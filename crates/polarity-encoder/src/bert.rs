@@ -10,12 +10,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
 
-use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear};
+use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
 use crate::common::{
-    Activation, first_token, init_embedding, init_linear,
+    Activation, add_positions, first_token, init_embedding, init_linear,
 };
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
@@ -213,9 +213,8 @@ impl<B: Backend> BertEmbeddings<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, token_type_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [_, seq_len] = input_ids.dims();
         let positions = Tensor::<B, 1, Int>::arange(0..seq_len as i64, &input_ids.device()).reshape([1, seq_len]);
-        let embeddings = self.word_embeddings.forward(input_ids)
-            + self.token_type_embeddings.forward(token_type_ids)
-            + self.position_embeddings.forward(positions);
+        let tokens = self.word_embeddings.forward(input_ids) + self.token_type_embeddings.forward(token_type_ids);
+        let embeddings = add_positions(tokens, self.position_embeddings.forward(positions));
         polarity_kernels::dropout(&self.dropout, self.layer_norm.forward(embeddings))
     }
 }
@@ -259,7 +258,7 @@ pub struct BertSelfOutput<B: Backend> {
 impl<B: Backend> BertSelfOutput<B> {
     /// `layer_norm(dropout(dense(hidden)) + residual)`.
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm.forward(polarity_kernels::dropout(&self.dropout, linear(&self.dense, hidden)) + residual)
+        self.layer_norm.forward(linear_residual(&self.dense, Some(&self.dropout), hidden, residual))
     }
 }
 
@@ -308,7 +307,7 @@ pub struct BertOutput<B: Backend> {
 impl<B: Backend> BertOutput<B> {
     /// `layer_norm(dropout(dense(intermediate)) + residual)`.
     pub fn forward(&self, intermediate: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.layer_norm.forward(polarity_kernels::dropout(&self.dropout, linear(&self.dense, intermediate)) + residual)
+        self.layer_norm.forward(linear_residual(&self.dense, Some(&self.dropout), intermediate, residual))
     }
 }
 

@@ -59,6 +59,16 @@ impl Activation {
     }
 }
 
+/// `embeddings + positions` for `[batch, seq, width]` and `[1, seq, width]` tensors: the positions are
+/// broadcast over the batch as one row of `seq * width` values, which burn-flex adds with its
+/// vectorised shared-row path (a `[1, seq, width]` block goes through its element-by-element strided
+/// path, ~2 % of a MiniLM forward pass).
+pub(crate) fn add_positions<B: Backend>(embeddings: Tensor<B, 3>, positions: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq_len, width] = embeddings.dims();
+    let summed = embeddings.reshape([batch, seq_len * width]) + positions.reshape([1, seq_len * width]);
+    summed.reshape([batch, seq_len, width])
+}
+
 /// The hidden state of the first (`[CLS]`) token: `[batch, seq, hidden]` -> `[batch, hidden]`.
 pub(crate) fn first_token<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
     let [batch, _, width] = hidden.dims();

@@ -10,12 +10,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
 
-use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear};
+use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
 use crate::common::{
-    Activation, first_token, init_embedding, init_linear,
+    Activation, add_positions, first_token, init_embedding, init_linear,
 };
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
@@ -205,7 +205,7 @@ impl<B: Backend> DistilBertEmbeddings<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [_, seq_len] = input_ids.dims();
         let positions = Tensor::<B, 1, Int>::arange(0..seq_len as i64, &input_ids.device()).reshape([1, seq_len]);
-        let embeddings = self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(positions);
+        let embeddings = add_positions(self.word_embeddings.forward(input_ids), self.position_embeddings.forward(positions));
         polarity_kernels::dropout(&self.dropout, self.layer_norm.forward(embeddings))
     }
 }
@@ -226,15 +226,16 @@ pub struct MultiHeadSelfAttention<B: Backend> {
 }
 
 impl<B: Backend> MultiHeadSelfAttention<B> {
-    /// `[batch, seq, dim]` -> `[batch, seq, dim]`.
+    /// `[batch, seq, dim]` -> `out_lin(attention(hidden)) + hidden`: the sub-layer with its residual
+    /// connection (added inside the output projection's product).
     pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
         let query = linear(&self.q_lin, hidden.clone());
         let key = linear(&self.k_lin, hidden.clone());
-        let value = linear(&self.v_lin, hidden);
+        let value = linear(&self.v_lin, hidden.clone());
         let [_, _, width] = query.dims();
         let heads = AttentionHeads { heads: self.n_heads, kv_heads: self.n_heads, head_dim: width / self.n_heads };
         let context = attention(query, key, value, heads, mask, Some(&self.dropout));
-        linear(&self.out_lin, context)
+        linear_residual(&self.out_lin, None, context, hidden)
     }
 }
 
@@ -250,9 +251,10 @@ pub struct Ffn<B: Backend> {
 }
 
 impl<B: Backend> Ffn<B> {
-    /// `dropout(lin2(activation(lin1(x))))`.
+    /// `dropout(lin2(activation(lin1(x)))) + x`: the network with its residual connection.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        polarity_kernels::dropout(&self.dropout, linear(&self.lin2, self.activation.forward(linear(&self.lin1, x))))
+        let activated = self.activation.forward(linear(&self.lin1, x.clone()));
+        linear_residual(&self.lin2, Some(&self.dropout), activated, x)
     }
 }
 
@@ -272,8 +274,8 @@ pub struct TransformerBlock<B: Backend> {
 impl<B: Backend> TransformerBlock<B> {
     /// `[batch, seq, dim]` -> `[batch, seq, dim]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
-        let attended = self.sa_layer_norm.forward(self.attention.forward(hidden.clone(), mask) + hidden);
-        self.output_layer_norm.forward(self.ffn.forward(attended.clone()) + attended)
+        let attended = self.sa_layer_norm.forward(self.attention.forward(hidden, mask));
+        self.output_layer_norm.forward(self.ffn.forward(attended))
     }
 }
 

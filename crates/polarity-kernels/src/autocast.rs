@@ -1,7 +1,7 @@
 //! Mixed precision: matrix products in half precision, everything else in f32, the weights kept in
 //! f32 (PyTorch's `torch.autocast`, what HF Trainer's `bf16=True` / `fp16=True` run under).
 //!
-//! Inside [`autocast`]`(Some(dtype), ..)` the products of [`linear`] and [`matmul`] (every linear
+//! Inside [`autocast`]`(Some(dtype), ..)` the products of [`linear`](crate::linear) and [`matmul`] (every linear
 //! layer of polarity's models, the tied Llama head, the composed attention's two products) cast
 //! their operands to `dtype`, multiply, and cast the result back to the input's type. Norms,
 //! softmax, activations, residual sums and the loss stay in f32, and since the parameters stay f32
@@ -28,7 +28,6 @@
 
 use std::cell::Cell;
 
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
 
@@ -55,7 +54,7 @@ pub fn compute_dtype() -> Option<FloatDType> {
 }
 
 /// The type `x`'s products run in: the autocast type when it is on and differs from `x`'s.
-fn cast_target(dtype: DType) -> Option<FloatDType> {
+pub(crate) fn cast_target(dtype: DType) -> Option<FloatDType> {
     compute_dtype().filter(|target| DType::from(*target) != dtype)
 }
 
@@ -66,48 +65,6 @@ pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) 
         Some(target) => lhs.cast(target).matmul(rhs.cast(target)).cast(dtype),
         None => lhs.matmul(rhs),
     }
-}
-
-/// burn's `linear(x, weight, bias)` (`weight` is `[in, out]`), computed in the autocast type when
-/// autocast is on; the result has `x`'s type.
-pub fn linear_with<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
-    let dtype = x.dtype();
-    match cast_target(dtype) {
-        Some(target) => {
-            let bias = bias.map(|bias| bias.cast(target));
-            burn::tensor::module::linear(x.cast(target), weight.cast(target), bias).cast(dtype)
-        }
-        None => burn::tensor::module::linear(x, weight, bias),
-    }
-}
-
-/// `layer.forward(x)` as one 2-D product over all rows of `x` (see [`on_rows`]), under autocast.
-pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    on_rows(x, |rows| linear_with(rows, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val())))
-}
-
-/// Applies a row-wise matrix function to `x` with its leading dimensions folded into one:
-/// `[..., in] -> [rows, in] -> f -> [rows, out] -> [..., out]`.
-///
-/// A linear layer on `[batch, seq, in]` is then one `[batch * seq, in] x [in, out]` product instead of a
-/// batch of `[seq, in]` products: CPU backends re-pack the shared weight for every product of a batch,
-/// and a single large product parallelises better.
-///
-/// ```
-/// use burn::backend::Flex;
-/// use burn::prelude::*;
-/// use polarity_kernels::autocast::on_rows;
-///
-/// let x = Tensor::<Flex, 3>::ones([2, 3, 4], &Default::default());
-/// let y = on_rows(x, |rows| rows.sum_dim(1)); // [6, 4] -> [6, 1]
-/// assert_eq!(y.dims(), [2, 3, 1]);
-/// ```
-pub fn on_rows<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>) -> Tensor<B, D> {
-    let mut dims = x.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let y = f(x.reshape([rows, dims[D - 1]]));
-    dims[D - 1] = y.dims()[1];
-    y.reshape(dims)
 }
 
 #[cfg(test)]

@@ -160,16 +160,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The maximum of `values` where `keep` is 1 (`-inf` when nothing is kept).
 #[inline(always)]
 fn kept_max(values: &[f32], keep: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut tail = f32::NEG_INFINITY;
-    let (values_chunks, keep_chunks) = (values.chunks_exact(LANES), keep.chunks_exact(LANES));
-    for (v, k) in values_chunks.remainder().iter().zip(keep_chunks.remainder()) {
-        tail = tail.max(if *k > 0.0 { *v } else { f32::NEG_INFINITY });
+    #[inline(always)]
+    fn kept(value: f32, keep: f32) -> f32 {
+        if keep > 0.0 { value } else { f32::NEG_INFINITY }
     }
-    for (vs, ks) in values_chunks.zip(keep_chunks) {
-        for ((acc, v), k) in lanes.iter_mut().zip(vs).zip(ks) {
-            let candidate = if *k > 0.0 { *v } else { f32::NEG_INFINITY };
-            *acc = if candidate > *acc { candidate } else { *acc };
+    let (value_chunks, value_tail) = values.as_chunks::<LANES>();
+    let (keep_chunks, keep_tail) = keep.as_chunks::<LANES>();
+    let tail = value_tail.iter().zip(keep_tail).fold(f32::NEG_INFINITY, |a, (v, k)| a.max(kept(*v, *k)));
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for (vs, ks) in value_chunks.iter().zip(keep_chunks) {
+        // Fixed-size lanes and a plain compare-select (not `f32::max`, whose NaN rule blocks it):
+        // LLVM turns this into vector selects and maxima instead of scalar code.
+        for lane in 0..LANES {
+            let candidate = kept(vs[lane], ks[lane]);
+            lanes[lane] = if candidate > lanes[lane] { candidate } else { lanes[lane] };
         }
     }
     lanes.iter().fold(tail, |a, &b| a.max(b))
@@ -248,38 +252,44 @@ fn sum_in_order(target: &mut [f32], partials: impl IntoIterator<Item = Vec<f32>>
 const NORM_ROWS: usize = 64;
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
-fn layer_norm_rows(input: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, output: &mut [f32], stats: &mut [[f32; 2]]) {
+fn layer_norm_rows(values: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, stats: &mut [[f32; 2]]) {
     let width = gamma.len();
-    for ((x, y), stat) in input.chunks_exact(width).zip(output.chunks_exact_mut(width)).zip(stats) {
+    for (row, stat) in values.chunks_exact_mut(width).zip(stats) {
         // Two passes (mean, then centred squares), as PyTorch: no cancellation for large means.
-        let mean = sum(x) / width as f32;
-        let inverse_std = 1.0 / (centered_sum_of_squares(x, mean) / width as f32 + eps).sqrt();
+        let mean = sum(row) / width as f32;
+        let inverse_std = 1.0 / (centered_sum_of_squares(row, mean) / width as f32 + eps).sqrt();
         *stat = [mean, inverse_std];
         match beta {
             Some(beta) => {
-                for (((y, x), g), b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    *y = (x - mean) * inverse_std * g + b;
+                for ((x, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                    *x = (*x - mean) * inverse_std * g + b;
                 }
             }
             None => {
-                for ((y, x), g) in y.iter_mut().zip(x).zip(gamma) {
-                    *y = (x - mean) * inverse_std * g;
+                for (x, g) in row.iter_mut().zip(gamma) {
+                    *x = (*x - mean) * inverse_std * g;
                 }
             }
         }
     }
 }
 
-/// LayerNorm over rows of `gamma.len()` values: `(x - mean) / sqrt(var + eps) * gamma + beta` with
-/// the biased variance; `stats` receives each row's `[mean, 1 / std]` for the backward pass.
-pub fn layer_norm(input: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, output: &mut [f32], stats: &mut [[f32; 2]]) {
+/// LayerNorm in place over rows of `gamma.len()` values: `(x - mean) / sqrt(var + eps) * gamma + beta`
+/// with the biased variance; `stats` receives each row's `[mean, 1 / std]` for the backward pass.
+pub fn layer_norm_in_place(values: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, stats: &mut [[f32; 2]]) {
     let width = gamma.len();
-    assert!(width > 0 && input.len() == output.len() && input.len() == stats.len() * width);
-    input
-        .par_chunks(NORM_ROWS * width)
-        .zip(output.par_chunks_mut(NORM_ROWS * width))
+    assert!(width > 0 && values.len() == stats.len() * width && beta.is_none_or(|beta| beta.len() == width));
+    values
+        .par_chunks_mut(NORM_ROWS * width)
         .zip(stats.par_chunks_mut(NORM_ROWS))
-        .for_each(|((x, y), stats)| layer_norm_rows(x, gamma, beta, eps, y, stats));
+        .for_each(|(rows, stats)| layer_norm_rows(rows, gamma, beta, eps, stats));
+}
+
+/// [`layer_norm_in_place`] on a copy of `input` in `output`.
+pub fn layer_norm(input: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, output: &mut [f32], stats: &mut [[f32; 2]]) {
+    assert_eq!(input.len(), output.len());
+    output.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(y, x)| y.copy_from_slice(x));
+    layer_norm_in_place(output, gamma, beta, eps, stats);
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
@@ -408,10 +418,22 @@ fn masked_softmax_row(row: &mut [f32], keep: &[f32]) {
         row.fill(uniform);
         return;
     }
-    for (x, k) in row.iter_mut().zip(keep) {
-        *x = math::exp(*x - max) * k;
+    // The exponentials and their sum in one pass, in lanes as `sum`.
+    let (row_chunks, row_tail) = row.as_chunks_mut::<LANES>();
+    let (keep_chunks, keep_tail) = keep.as_chunks::<LANES>();
+    let mut lanes = [0f32; LANES];
+    for (xs, ks) in row_chunks.iter_mut().zip(keep_chunks) {
+        for lane in 0..LANES {
+            xs[lane] = math::exp(xs[lane] - max) * ks[lane];
+            lanes[lane] += xs[lane];
+        }
     }
-    let scale = 1.0 / sum(row);
+    let mut tail = 0.0;
+    for (x, k) in row_tail.iter_mut().zip(keep_tail) {
+        *x = math::exp(*x - max) * k;
+        tail += *x;
+    }
+    let scale = 1.0 / (lanes.iter().sum::<f32>() + tail);
     for x in row.iter_mut() {
         *x *= scale;
     }
@@ -498,19 +520,36 @@ unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 /// `dst (+)= beta * lhs x rhs` for `[m, k] x [k, n]` operands given by pointer and (row, column)
-/// strides; `accumulate` adds to `dst` instead of overwriting it. One thread: the callers parallelise
-/// over heads.
+/// strides; `accumulate` adds to `dst` instead of overwriting it. On the calling thread: the attention
+/// kernels parallelise over heads (see [`add_product`] for one product on all cores).
 ///
 /// # Safety
 /// Every pointer must be valid for the elements its strides reach, and `dst` must not alias the inputs.
-#[allow(clippy::too_many_arguments)]
 unsafe fn product(
+    dims: [usize; 3],
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    beta: f32,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { product_with(dims, dst, lhs, rhs, beta, accumulate, gemm::Parallelism::None) }
+}
+
+/// [`product`] with a choice of threads.
+///
+/// # Safety
+/// As [`product`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_with(
     [m, k, n]: [usize; 3],
     dst: (*mut f32, isize, isize),
     lhs: (*const f32, isize, isize),
     rhs: (*const f32, isize, isize),
     beta: f32,
     accumulate: bool,
+    parallelism: gemm::Parallelism,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
@@ -533,7 +572,93 @@ unsafe fn product(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
+        )
+    }
+}
+
+/// A matrix inside a buffer: element `(i, j)` at `offset + i * row_stride + j * col_stride` (a
+/// transposed or sliced view needs no copy).
+#[derive(Debug, Clone, Copy)]
+pub struct StridedMatrix<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+impl StridedMatrix<'_> {
+    /// Whether every element lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let mut low = self.offset as isize;
+        let mut high = low;
+        for (count, stride) in [(self.rows, self.row_stride), (self.cols, self.col_stride)] {
+            let reach = (count as isize - 1) * stride;
+            if reach < 0 { low += reach } else { high += reach }
+        }
+        low >= 0 && (high as usize) < self.data.len()
+    }
+}
+
+/// `rows` copies of `row`, one after the other, written on all cores (no zero fill first).
+pub fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
+    let width = row.len();
+    let mut values = Vec::with_capacity(rows * width);
+    if width > 0 {
+        let rows_per_task = (CHUNK / width).max(1);
+        values.spare_capacity_mut()[..rows * width].par_chunks_mut(rows_per_task * width).for_each(|block| {
+            for out in block.chunks_exact_mut(width) {
+                out.iter_mut().zip(row).for_each(|(slot, value)| {
+                    slot.write(*value);
+                });
+            }
+        });
+    }
+    // SAFETY: the loop above initialised all `rows * width` elements (each block is a whole number of
+    // rows), and the capacity is at least that.
+    unsafe { values.set_len(rows * width) };
+    values
+}
+
+/// `row` added to every `row.len()`-wide row of `values`, on all cores.
+pub fn add_to_rows(values: &mut [f32], row: &[f32]) {
+    let width = row.len();
+    assert!(width > 0 && values.len() % width == 0);
+    values.par_chunks_mut((CHUNK / width).max(1) * width).for_each(|block| {
+        for out in block.chunks_exact_mut(width) {
+            out.iter_mut().zip(row).for_each(|(y, b)| *y += b);
+        }
+    });
+}
+
+/// Products below this many multiply-adds run on one thread (burn-flex's threshold too).
+const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// `output += input x weight` for row-major `input: [rows, k]`, a `[k, n]` weight and row-major
+/// `output: [rows, n]`, on all cores. The output comes in holding the bias rows or the residual, so a
+/// linear layer needs neither a zero fill nor separate passes adding them.
+pub fn add_product(input: &[f32], weight: StridedMatrix, output: &mut [f32]) {
+    let (k, n) = (weight.rows, weight.cols);
+    assert!(weight.in_bounds() && k > 0 && input.len() % k == 0);
+    let rows = input.len() / k;
+    assert_eq!(output.len(), rows * n);
+    let parallelism = if rows * k * n >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: `input` and `output` are row-major with the asserted lengths, `weight` is in bounds, and
+    // `output` is a unique borrow, so it aliases neither input.
+    unsafe {
+        product_with(
+            [rows, k, n],
+            (output.as_mut_ptr(), n as isize, 1),
+            (input.as_ptr(), k as isize, 1),
+            (weight.data.as_ptr().wrapping_add(weight.offset), weight.row_stride, weight.col_stride),
+            1.0,
+            true,
+            parallelism,
         )
     }
 }

@@ -10,6 +10,8 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
+use crate::cpu::{self, StridedMatrix};
+
 /// `value` as a `U` when `T` is `U`.
 pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     let mut slot = Some(value);
@@ -31,13 +33,18 @@ pub(crate) fn on_cpu_device<B: Backend>() -> bool {
     TypeId::of::<B::Device>() == TypeId::of::<burn_flex::FlexDevice>()
 }
 
-/// `x`'s burn-flex tensor, contiguous and (unless its buffer is shared with another tensor) owning
-/// its buffer alone, so that kernels can write in place. Call only when [`accepts`] holds.
-pub(crate) fn into_flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
+/// `x`'s burn-flex tensor as it is laid out (possibly a strided view). Call only when [`accepts`] holds.
+fn as_flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
     let TensorPrimitive::Float(primitive) = x.into_primitive() else {
         unreachable!("`accepts` checked the float dtype")
     };
-    let tensor: FlexTensor = cast(primitive).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"));
+    cast(primitive).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"))
+}
+
+/// `x`'s burn-flex tensor, contiguous and (unless its buffer is shared with another tensor) owning
+/// its buffer alone, so that kernels can write in place. Call only when [`accepts`] holds.
+pub(crate) fn into_flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
+    let tensor = as_flex(x);
     let contiguous = tensor.to_contiguous();
     // When `tensor` was already contiguous, `contiguous` shares its buffer; dropping it leaves one owner.
     drop(tensor);
@@ -67,4 +74,68 @@ pub(crate) fn in_place<B: Backend, const D: usize>(
     let mut tensor = into_flex(x);
     kernel(tensor.storage_mut::<f32>());
     Ok(from_flex(tensor))
+}
+
+/// Whether [`linear`] takes `x` (`[..., k]`), `weight` (`[k, n]`), `bias` (`[n]`) and `residual`
+/// (`x`'s shape with `n` last): all float32 burn-flex tensors of matching shapes.
+pub(crate) fn fits_linear<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+    residual: Option<&Tensor<B, D>>,
+) -> bool {
+    let (dims, [k, n]) = (x.dims(), weight.dims());
+    let mut output_dims = dims;
+    output_dims[D - 1] = n;
+    dims[D - 1] == k
+        && k > 0
+        && accepts(x)
+        && accepts(weight)
+        && bias.is_none_or(|bias| accepts(bias) && bias.dims() == [n])
+        && residual.is_none_or(|residual| accepts(residual) && residual.dims() == output_dims)
+}
+
+/// `x weight + bias + residual` as one GEMM on float32 burn-flex tensors (shapes as [`fits_linear`]
+/// checked). The output starts as the residual (in its own buffer when no other tensor shares it) or
+/// as the bias rows, and the product accumulates into it; the weight is read through its strides.
+pub(crate) fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    residual: Option<Tensor<B, D>>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let [k, n] = weight.dims();
+    dims[D - 1] = n;
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let (x, weight) = (into_flex(x), as_flex(weight));
+    let bias = bias.map(into_flex);
+    let bias = bias.as_ref().map(|bias| bias.storage::<f32>());
+    let mut output = match residual {
+        Some(residual) => {
+            let mut output = into_flex(residual);
+            if let Some(bias) = bias {
+                cpu::add_to_rows(output.storage_mut(), bias);
+            }
+            output
+        }
+        None => {
+            let values = match bias {
+                Some(bias) => cpu::repeat_rows(bias, rows),
+                None => vec![0.0; rows * n],
+            };
+            new_flex(values, dims.into())
+        }
+    };
+    let [row_stride, col_stride] = [0, 1].map(|axis| weight.layout().strides()[axis]);
+    let matrix = StridedMatrix {
+        data: weight.storage(),
+        offset: weight.layout().start_offset(),
+        rows: k,
+        cols: n,
+        row_stride,
+        col_stride,
+    };
+    cpu::add_product(x.storage(), matrix, output.storage_mut());
+    from_flex(output)
 }

@@ -35,6 +35,7 @@ mod autodiff;
 pub mod composed;
 mod cpu;
 mod flex;
+mod linear;
 pub mod math;
 mod norm;
 
@@ -43,7 +44,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 pub use attention::{AttentionHeads, AttentionMask, attention};
-pub use autocast::{linear, on_rows};
+pub use linear::{linear, linear_residual, linear_with, on_rows};
 pub use autodiff::{FrozenMatrix, frozen_linear};
 pub use norm::{LayerNorm, layer_norm};
 

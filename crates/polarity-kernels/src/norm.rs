@@ -5,12 +5,13 @@ use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 
-use crate::autodiff;
+use crate::{autodiff, cpu, flex};
 
 /// `(x - mean) / sqrt(var + eps) * gamma + beta` over the last dimension (biased variance), as
 /// PyTorch's `LayerNorm`.
 ///
-/// Without autodiff this is burn's `layer_norm` op (burn-flex fuses it). Under autodiff over
+/// On burn-flex without autodiff it normalises in place (when no other tensor shares `x`'s buffer),
+/// row-parallel; on other backends it is burn's `layer_norm` op. Under autodiff over
 /// burn-flex it is one graph node with a fused backward pass; burn-autodiff would otherwise
 /// differentiate the ~10 element-wise ops the op is composed of, one single-threaded pass each.
 pub fn layer_norm<B: Backend, const D: usize>(
@@ -29,6 +30,19 @@ pub fn layer_norm<B: Backend, const D: usize>(
         && autodiff::accepts(beta)
     {
         return autodiff::layer_norm(x, gamma, beta.clone(), eps);
+    }
+    let fits = width > 0 && gamma.dims() == [width] && beta.as_ref().is_none_or(|beta| beta.dims() == [width]);
+    let mut x = x;
+    if fits && flex::accepts(&gamma) && beta.as_ref().is_none_or(flex::accepts) {
+        let (gamma, beta) = (flex::into_flex(gamma.clone()), beta.clone().map(flex::into_flex));
+        let mut stats = vec![[0f32; 2]; x.shape().num_elements() / width];
+        let normalize = |values: &mut [f32]| {
+            cpu::layer_norm_in_place(values, gamma.storage(), beta.as_ref().map(|beta| beta.storage()), eps as f32, &mut stats)
+        };
+        match flex::in_place(x, normalize) {
+            Ok(normalized) => return normalized,
+            Err(other) => x = other,
+        }
     }
     let output = B::layer_norm(
         x.into_primitive().tensor(),

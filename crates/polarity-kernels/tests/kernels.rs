@@ -401,3 +401,55 @@ fn frozen_linear_matches_a_matmul_by_a_constant_and_its_input_gradient() {
     let plain = Tensor::<Fast, 2>::zeros([3, 7], &device);
     assert!(polarity_kernels::frozen_linear(plain, std::sync::Arc::new(Fixed(values, [5, 7], false))).is_err());
 }
+
+#[test]
+fn fused_linear_matches_burns_linear_with_bias_residual_and_strided_weights() {
+    let _serial = serial();
+    let device = Default::default();
+    let reference = |t: &Tensor<Fast, 3>| Tensor::<NdArray, 3>::from_data(t.to_data(), &device);
+    // [rows, in] x [in, out] below and above the product size that runs on all cores.
+    for (batch, seq, d_in, d_out) in [(2, 3, 5, 7), (4, 96, 128, 160)] {
+        let x = random::<Fast, 3>([batch, seq, d_in], 41);
+        let residual = random::<Fast, 3>([batch, seq, d_out], 42);
+        let bias = random::<Fast, 1>([d_out], 43);
+        // A weight read through strides: the transpose of a row-major [out, in] matrix.
+        let weight = random::<Fast, 2>([d_out, d_in], 44).transpose();
+        let mut layer = burn::nn::LinearConfig::new(d_in, d_out).init::<Fast>(&Default::default());
+        layer.weight = burn::module::Param::from_tensor(weight.clone());
+        layer.bias = Some(burn::module::Param::from_tensor(bias.clone()));
+        let as_ndarray = |w: &Tensor<Fast, 2>| Tensor::<NdArray, 2>::from_data(w.to_data(), &device);
+        let expected = burn::tensor::module::linear(reference(&x), as_ndarray(&weight), Some(Tensor::from_data(bias.to_data(), &device)));
+        let expected_sum = expected.clone() + reference(&residual);
+        let close = |actual: Tensor<Fast, 3>, expected: Tensor<NdArray, 3>| {
+            assert_close(Tensor::<NdArray, 3>::from_data(actual.into_data(), &device), expected, 1e-5)
+        };
+        close(polarity_kernels::linear(&layer, x.clone()), expected.clone());
+        // The residual is shared with `residual` here: the fused add must copy, not overwrite it.
+        let dropout = DropoutConfig::new(0.5).init();
+        close(polarity_kernels::linear_residual(&layer, Some(&dropout), x.clone(), residual.clone()), expected_sum.clone());
+        close(residual.clone(), reference(&residual));
+        // Without a bias.
+        layer.bias = None;
+        let no_bias = burn::tensor::module::linear(reference(&x), as_ndarray(&weight), None);
+        close(polarity_kernels::linear(&layer, x.clone()), no_bias.clone());
+        close(polarity_kernels::linear_residual(&layer, None, x, residual.clone()), no_bias + reference(&residual));
+    }
+}
+
+#[test]
+fn inference_layer_norm_normalises_in_place_without_touching_shared_inputs() {
+    let _serial = serial();
+    let device = Default::default();
+    let (x, gamma, beta) = (random::<Fast, 3>([3, 5, 48], 51).add_scalar(50.0), random::<Fast, 1>([48], 52), random::<Fast, 1>([48], 53));
+    let to_ndarray = |data: TensorData| Tensor::<NdArray, 3>::from_data(data, &device);
+    let expected = polarity_kernels::layer_norm(
+        to_ndarray(x.to_data()),
+        Tensor::from_data(gamma.to_data(), &device),
+        Some(Tensor::from_data(beta.to_data(), &device)),
+        1e-12,
+    );
+    let before = x.to_data();
+    let normalized = polarity_kernels::layer_norm(x.clone(), gamma, Some(beta), 1e-12);
+    assert_close(to_ndarray(normalized.into_data()), expected, 2e-5);
+    assert_close(to_ndarray(x.into_data()), to_ndarray(before), 0.0);
+}

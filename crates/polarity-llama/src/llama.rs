@@ -30,7 +30,8 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
-use polarity_kernels::autocast::{linear_with, matmul};
+use polarity_kernels::autocast::matmul;
+use polarity_kernels::linear_with;
 use polarity_kernels::{AttentionHeads, AttentionMask, attention};
 use serde::Deserialize;
 

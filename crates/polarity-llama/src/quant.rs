@@ -52,7 +52,7 @@ use std::sync::Arc;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::prelude::*;
-use polarity_kernels::autocast::linear_with;
+use polarity_kernels::linear_with;
 use polarity_kernels::FrozenMatrix;
 use rayon::prelude::*;
 
