@@ -408,15 +408,16 @@ pub fn rotary_backward(grad: &mut [f32], width: usize, cos: &[f32], sin: &[f32],
     });
 }
 
-/// A masked softmax of one row in place: entries where `keep` is 0 become 0; a row with nothing kept
-/// becomes uniform (transformers' behaviour with a most-negative-float mask).
+/// The exponentials of a masked softmax of one row in place, `exp(x - max)` where `keep` is 1 and 0
+/// elsewhere, returning the factor that normalises them (`1 / sum`). A row with nothing kept becomes
+/// uniform with factor 1 (transformers' behaviour with a most-negative-float mask).
 #[inline(always)]
-fn masked_softmax_row(row: &mut [f32], keep: &[f32]) {
+fn masked_exp_row(row: &mut [f32], keep: &[f32]) -> f32 {
     let max = kept_max(row, keep);
     if max == f32::NEG_INFINITY {
         let uniform = 1.0 / row.len() as f32;
         row.fill(uniform);
-        return;
+        return 1.0;
     }
     // The exponentials and their sum in one pass, in lanes as `sum`.
     let (row_chunks, row_tail) = row.as_chunks_mut::<LANES>();
@@ -433,10 +434,7 @@ fn masked_softmax_row(row: &mut [f32], keep: &[f32]) {
         *x = math::exp(*x - max) * k;
         tail += *x;
     }
-    let scale = 1.0 / (lanes.iter().sum::<f32>() + tail);
-    for x in row.iter_mut() {
-        *x *= scale;
-    }
+    1.0 / (lanes.iter().sum::<f32>() + tail)
 }
 
 /// The shape of one attention call on `[batch, seq, heads * head_dim]` projections.
@@ -450,15 +448,22 @@ pub struct AttentionShape {
     pub causal: bool,
 }
 
+/// The masked softmax of each `[seq]` row of `scores` in place. With `row_scales`, the rows are left
+/// unnormalised and each row's normalising factor is written there instead: inference applies it to
+/// the row's `[head_dim]` output, a pass over `head_dim` values instead of `seq`.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
-fn softmax_rows(scores: &mut [f32], keep: &[f32], causal: bool) {
+fn softmax_rows(scores: &mut [f32], keep: &[f32], causal: bool, mut row_scales: Option<&mut [f32]>) {
     let seq_len = keep.len();
     for (i, row) in scores.chunks_exact_mut(seq_len).enumerate() {
         // Causal: query i sees keys 0..=i only; the rest of the row is zero.
         let visible = if causal { i + 1 } else { seq_len };
         let (seen, unseen) = row.split_at_mut(visible);
         unseen.fill(0.0);
-        masked_softmax_row(seen, &keep[..visible]);
+        let scale = masked_exp_row(seen, &keep[..visible]);
+        match row_scales.as_deref_mut() {
+            Some(scales) => scales[i] = scale,
+            None => seen.iter_mut().for_each(|x| *x *= scale),
+        }
     }
 }
 
@@ -664,8 +669,19 @@ pub fn add_product(input: &[f32], weight: StridedMatrix, output: &mut [f32]) {
 }
 
 thread_local! {
-    /// Per-thread `[seq, seq]` buffers, reused across calls.
+    /// Per-thread scratch, reused across calls: the `[seq, seq]` weights, and the dropout mask or the
+    /// rows' softmax factors.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// What a forward pass does with one block's softmax weights besides multiplying `v` by them.
+enum WeightUse<'a> {
+    /// Inference: the weights stay unnormalised and each row's normalising factor (kept in this `[seq]`
+    /// scratch) scales its `[head_dim]` output row instead: a pass over `head_dim` values, not `seq`.
+    Inference { row_scales: &'a mut Vec<f32> },
+    /// Training: the normalised weights are kept for the backward pass, and dropout (drawn into `mask`)
+    /// applies to the product.
+    Training { dropout: Option<WeightDropout>, mask: &'a mut Vec<f32> },
 }
 
 /// One `(batch, head)` block of the forward pass: the softmax weights into `weights` (`[seq, seq]`),
@@ -682,9 +698,8 @@ unsafe fn attend(
     v: &[f32],
     keep: &[f32],
     shape: AttentionShape,
-    dropout: Option<WeightDropout>,
     weights: &mut [f32],
-    mask: &mut Vec<f32>,
+    usage: WeightUse,
     output: SharedMut,
 ) {
     let AttentionShape { seq_len: s, heads, kv_heads, head_dim: d, causal, .. } = shape;
@@ -692,7 +707,7 @@ unsafe fn attend(
     let (qb, kvb) = (shape.q_block(b, h), shape.kv_block(b, h / (heads / kv_heads)));
     let scale = 1.0 / (d as f32).sqrt();
     // SAFETY: the blocks lie inside q, k, v and output (lengths checked by `AttentionShape::check`:
-    // `s` rows of stride `width` from `h * d < width`), `weights` and `mask` hold `s * s` floats.
+    // `s` rows of stride `width` from `h * d < width`), `weights` holds `s * s` floats.
     unsafe {
         // weights = scale * q_bh k_bh^T ([s, d] x [d, s]; k^T is k read with swapped strides)
         product(
@@ -704,15 +719,24 @@ unsafe fn attend(
             false,
         );
     }
-    softmax_rows(weights, &keep[b * s..(b + 1) * s], causal);
-    let weights: &[f32] = match dropout {
-        Some(dropout) => {
+    let keep = &keep[b * s..(b + 1) * s];
+    let (weights, row_scales): (&[f32], _) = match usage {
+        WeightUse::Inference { row_scales } => {
+            row_scales.resize(s, 0.0);
+            softmax_rows(weights, keep, causal, Some(row_scales));
+            (weights, Some(row_scales))
+        }
+        WeightUse::Training { dropout: Some(dropout), mask } => {
+            softmax_rows(weights, keep, causal, None);
             mask.resize(s * s, 0.0);
             dropout.fill(mask, task);
             mask.iter_mut().zip(weights.iter()).for_each(|(m, w)| *m *= w);
-            mask
+            (mask, None)
         }
-        None => weights,
+        WeightUse::Training { dropout: None, .. } => {
+            softmax_rows(weights, keep, causal, None);
+            (weights, None)
+        }
     };
     // SAFETY: as above; this task alone writes block (b, h) of the output.
     unsafe {
@@ -725,6 +749,14 @@ unsafe fn attend(
             1.0,
             false,
         );
+    }
+    if let Some(row_scales) = row_scales {
+        for (i, row_scale) in row_scales.iter().enumerate() {
+            // SAFETY: row i of block (b, h): `d` floats inside the output (as above), written by this
+            // task alone, and no other reference to them is alive.
+            let row = unsafe { std::slice::from_raw_parts_mut(output.0.add(qb.offset + i * qb.row_stride as usize), d) };
+            row.iter_mut().for_each(|x| *x *= row_scale);
+        }
     }
 }
 
@@ -739,10 +771,10 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], keep: &[f32], shape: Attention
     assert!(v.len() == k.len() && output.len() == q.len());
     let out = SharedMut(output.as_mut_ptr());
     (0..shape.batch * shape.heads).into_par_iter().for_each(|task| {
-        SCRATCH.with_borrow_mut(|(weights, mask)| {
+        SCRATCH.with_borrow_mut(|(weights, row_scales)| {
             weights.resize(shape.seq_len * shape.seq_len, 0.0);
             // SAFETY: `output` outlives the parallel loop and each task writes its own block.
-            unsafe { attend(task, q, k, v, keep, shape, None, weights, mask, out) };
+            unsafe { attend(task, q, k, v, keep, shape, weights, WeightUse::Inference { row_scales }, out) };
         })
     });
 }
@@ -766,7 +798,7 @@ pub fn attention_saving_weights(
     weights.par_chunks_mut(block).enumerate().for_each(|(task, weights)| {
         SCRATCH.with_borrow_mut(|(_, mask)| {
             // SAFETY: `output` outlives the parallel loop and each task writes its own block.
-            unsafe { attend(task, q, k, v, keep, shape, dropout, weights, mask, out) };
+            unsafe { attend(task, q, k, v, keep, shape, weights, WeightUse::Training { dropout, mask }, out) };
         })
     });
 }
