@@ -372,13 +372,26 @@ fn rotate_rows(rows: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize) {
 /// `[seq, head_dim]` tables in transformers' `rotate_half` layout: `x * cos + rotate_half(x) * sin`
 /// per head.
 pub fn rotary(values: &mut [f32], width: usize, cos: &[f32], sin: &[f32], head_dim: usize) {
+    rotate_each_row(values, width, cos, sin, head_dim, rotate_rows);
+}
+
+/// Runs `rotate` on each `[width]` row of `values` with the `cos`/`sin` table rows of its position
+/// (row index modulo the tables' sequence length), rows in parallel.
+fn rotate_each_row(
+    values: &mut [f32],
+    width: usize,
+    cos: &[f32],
+    sin: &[f32],
+    head_dim: usize,
+    rotate: fn(&mut [f32], &[f32], &[f32], usize),
+) {
     assert!(head_dim > 0 && head_dim % 2 == 0 && width > 0 && width % head_dim == 0 && values.len() % width == 0);
     assert!(cos.len() % head_dim == 0 && sin.len() == cos.len());
     let seq_len = cos.len() / head_dim;
     assert!(seq_len > 0 && (values.len() / width) % seq_len == 0);
     values.par_chunks_mut(width).enumerate().for_each(|(row, values)| {
         let table = (row % seq_len) * head_dim..(row % seq_len + 1) * head_dim;
-        rotate_rows(values, &cos[table.clone()], &sin[table], head_dim);
+        rotate(values, &cos[table.clone()], &sin[table], head_dim);
     });
 }
 
@@ -398,14 +411,7 @@ fn rotate_rows_backward(rows: &mut [f32], cos: &[f32], sin: &[f32], head_dim: us
 
 /// The backward pass of [`rotary`] in place on the output's gradient (the rotation is linear).
 pub fn rotary_backward(grad: &mut [f32], width: usize, cos: &[f32], sin: &[f32], head_dim: usize) {
-    assert!(head_dim > 0 && head_dim % 2 == 0 && width > 0 && width % head_dim == 0 && grad.len() % width == 0);
-    assert!(cos.len() % head_dim == 0 && sin.len() == cos.len());
-    let seq_len = cos.len() / head_dim;
-    assert!(seq_len > 0 && (grad.len() / width) % seq_len == 0);
-    grad.par_chunks_mut(width).enumerate().for_each(|(row, grad)| {
-        let table = (row % seq_len) * head_dim..(row % seq_len + 1) * head_dim;
-        rotate_rows_backward(grad, &cos[table.clone()], &sin[table], head_dim);
-    });
+    rotate_each_row(grad, width, cos, sin, head_dim, rotate_rows_backward);
 }
 
 /// The exponentials of a masked softmax of one row in place, `exp(x - max)` where `keep` is 1 and 0

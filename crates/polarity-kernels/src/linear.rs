@@ -9,7 +9,7 @@
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
 
-use crate::autocast::{cast_target, compute_dtype};
+use crate::autocast::cast_target;
 use crate::flex;
 
 /// burn's `linear(x, weight, bias)` (`weight` is `[in, out]`), computed in the autocast type when
@@ -55,9 +55,9 @@ pub fn on_rows<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(Tenso
     y.reshape(dims)
 }
 
-/// `dropout(layer.forward(x)) + residual` (no dropout for `None`), the sub-layer output of a transformer block; on burn-flex
-/// without autodiff (dropout is then the identity) the product accumulates straight into the
-/// residual's buffer.
+/// `dropout(layer.forward(x)) + residual` (no dropout for `None`), the sub-layer output of a
+/// transformer block; on burn-flex without autodiff (dropout is then the identity) the product
+/// accumulates straight into the residual's buffer.
 ///
 /// ```
 /// use burn::backend::Flex;
@@ -79,7 +79,8 @@ pub fn linear_residual<B: Backend, const D: usize>(
     residual: Tensor<B, D>,
 ) -> Tensor<B, D> {
     let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()));
-    if compute_dtype().is_none() && flex::fits_linear(&x, &weight, bias.as_ref(), Some(&residual)) {
+    // Autocast off for `x`'s type: the same rule as `linear_with`'s fused path.
+    if cast_target(x.dtype()).is_none() && flex::fits_linear(&x, &weight, bias.as_ref(), Some(&residual)) {
         return flex::linear(x, weight, bias, Some(residual));
     }
     let projected = linear(layer, x);
