@@ -15,7 +15,7 @@ use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
 use crate::common::{
-    Activation, add_positions, first_token, init_embedding, init_linear,
+    Activation, add_positions, first_token, init_embedding, init_linear, run_layers,
 };
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
@@ -365,7 +365,8 @@ pub struct BertModel<B: Backend> {
 
 impl<B: Backend> BertModel<B> {
     /// Runs the encoder. Padded positions (`attention_mask == 0`) are masked out as keys; their own
-    /// hidden states are computed (as in transformers) but carry no meaning.
+    /// hidden states carry no meaning (transformers computes them anyway; inference on the CPU default
+    /// skips right padding and leaves zeros there).
     ///
     /// # Panics
     ///
@@ -379,12 +380,10 @@ impl<B: Backend> BertModel<B> {
 
     /// The last hidden state `[batch, seq, hidden]` alone, without the pooler.
     pub fn encode(&self, batch: TokenBatch<B>) -> Tensor<B, 3> {
-        let mask = AttentionMask::bidirectional(batch.attention_mask);
-        let mut hidden = self.embeddings.forward(batch.input_ids, batch.token_type_ids);
-        for layer in &self.encoder.layer {
-            hidden = layer.forward(hidden, &mask);
-        }
-        hidden
+        let embeddings = self.embeddings.forward(batch.input_ids, batch.token_type_ids);
+        run_layers(embeddings, batch.attention_mask, |hidden, mask| {
+            self.encoder.layer.iter().fold(hidden, |hidden, layer| layer.forward(hidden, mask))
+        })
     }
 
     /// Checks that the batch's tensors agree in shape and fit `max_position_embeddings`.

@@ -5,6 +5,7 @@ use burn::module::{Initializer, Param, ParamId};
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use polarity_kernels::{AttentionMask, PackedSequences};
 
 /// A feed-forward activation, named as in transformers' `ACT2FN`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -67,6 +68,20 @@ pub(crate) fn add_positions<B: Backend>(embeddings: Tensor<B, 3>, positions: Ten
     let [batch, seq_len, width] = embeddings.dims();
     let summed = embeddings.reshape([batch, seq_len * width]) + positions.reshape([1, seq_len * width]);
     summed.reshape([batch, seq_len, width])
+}
+
+/// Runs the transformer `layers` on the embeddings `[batch, seq, hidden]`. For inference on the CPU
+/// default, a right-padded batch runs on its real tokens alone ([`PackedSequences`]): the same values
+/// at every real position, without the padding's work, and zeros at the padded positions.
+pub(crate) fn run_layers<B: Backend>(
+    embeddings: Tensor<B, 3>,
+    attention_mask: Tensor<B, 2, Int>,
+    layers: impl Fn(Tensor<B, 3>, &AttentionMask<B>) -> Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match PackedSequences::for_inference(&attention_mask, &embeddings) {
+        Some(packed) => packed.unpack(layers(packed.pack(embeddings), &packed.attention_mask())),
+        None => layers(embeddings, &AttentionMask::bidirectional(attention_mask)),
+    }
 }
 
 /// The hidden state of the first (`[CLS]`) token: `[batch, seq, hidden]` -> `[batch, hidden]`.

@@ -15,7 +15,7 @@ use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
 use serde_json::{Map, Value};
 
 use crate::common::{
-    Activation, add_positions, first_token, init_embedding, init_linear,
+    Activation, add_positions, first_token, init_embedding, init_linear, run_layers,
 };
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
@@ -298,7 +298,8 @@ pub struct DistilBertModel<B: Backend> {
 
 impl<B: Backend> DistilBertModel<B> {
     /// Runs the encoder (`token_type_ids` are ignored: DistilBERT has no segments). Padded
-    /// positions are masked out as keys; their own hidden states carry no meaning.
+    /// positions are masked out as keys; their own hidden states carry no meaning (zeros where
+    /// inference on the CPU default skips right padding).
     ///
     /// # Panics
     ///
@@ -310,12 +311,10 @@ impl<B: Backend> DistilBertModel<B> {
 
     /// The last hidden state `[batch, seq, dim]`.
     pub fn encode(&self, batch: TokenBatch<B>) -> Tensor<B, 3> {
-        let mask = AttentionMask::bidirectional(batch.attention_mask);
-        let mut hidden = self.embeddings.forward(batch.input_ids);
-        for layer in &self.transformer.layer {
-            hidden = layer.forward(hidden, &mask);
-        }
-        hidden
+        let embeddings = self.embeddings.forward(batch.input_ids);
+        run_layers(embeddings, batch.attention_mask, |hidden, mask| {
+            self.transformer.layer.iter().fold(hidden, |hidden, layer| layer.forward(hidden, mask))
+        })
     }
 
     /// Checks that the batch's tensors agree in shape and fit `max_position_embeddings`.

@@ -7,6 +7,8 @@ use polarity_core::ClassScorer;
 use polarity_core::reference::{TensorCheck, Tolerance};
 use polarity_encoder::reference::{self, HIDDEN_STATE_TOLERANCE};
 use polarity_encoder::{BertForSequenceClassification, BertModel, EncoderClassifier, HfModel, l2_normalize, mean_pool};
+use burn::backend::NdArray;
+use burn::prelude::*;
 use polarity_hub::{RepoKind, RepoSource};
 
 const FIXTURE: &str = "minilm-imdb-128";
@@ -116,4 +118,58 @@ fn minilm_classifier_saves_with_its_tokenizer_and_reloads() {
         EncoderClassifier::<Fast>::from_pretrained(&RepoSource::Local(dir.path().to_path_buf()), &device).unwrap();
     let batch = token_batch::<Fast>(&fixture(FIXTURE), &device);
     assert_eq!(values(model.forward(batch.clone())), values(reloaded.forward(batch)));
+}
+
+/// Inference on the CPU default runs a right-padded batch on its real tokens alone (packed); the
+/// padded layout (ndarray, burn's composed attention) gives the same states at every real position
+/// and the same pooler output.
+#[test]
+fn packed_inference_matches_the_padded_layout() {
+    let source = minilm();
+    let fixture = fixture(FIXTURE);
+    let device = Default::default();
+    // The fixture's reviews cut to different lengths and right-padded with [PAD] (id 0).
+    let lengths = [128usize, 100, 61, 9, 128, 77, 2, 31];
+    let batch = token_batch::<Fast>(&fixture, &device);
+    let [rows, seq_len] = batch.dims();
+    let keep: Vec<i64> = lengths.iter().flat_map(|&len| (0..seq_len).map(move |j| i64::from(j < len))).collect();
+    let attention_mask = Tensor::<Fast, 2, Int>::from_data(TensorData::new(keep, [rows, seq_len]), &device);
+    let input_ids = batch.input_ids * attention_mask.clone();
+    let padded = polarity_core::TokenBatch { token_type_ids: input_ids.zeros_like(), input_ids, attention_mask };
+    let on_ndarray = |t: &Tensor<Fast, 2, Int>| Tensor::<NdArray, 2, Int>::from_data(t.to_data(), &Default::default());
+    let reference_batch = polarity_core::TokenBatch {
+        input_ids: on_ndarray(&padded.input_ids),
+        attention_mask: on_ndarray(&padded.attention_mask),
+        token_type_ids: on_ndarray(&padded.token_type_ids),
+    };
+
+    let packed = BertModel::<Fast>::from_pretrained(&source, &device).unwrap().forward(padded);
+    let reference = BertModel::<NdArray>::from_pretrained(&source, &Default::default()).unwrap();
+    let reference = reference.forward(reference_batch);
+
+    let width = packed.last_hidden_state.dims()[2];
+    let is_real = |position: usize| position % seq_len < lengths[position / seq_len];
+    let real = |values: Vec<f32>| -> Vec<f32> {
+        values.chunks(width).enumerate().filter(|(i, _)| is_real(*i)).flat_map(|(_, row)| row.to_vec()).collect()
+    };
+    let ours = values(packed.last_hidden_state);
+    let padding_is_zero = ours.chunks(width).enumerate().all(|(i, row)| is_real(i) || row.iter().all(|v| *v == 0.0));
+    assert!(padding_is_zero, "the packed path leaves zeros at padded positions");
+    let checks = [
+        TensorCheck::compare(
+            "last_hidden_state",
+            &real(ours),
+            &real(values(reference.last_hidden_state)),
+            1e-5,
+            Tolerance::Absolute,
+        ),
+        TensorCheck::compare(
+            "pooler_output",
+            &values(packed.pooler_output.unwrap()),
+            &values(reference.pooler_output.unwrap()),
+            1e-5,
+            Tolerance::Absolute,
+        ),
+    ];
+    assert_all_ok(&checks);
 }

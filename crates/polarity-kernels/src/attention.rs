@@ -40,9 +40,14 @@ pub struct AttentionHeads {
 /// let context = attention(x.clone(), x.clone(), x, heads, &mask, None);
 /// assert_eq!(context.dims(), [2, 3, 8]);
 /// ```
+///
+/// For sequences packed without their padding ([`PackedSequences`](crate::PackedSequences)),
+/// [`AttentionMask::packed`] lets each token see the tokens of its own sequence only.
 #[derive(Debug)]
 pub struct AttentionMask<B: Backend> {
     padding: Option<Tensor<B, 2, Int>>,
+    /// The lengths of packed sequences laid one after another along a batch of one.
+    packed: Option<Vec<usize>>,
     causal: bool,
     bias: OnceCell<([usize; 3], Option<Tensor<B, 4>>)>,
     keep: OnceCell<Vec<f32>>,
@@ -52,12 +57,19 @@ impl<B: Backend> AttentionMask<B> {
     /// Encoder attention: every query sees every real key. `attention_mask` is `[batch, seq]`,
     /// 1 for a token and 0 for padding.
     pub fn bidirectional(attention_mask: Tensor<B, 2, Int>) -> Self {
-        Self { padding: Some(attention_mask), causal: false, bias: OnceCell::new(), keep: OnceCell::new() }
+        Self { padding: Some(attention_mask), packed: None, causal: false, bias: OnceCell::new(), keep: OnceCell::new() }
     }
 
     /// Decoder attention: query `i` sees keys `0..=i`, and with an `attention_mask` only the real ones.
     pub fn causal(attention_mask: Option<Tensor<B, 2, Int>>) -> Self {
-        Self { padding: attention_mask, causal: true, bias: OnceCell::new(), keep: OnceCell::new() }
+        Self { padding: attention_mask, packed: None, causal: true, bias: OnceCell::new(), keep: OnceCell::new() }
+    }
+
+    /// Attention within packed sequences: the inputs are `[1, total, width]`, `lengths[i]` tokens of
+    /// sequence `i` one after another (`total` is their sum, no padding), and each token sees every
+    /// token of its own sequence (with `causal`, those at or before it).
+    pub fn packed(lengths: Vec<usize>, causal: bool) -> Self {
+        Self { padding: None, packed: Some(lengths), causal, bias: OnceCell::new(), keep: OnceCell::new() }
     }
 
     /// The additive bias `[batch, heads, seq, seq]` (`None` when nothing is masked), cached for the
@@ -68,6 +80,9 @@ impl<B: Backend> AttentionMask<B> {
     }
 
     fn build_bias(&self, [batch, heads, seq_len]: [usize; 3], device: &B::Device) -> Option<Tensor<B, 4>> {
+        if let Some(lengths) = &self.packed {
+            return Some(packed_bias(lengths, self.causal, [batch, heads, seq_len], device));
+        }
         let padding = self.padding.as_ref().map(|mask| mask.clone().equal_elem(0).reshape([batch, 1, 1, seq_len]));
         let future = self.causal.then(|| Tensor::<B, 2, Bool>::tril_mask([seq_len, seq_len], 0, device).reshape([1, 1, seq_len, seq_len]));
         let shape = [batch, heads, seq_len, seq_len];
@@ -86,6 +101,24 @@ impl<B: Backend> AttentionMask<B> {
             None => vec![1.0; batch * seq_len],
         })
     }
+}
+
+/// The additive bias of packed sequences: block-diagonal, blocked across sequences (and, causal,
+/// above the diagonal).
+fn packed_bias<B: Backend>(lengths: &[usize], causal: bool, shape: [usize; 3], device: &B::Device) -> Tensor<B, 4> {
+    let [batch, heads, total] = shape;
+    let sequence_of: Vec<usize> = lengths.iter().enumerate().flat_map(|(i, &len)| std::iter::repeat_n(i, len)).collect();
+    let mut bias = vec![f32::MIN; total * total];
+    for (i, row) in bias.chunks_exact_mut(total).enumerate().take(sequence_of.len()) {
+        for (j, value) in row.iter_mut().enumerate().take(sequence_of.len()) {
+            if sequence_of[i] == sequence_of[j] && !(causal && j > i) {
+                *value = 0.0;
+            }
+        }
+    }
+    Tensor::<B, 2>::from_data(TensorData::new(bias, [total, total]), device)
+        .reshape([1, 1, total, total])
+        .expand([batch, heads, total, total])
 }
 
 /// Scaled dot-product attention, `softmax(q k^T / sqrt(head_dim) + mask) v`, on the projections'
@@ -114,18 +147,30 @@ pub fn attention<B: Backend>(
         && q_width == num_heads * head_dim
         && key.dims() == [batch, seq_len, kv_heads * head_dim]
         && value.dims() == key.dims()
-        && mask.padding.as_ref().is_none_or(|padding| padding.dims() == [batch, seq_len]);
+        && mask.padding.as_ref().is_none_or(|padding| padding.dims() == [batch, seq_len])
+        && mask.packed.as_ref().is_none_or(|lengths| batch == 1 && lengths.iter().sum::<usize>() == seq_len);
     let training = autodiff::accepts(&query) && autodiff::accepts(&key) && autodiff::accepts(&value);
     let inference = flex::accepts(&query) && flex::accepts(&key) && flex::accepts(&value);
     if !(fits && (training || inference)) {
         return composed::attention(query, key, value, heads, mask, dropout);
+    }
+    let shape = AttentionShape { batch, seq_len, heads: num_heads, kv_heads, head_dim, causal: mask.causal };
+    if let Some(lengths) = &mask.packed {
+        // Packing is an inference layout (`PackedSequences::for_inference`); training takes the
+        // composed path with the block-diagonal bias.
+        if training {
+            return composed::attention(query, key, value, heads, mask, dropout);
+        }
+        let (query, key, value) = (flex::into_flex(query), flex::into_flex(key), flex::into_flex(value));
+        let mut output = vec![0f32; batch * seq_len * q_width];
+        cpu::attention_packed(query.storage(), key.storage(), value.storage(), lengths, shape, &mut output);
+        return flex::from_flex(flex::new_flex(output, [batch, seq_len, q_width].into()));
     }
     let keep = mask.keep(batch, seq_len);
     if keep.len() != batch * seq_len {
         // A mask built for other inputs: let the composed path report the mismatch.
         return composed::attention(query, key, value, heads, mask, dropout);
     }
-    let shape = AttentionShape { batch, seq_len, heads: num_heads, kv_heads, head_dim, causal: mask.causal };
     if training {
         let dropout = dropout.filter(|layer| layer.prob > 0.0).map(|layer| WeightDropout {
             seed: crate::random_seed::<B>(&query.device()),

@@ -508,11 +508,12 @@ impl AttentionShape {
     fn kv_width(&self) -> usize {
         self.kv_heads * self.head_dim
     }
-    fn q_block(&self, b: usize, h: usize) -> Block {
-        Block { offset: b * self.seq_len * self.q_width() + h * self.head_dim, row_stride: self.q_width() as isize }
+    /// Head `h`'s block of the sequence whose first token is row `first_row` of the queries.
+    fn q_block(&self, first_row: usize, h: usize) -> Block {
+        Block { offset: first_row * self.q_width() + h * self.head_dim, row_stride: self.q_width() as isize }
     }
-    fn kv_block(&self, b: usize, kv_h: usize) -> Block {
-        Block { offset: b * self.seq_len * self.kv_width() + kv_h * self.head_dim, row_stride: self.kv_width() as isize }
+    fn kv_block(&self, first_row: usize, kv_h: usize) -> Block {
+        Block { offset: first_row * self.kv_width() + kv_h * self.head_dim, row_stride: self.kv_width() as isize }
     }
     fn check(&self, q: usize, kv: usize, keep: usize) {
         assert!(self.kv_heads > 0 && self.heads % self.kv_heads == 0);
@@ -690,30 +691,47 @@ enum WeightUse<'a> {
     Training { dropout: Option<WeightDropout>, mask: &'a mut Vec<f32> },
 }
 
-/// One `(batch, head)` block of the forward pass: the softmax weights into `weights` (`[seq, seq]`),
-/// the weighted values into the output's head columns.
+/// One `(sequence, head)` block of an attention call: the sequence's rows in the projections, which
+/// of its keys are real, and the block's index (it seeds the block's dropout mask).
+#[derive(Clone, Copy)]
+struct HeadBlock<'a> {
+    first_row: usize,
+    keep: &'a [f32],
+    head: usize,
+    index: usize,
+}
+
+impl<'a> HeadBlock<'a> {
+    /// Block `task = b * heads + h` of a `[batch, seq]` call.
+    fn of_batch(task: usize, keep: &'a [f32], shape: AttentionShape) -> Self {
+        let (b, s) = (task / shape.heads, shape.seq_len);
+        Self { first_row: b * s, keep: &keep[b * s..(b + 1) * s], head: task % shape.heads, index: task }
+    }
+}
+
+/// One `(sequence, head)` block of the forward pass: the softmax weights into `weights` (`[len, len]`
+/// for a sequence of `len` tokens), the weighted values into the output's head columns.
 ///
 /// # Safety
-/// `output` must be valid for `[batch, seq, heads * head_dim]` and no other task may write block
-/// `(b, h)` of it.
+/// `output` must be valid for the projections' rows and no other task may write this block of it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend(
-    task: usize,
+    block: HeadBlock,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    keep: &[f32],
     shape: AttentionShape,
     weights: &mut [f32],
     usage: WeightUse,
     output: SharedMut,
 ) {
-    let AttentionShape { seq_len: s, heads, kv_heads, head_dim: d, causal, .. } = shape;
-    let (b, h) = (task / heads, task % heads);
-    let (qb, kvb) = (shape.q_block(b, h), shape.kv_block(b, h / (heads / kv_heads)));
+    let AttentionShape { heads, kv_heads, head_dim: d, causal, .. } = shape;
+    let HeadBlock { first_row, keep, head: h, index } = block;
+    let s = keep.len();
+    let (qb, kvb) = (shape.q_block(first_row, h), shape.kv_block(first_row, h / (heads / kv_heads)));
     let scale = 1.0 / (d as f32).sqrt();
-    // SAFETY: the blocks lie inside q, k, v and output (lengths checked by `AttentionShape::check`:
-    // `s` rows of stride `width` from `h * d < width`), `weights` holds `s * s` floats.
+    // SAFETY: the blocks lie inside q, k, v and output (lengths checked by the callers: `s` rows of
+    // stride `width` from `h * d < width`), `weights` holds `s * s` floats.
     unsafe {
         // weights = scale * q_bh k_bh^T ([s, d] x [d, s]; k^T is k read with swapped strides)
         product(
@@ -725,7 +743,6 @@ unsafe fn attend(
             false,
         );
     }
-    let keep = &keep[b * s..(b + 1) * s];
     let (weights, row_scales): (&[f32], _) = match usage {
         WeightUse::Inference { row_scales } => {
             row_scales.resize(s, 0.0);
@@ -735,7 +752,7 @@ unsafe fn attend(
         WeightUse::Training { dropout: Some(dropout), mask } => {
             softmax_rows(weights, keep, causal, None);
             mask.resize(s * s, 0.0);
-            dropout.fill(mask, task);
+            dropout.fill(mask, index);
             mask.iter_mut().zip(weights.iter()).for_each(|(m, w)| *m *= w);
             (mask, None)
         }
@@ -758,7 +775,7 @@ unsafe fn attend(
     }
     if let Some(row_scales) = row_scales {
         for (i, row_scale) in row_scales.iter().enumerate() {
-            // SAFETY: row i of block (b, h): `d` floats inside the output (as above), written by this
+            // SAFETY: row i of this block: `d` floats inside the output (as above), written by this
             // task alone, and no other reference to them is alive.
             let row = unsafe { std::slice::from_raw_parts_mut(output.0.add(qb.offset + i * qb.row_stride as usize), d) };
             row.iter_mut().for_each(|x| *x *= row_scale);
@@ -777,12 +794,52 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], keep: &[f32], shape: Attention
     assert!(v.len() == k.len() && output.len() == q.len());
     let out = SharedMut(output.as_mut_ptr());
     (0..shape.batch * shape.heads).into_par_iter().for_each(|task| {
-        SCRATCH.with_borrow_mut(|(weights, row_scales)| {
-            weights.resize(shape.seq_len * shape.seq_len, 0.0);
-            // SAFETY: `output` outlives the parallel loop and each task writes its own block.
-            unsafe { attend(task, q, k, v, keep, shape, weights, WeightUse::Inference { row_scales }, out) };
-        })
+        let block = HeadBlock::of_batch(task, keep, shape);
+        // SAFETY: `output` outlives the parallel loop and each task writes its own block.
+        unsafe { attend_for_inference(block, q, k, v, shape, out) };
     });
+}
+
+/// [`attention`] on packed sequences: `lengths[i]` tokens of sequence `i` one after the other in
+/// `[total, heads * head_dim]` projections (`total` is their sum), each token attending to the
+/// tokens of its own sequence only (and with `shape.causal`, to those at or before it). `shape`'s
+/// `batch` and `seq_len` are unused.
+pub fn attention_packed(q: &[f32], k: &[f32], v: &[f32], lengths: &[usize], shape: AttentionShape, output: &mut [f32]) {
+    let total: usize = lengths.iter().sum();
+    let packed = AttentionShape { batch: 1, seq_len: total, ..shape };
+    packed.check(q.len(), k.len(), total);
+    assert!(v.len() == k.len() && output.len() == q.len());
+    let ones = vec![1f32; lengths.iter().copied().max().unwrap_or(0)];
+    let first_rows: Vec<usize> =
+        lengths.iter().scan(0, |next, &len| Some(std::mem::replace(next, *next + len))).collect();
+    let out = SharedMut(output.as_mut_ptr());
+    (0..lengths.len() * shape.heads).into_par_iter().for_each(|task| {
+        let sequence = task / shape.heads;
+        let keep = &ones[..lengths[sequence]];
+        let block = HeadBlock { first_row: first_rows[sequence], keep, head: task % shape.heads, index: task };
+        // SAFETY: `output` outlives the parallel loop and each task writes its own block.
+        unsafe { attend_for_inference(block, q, k, v, packed, out) };
+    });
+}
+
+/// [`attend`] without autodiff, with this thread's scratch.
+///
+/// # Safety
+/// As [`attend`].
+unsafe fn attend_for_inference(
+    block: HeadBlock,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    output: SharedMut,
+) {
+    SCRATCH.with_borrow_mut(|(weights, row_scales)| {
+        let s = block.keep.len();
+        weights.resize(s * s, 0.0);
+        // SAFETY: forwarded from the caller.
+        unsafe { attend(block, q, k, v, shape, &mut weights[..s * s], WeightUse::Inference { row_scales }, output) };
+    })
 }
 
 /// The training forward pass: as [`attention`], with optional dropout on the weights, and the
@@ -803,8 +860,9 @@ pub fn attention_saving_weights(
     let out = SharedMut(output.as_mut_ptr());
     weights.par_chunks_mut(block).enumerate().for_each(|(task, weights)| {
         SCRATCH.with_borrow_mut(|(_, mask)| {
+            let block = HeadBlock::of_batch(task, keep, shape);
             // SAFETY: `output` outlives the parallel loop and each task writes its own block.
-            unsafe { attend(task, q, k, v, keep, shape, weights, WeightUse::Training { dropout, mask }, out) };
+            unsafe { attend(block, q, k, v, shape, weights, WeightUse::Training { dropout, mask }, out) };
         })
     });
 }
@@ -843,14 +901,14 @@ pub fn attention_backward(
     let (gq, gk, gv) = (SharedMut(grad_q.as_mut_ptr()), SharedMut(grad_k.as_mut_ptr()), SharedMut(grad_v.as_mut_ptr()));
     (0..batch * kv_heads).into_par_iter().for_each(|task| {
         let (b, kv_h) = (task / kv_heads, task % kv_heads);
-        let kvb = shape.kv_block(b, kv_h);
+        let kvb = shape.kv_block(b * s, kv_h);
         let (gq, gk, gv) = (gq, gk, gv);
         SCRATCH.with_borrow_mut(|(grad_weights, mask)| {
             grad_weights.resize(s * s, 0.0);
             mask.resize(s * s, 0.0);
             for (i, h) in (kv_h * groups..(kv_h + 1) * groups).enumerate() {
                 let head_task = b * heads + h;
-                let qb = shape.q_block(b, h);
+                let qb = shape.q_block(b * s, h);
                 let p = &weights[head_task * s * s..(head_task + 1) * s * s];
                 // SAFETY: blocks inside their buffers as in `attend`.
                 unsafe {

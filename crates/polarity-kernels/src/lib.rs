@@ -38,6 +38,7 @@ mod flex;
 mod linear;
 pub mod math;
 mod norm;
+mod packing;
 
 use burn::nn::Dropout;
 use burn::prelude::*;
@@ -47,6 +48,7 @@ pub use attention::{AttentionHeads, AttentionMask, attention};
 pub use linear::{linear, linear_residual, linear_with, on_rows};
 pub use autodiff::{FrozenMatrix, frozen_linear};
 pub use norm::{LayerNorm, layer_norm};
+pub use packing::PackedSequences;
 
 /// The exact GELU, `x/2 (1 + erf(x / sqrt 2))` (transformers' `"gelu"`); under autodiff over
 /// burn-flex one graph node with a fused backward pass.

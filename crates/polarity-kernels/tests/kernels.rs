@@ -4,7 +4,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::nn::DropoutConfig;
 use burn::prelude::*;
 use burn::tensor::{Distribution, Tolerance};
-use polarity_kernels::{AttentionHeads, AttentionMask, composed};
+use polarity_kernels::{AttentionHeads, AttentionMask, PackedSequences, composed};
 
 type Fast = Flex;
 
@@ -90,6 +90,79 @@ fn attention_matches_the_composed_graph() {
     check_attention(mha, true, None);
     check_attention(gqa, true, Some(&[7, 11]));
     check_attention(gqa, false, Some(&[3, 11]));
+}
+
+/// `x` with the rows of padded positions zeroed.
+fn zero_padding<B: Backend>(x: Tensor<B, 3>, mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    x * mask.float().unsqueeze_dim(2)
+}
+
+#[test]
+fn packed_attention_equals_padded_attention_at_real_positions() {
+    let _serial = serial();
+    let mha = AttentionHeads { heads: 4, kv_heads: 4, head_dim: 8 };
+    let gqa = AttentionHeads { heads: 6, kv_heads: 2, head_dim: 16 };
+    let (lengths, seq_len) = ([11i64, 5, 1, 8], 11);
+    for (heads, causal) in [(mha, false), (mha, true), (gqa, false), (gqa, true)] {
+        let batch = lengths.len();
+        let q = random::<Fast, 3>([batch, seq_len, heads.heads * heads.head_dim], 8);
+        let k = random::<Fast, 3>([batch, seq_len, heads.kv_heads * heads.head_dim], 9);
+        let v = random::<Fast, 3>([batch, seq_len, heads.kv_heads * heads.head_dim], 10);
+        let mask = padding::<Fast>(&lengths, seq_len);
+        let padded_mask =
+            if causal { AttentionMask::causal(Some(mask.clone())) } else { AttentionMask::bidirectional(mask.clone()) };
+        let padded = polarity_kernels::attention(q.clone(), k.clone(), v.clone(), heads, &padded_mask, None);
+
+        let packing = PackedSequences::new(&mask).expect("right-padded rows");
+        assert_eq!(packing.lengths(), [11, 5, 1, 8]);
+        let packed_mask = AttentionMask::packed(packing.lengths().to_vec(), causal);
+        let [q_rows, k_rows, v_rows] = [q, k, v].map(|x| packing.pack(x));
+        let fused = polarity_kernels::attention(q_rows.clone(), k_rows.clone(), v_rows.clone(), heads, &packed_mask, None);
+        assert_close(packing.unpack(fused), zero_padding(padded.clone(), mask.clone()), 2e-5);
+
+        // The composed path takes a block-diagonal bias: the same values on another backend.
+        let on_ndarray = |x: Tensor<Fast, 3>| Tensor::<NdArray, 3>::from_data(x.into_data(), &Default::default());
+        let ndarray_mask = AttentionMask::<NdArray>::packed(packing.lengths().to_vec(), causal);
+        let [q_rows, k_rows, v_rows] = [q_rows, k_rows, v_rows].map(on_ndarray);
+        let composed = polarity_kernels::attention(q_rows, k_rows, v_rows, heads, &ndarray_mask, None);
+        let composed = Tensor::<Fast, 3>::from_data(composed.into_data(), &Default::default());
+        assert_close(packing.unpack(composed), zero_padding(padded, mask), 2e-5);
+    }
+}
+
+#[test]
+fn only_right_padded_batches_with_padding_are_packed() {
+    let _serial = serial();
+    let mask = |rows: &[&[i64]]| {
+        let width = rows[0].len();
+        let flat: Vec<i64> = rows.iter().flat_map(|row| row.iter().copied()).collect();
+        Tensor::<Fast, 2, Int>::from_data(TensorData::new(flat, [rows.len(), width]), &Default::default())
+    };
+    assert!(PackedSequences::new(&mask(&[&[1, 1], &[1, 1]])).is_none(), "no padding: nothing to save");
+    assert!(PackedSequences::new(&mask(&[&[0, 1], &[1, 1]])).is_none(), "left padding");
+    assert!(PackedSequences::new(&mask(&[&[1, 0, 1]])).is_none(), "a token after padding");
+    assert!(PackedSequences::new(&mask(&[&[1, 1], &[0, 0]])).is_none(), "a row without tokens");
+    let right_padded = mask(&[&[1, 1, 0], &[1, 0, 0]]);
+    assert_eq!(PackedSequences::new(&right_padded).unwrap().lengths(), [2, 1]);
+
+    // Where the packed kernel runs: float32 burn-flex inference, not other backends nor training.
+    let hidden = random::<Fast, 3>([2, 3, 4], 11);
+    let packing = PackedSequences::for_inference(&right_padded, &hidden).expect("flex inference packs");
+    let ndarray_mask = Tensor::<NdArray, 2, Int>::from_data(right_padded.to_data(), &Default::default());
+    let ndarray_hidden = Tensor::<NdArray, 3>::from_data(hidden.to_data(), &Default::default());
+    assert!(PackedSequences::for_inference(&ndarray_mask, &ndarray_hidden).is_none());
+    type Train = Autodiff<Flex>;
+    let train_mask = Tensor::<Train, 2, Int>::from_data(right_padded.to_data(), &Default::default());
+    let train_hidden = Tensor::<Train, 3>::from_data(hidden.to_data(), &Default::default());
+    assert!(PackedSequences::for_inference(&train_mask, &train_hidden).is_none());
+
+    // Packing keeps the real rows in order; unpacking puts them back with zeros at the padding.
+    let rows = packing.pack(hidden.clone());
+    assert_eq!(rows.dims(), [1, 3, 4]);
+    let values = hidden.to_data().to_vec::<f32>().unwrap();
+    let expected: Vec<f32> = [0, 1, 3].iter().flat_map(|&row| values[row * 4..(row + 1) * 4].to_vec()).collect();
+    assert_eq!(rows.to_data().to_vec::<f32>().unwrap(), expected);
+    assert_close(packing.unpack(rows), zero_padding(hidden, right_padded), 0.0);
 }
 
 #[test]
