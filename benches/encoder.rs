@@ -8,7 +8,7 @@
 //! What is measured (criterion's `elem/s` is samples/s, except in `gemm`, where it is FLOP/s):
 //!
 //! - `forward`: inference, no autodiff. MiniLM (`sentence-transformers/all-MiniLM-L6-v2`, real weights
-//!   from the hub cache, fresh classification head) at batch 32, sequence 128 and 256; BERT-base and
+//!   from the hub cache, fresh classification head) at batch 32, sequence 128, 256 and 512; BERT-base and
 //!   DistilBERT shapes with random weights (configs built here with the real hyper-parameters) at
 //!   batch 8, sequence 128.
 //! - `train_step`: one MiniLM training step at batch 16, sequence 256 on `Autodiff<backend>`: forward
@@ -110,7 +110,7 @@ fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
     let mut group = c.benchmark_group("forward");
     common::configure(&mut group, 20);
     let model = minilm::<B>(&device);
-    for seq in [128, 256] {
+    for seq in [128, 256, 512] {
         let batch = review_batch::<B>(32, seq, &device).tokens;
         bench_forward(&mut group, &format!("minilm/{backend}/b32_s{seq}"), &model, batch);
     }

@@ -6,7 +6,7 @@ The same models, inputs and steps as the benches.
 By default it measures the encoder workloads, with torch.set_num_threads(2) (the machines have 2 cores):
 
 - forward (inference, eval mode, torch.inference_mode): MiniLM (sentence-transformers/all-MiniLM-L6-v2,
-  real weights, fresh 2-class head) at batch 32, sequence 128 and 256; bert-base-uncased and
+  real weights, fresh 2-class head) at batch 32, sequence 128, 256 and 512; bert-base-uncased and
   distilbert-base-uncased shapes with random weights (transformers' default BertConfig /
   DistilBertConfig are exactly those) at batch 8, sequence 128;
 - train_step: MiniLM at batch 16, sequence 256, train mode (dropout on): forward, cross-entropy,
@@ -354,7 +354,7 @@ def run_encoders(results, args):
     texts, labels = imdb_test()
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     minilm = AutoModelForSequenceClassification.from_pretrained(MINILM, num_labels=2)
-    for seq in (128, 256):
+    for seq in (128, 256, 512):
         batch = review_batch(tokenizer, texts, labels, 32, seq)
         bench_forward(results, f"forward/minilm/b32_s{seq}", minilm, batch, args.iterations)
 
@@ -367,8 +367,9 @@ def run_encoders(results, args):
         bench_forward(results, "forward/distilbert_base_random/b8_s128", distilbert, batch, args.iterations)
         del distilbert
 
-    batch = review_batch(tokenizer, texts, labels, 16, 256)
-    bench_train_step(results, "train_step/minilm/b16_s256", minilm, batch, args.iterations)
+    if not args.skip_train:
+        batch = review_batch(tokenizer, texts, labels, 16, 256)
+        bench_train_step(results, "train_step/minilm/b16_s256", minilm, batch, args.iterations)
 
 
 def main():
@@ -376,6 +377,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per measurement")
     parser.add_argument("--skip-random", action="store_true", help="skip the random bert-base / distilbert shapes")
+    parser.add_argument("--skip-train", action="store_true", help="skip the MiniLM training step")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--llama", action="store_true", help="measure benches/llama.rs's workloads instead")
     parser.add_argument("--gguf", default=SMOLLM2_GGUF, help=f"--llama: SmolLM2's GGUF file (default {SMOLLM2_GGUF})")

@@ -23,6 +23,8 @@ use crate::{AttentionMask, flex};
 /// let mask = Tensor::<Flex, 2, Int>::from_data([[1, 1, 1], [1, 0, 0]], &device);
 /// let packed = PackedSequences::new(&mask).expect("right-padded, non-empty rows");
 /// assert_eq!(packed.lengths(), [3, 1]);
+/// assert_eq!(packed.positions().into_data().to_vec::<i64>().unwrap(), [0, 1, 2, 0]);
+/// assert_eq!(packed.last_tokens().into_data().to_vec::<i64>().unwrap(), [2, 3]);
 ///
 /// let hidden = Tensor::<Flex, 3>::ones([2, 3, 4], &device);
 /// let rows = packed.pack(hidden);
@@ -86,9 +88,27 @@ impl<B: Backend> PackedSequences<B> {
         &self.lengths
     }
 
-    /// Bidirectional attention within each packed sequence.
+    /// Bidirectional attention within each packed sequence (encoders).
     pub fn attention_mask(&self) -> AttentionMask<B> {
         AttentionMask::packed(self.lengths.clone(), false)
+    }
+
+    /// Causal attention within each packed sequence (decoders).
+    pub fn causal_attention_mask(&self) -> AttentionMask<B> {
+        AttentionMask::packed(self.lengths.clone(), true)
+    }
+
+    /// Each packed token's position inside its own sequence, `[total]` (`0..len` per sequence).
+    pub fn positions(&self) -> Tensor<B, 1, Int> {
+        let positions: Vec<i64> = self.lengths.iter().flat_map(|&len| 0..len as i64).collect();
+        let count = positions.len();
+        Tensor::from_data(TensorData::new(positions, [count]), &self.rows.device())
+    }
+
+    /// The packed row of each sequence's last token, `[batch]`.
+    pub fn last_tokens(&self) -> Tensor<B, 1, Int> {
+        let ends: Vec<i64> = self.lengths.iter().scan(0i64, |end, &len| Some(std::mem::replace(end, *end + len as i64) + len as i64 - 1)).collect();
+        Tensor::from_data(TensorData::new(ends, [self.batch]), &self.rows.device())
     }
 
     /// `[batch, seq, width]` -> `[1, total, width]`: the real tokens' rows, sequence after sequence.

@@ -32,7 +32,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use polarity_kernels::autocast::matmul;
 use polarity_kernels::linear_with;
-use polarity_kernels::{AttentionHeads, AttentionMask, attention};
+use polarity_kernels::{AttentionHeads, AttentionMask, PackedSequences, attention};
 use serde::Deserialize;
 
 use crate::LlamaError;
@@ -498,8 +498,18 @@ impl<B: Backend> Llama<B> {
     /// The next-token logits after the last real token of each row, `[batch, vocab]`: one forward
     /// pass, and the head only runs on the rows' last positions. Every row needs at least one real
     /// token (an all-padding row reads position 0).
+    ///
+    /// For inference on the CPU default a right-padded batch runs on its real tokens alone
+    /// ([`PackedSequences`]): the same logits without the padding's work.
     pub fn last_token_logits(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let [batch, _] = input_ids.dims();
+        let embeddings = self.model.embed_tokens.forward(input_ids.clone());
+        if let Some(packed) = PackedSequences::for_inference(&attention_mask, &embeddings) {
+            let rope = self.model.rotary_emb.tables_at(packed.positions());
+            let hidden = self.model.decode(packed.pack(embeddings), &rope, &packed.causal_attention_mask());
+            let [_, total, width] = hidden.dims();
+            return self.logits(hidden.reshape([total, width]).select(0, packed.last_tokens()));
+        }
         let hidden = self.model.forward(input_ids, Some(attention_mask.clone()));
         let [_, _, width] = hidden.dims();
         let last_position = (attention_mask.sum_dim(1) - 1).clamp_min(0); // [batch, 1]
@@ -525,10 +535,12 @@ impl<B: Backend> LlamaModel<B> {
         let device = input_ids.device();
         let rope = self.rotary_emb.tables(seq_len, &device);
         let mask = AttentionMask::causal(attention_mask);
-        let mut hidden = self.embed_tokens.forward(input_ids);
-        for layer in &self.layers {
-            hidden = layer.forward(hidden, &rope, &mask);
-        }
+        self.decode(self.embed_tokens.forward(input_ids), &rope, &mask)
+    }
+
+    /// The decoder layers and the final norm on embeddings `[batch, seq_len, hidden]`.
+    fn decode(&self, embeddings: Tensor<B, 3>, rope: &RopeTables<B>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let hidden = self.layers.iter().fold(embeddings, |hidden, layer| layer.forward(hidden, rope, mask));
         self.norm.forward(hidden)
     }
 }
@@ -617,9 +629,13 @@ impl<B: Backend> RmsNorm<B> {
 impl<B: Backend> RotaryEmbedding<B> {
     /// The rotation tables of positions `0..seq_len`.
     pub fn tables(&self, seq_len: usize, device: &B::Device) -> RopeTables<B> {
-        let [half] = self.inv_freq.dims();
-        let positions = Tensor::<B, 1, Int>::arange(0..seq_len as i64, device).float().reshape([seq_len, 1]);
-        let angles = positions * self.inv_freq.clone().reshape([1, half]); // [seq, head_dim / 2]
+        self.tables_at(Tensor::arange(0..seq_len as i64, device))
+    }
+
+    /// The rotation tables of the given positions, one row each (packed sequences restart at 0).
+    pub fn tables_at(&self, positions: Tensor<B, 1, Int>) -> RopeTables<B> {
+        let ([half], [count]) = (self.inv_freq.dims(), positions.dims());
+        let angles = positions.float().reshape([count, 1]) * self.inv_freq.clone().reshape([1, half]); // [count, head_dim / 2]
         // transformers' layout: the two halves of a head share frequencies (rotate_half convention).
         let angles = Tensor::cat(vec![angles.clone(), angles], 1);
         RopeTables { cos: angles.clone().cos(), sin: angles.sin() }

@@ -94,6 +94,11 @@ fn llama3_rope_scaling_keeps_high_and_divides_low_frequencies() {
 
 /// A small model with the given attention layout and random weights.
 fn random_model(heads: usize, kv_heads: usize, tied: bool) -> polarity_llama::Llama<Cpu> {
+    random_model_on(heads, kv_heads, tied)
+}
+
+fn random_model_on<B: Backend>(heads: usize, kv_heads: usize, tied: bool) -> polarity_llama::Llama<B> {
+    B::seed(&Default::default(), 3);
     LlamaConfig::new(50, 32, 48, 2, heads, kv_heads)
         .with_tie_word_embeddings(tied)
         .with_rope_scaling(Some(polarity_llama::Llama3RopeScaling::new(8.0, 1.0, 4.0, 4)))
@@ -101,29 +106,46 @@ fn random_model(heads: usize, kv_heads: usize, tied: bool) -> polarity_llama::Ll
         .unwrap()
 }
 
-#[test]
-fn padding_does_not_change_the_real_positions() {
+/// `[rows, width]` values as one vector.
+fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor.into_data().to_vec::<f32>().unwrap()
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+/// On ndarray every call takes the padded layout; on flex (the CPU default) `last_token_logits` packs
+/// the right-padded rows (`PackedSequences`), so both layouts are checked against `forward`.
+fn check_padding_does_not_change_the_real_positions<B: Backend>() {
     let device = Default::default();
     // Multi-query, grouped-query and multi-head attention; tied and untied heads.
     for (heads, kv_heads, tied) in [(4, 1, true), (4, 2, false), (4, 4, false)] {
-        let model = random_model(heads, kv_heads, tied);
+        let model = random_model_on::<B>(heads, kv_heads, tied);
         let short = vec![3u32, 14, 15, 9];
         let long = vec![2u32, 7, 1, 8, 2, 8, 18];
-        let alone = right_padded_batch::<Cpu>(std::slice::from_ref(&short), 0, &device);
-        let alone = model.forward(alone.input_ids, Some(alone.attention_mask)).into_data().to_vec::<f32>().unwrap();
-        let batch = right_padded_batch::<Cpu>(&[long.clone(), short.clone()], 0, &device);
+        let alone = right_padded_batch::<B>(std::slice::from_ref(&short), 0, &device);
+        let alone = floats(model.forward(alone.input_ids, Some(alone.attention_mask)));
+        let batch = right_padded_batch::<B>(&[long.clone(), short.clone()], 0, &device);
         let together = model.forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()));
         assert_eq!(together.dims(), [2, 7, 50]);
-        let row = together.clone().slice([1..2, 0..4]).into_data().to_vec::<f32>().unwrap();
-        let max_diff = alone.iter().zip(&row).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let row = floats(together.clone().slice([1..2, 0..4]));
+        let max_diff = max_difference(&alone, &row);
         assert!(max_diff < 1e-5, "heads {heads}/{kv_heads}: {max_diff}");
 
-        // last_token_logits picks each row's last real position.
-        let last = model.last_token_logits(batch.input_ids, batch.attention_mask).into_data().to_vec::<f32>().unwrap();
-        let full = together.into_data().to_vec::<f32>().unwrap();
-        assert_eq!(&last[..50], &full[6 * 50..7 * 50]);
-        assert_eq!(&last[50..], &full[(7 + 3) * 50..(7 + 4) * 50]);
+        // last_token_logits gives each row's last real position.
+        let last = floats(model.last_token_logits(batch.input_ids, batch.attention_mask));
+        let full = floats(together);
+        assert!(max_difference(&last[..50], &full[6 * 50..7 * 50]) < 1e-5, "heads {heads}/{kv_heads}, row 0");
+        assert!(max_difference(&last[50..], &full[(7 + 3) * 50..(7 + 4) * 50]) < 1e-5, "heads {heads}/{kv_heads}, row 1");
     }
+}
+
+#[test]
+fn padding_does_not_change_the_real_positions() {
+    check_padding_does_not_change_the_real_positions::<Cpu>();
+    check_padding_does_not_change_the_real_positions::<burn::backend::Flex>();
 }
 
 #[test]
