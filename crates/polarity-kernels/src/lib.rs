@@ -16,6 +16,10 @@
 //! [`dropout`] is the exception: it only acts under autodiff, and there it replaces burn's
 //! one-element-at-a-time Bernoulli mask by a parallel counter-based one.
 //!
+//! [`PackedSequences`] removes the padding of a right-padded batch for inference: the models run
+//! their layers on the real tokens alone, with [`AttentionMask::packed`] keeping each sequence's
+//! attention to itself.
+//!
 //! The kernels use fast polynomial `exp`/`erf` (see [`math`]); they agree with the composed ops to
 //! about 1e-6 relative (tests/kernels.rs), far inside the 1e-4 parity tolerances against PyTorch.
 //!
