@@ -23,8 +23,9 @@ use crate::{AttentionMask, flex};
 /// let mask = Tensor::<Flex, 2, Int>::from_data([[1, 1, 1], [1, 0, 0]], &device);
 /// let packed = PackedSequences::new(&mask).expect("right-padded, non-empty rows");
 /// assert_eq!(packed.lengths(), [3, 1]);
-/// assert_eq!(packed.positions().into_data().to_vec::<i64>().unwrap(), [0, 1, 2, 0]);
-/// assert_eq!(packed.last_tokens().into_data().to_vec::<i64>().unwrap(), [2, 3]);
+/// let ints = |t: Tensor<Flex, 1, Int>| t.into_data().iter::<i64>().collect::<Vec<_>>();
+/// assert_eq!(ints(packed.positions()), [0, 1, 2, 0]); // each token's position in its sequence
+/// assert_eq!(ints(packed.last_tokens()), [2, 3]); // each sequence's last packed row
 ///
 /// let hidden = Tensor::<Flex, 3>::ones([2, 3, 4], &device);
 /// let rows = packed.pack(hidden);
@@ -107,7 +108,14 @@ impl<B: Backend> PackedSequences<B> {
 
     /// The packed row of each sequence's last token, `[batch]`.
     pub fn last_tokens(&self) -> Tensor<B, 1, Int> {
-        let ends: Vec<i64> = self.lengths.iter().scan(0i64, |end, &len| Some(std::mem::replace(end, *end + len as i64) + len as i64 - 1)).collect();
+        let ends: Vec<i64> = self
+            .lengths
+            .iter()
+            .scan(0i64, |end, &len| {
+                *end += len as i64;
+                Some(*end - 1)
+            })
+            .collect();
         Tensor::from_data(TensorData::new(ends, [self.batch]), &self.rows.device())
     }
 

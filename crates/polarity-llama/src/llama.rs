@@ -635,7 +635,8 @@ impl<B: Backend> RotaryEmbedding<B> {
     /// The rotation tables of the given positions, one row each (packed sequences restart at 0).
     pub fn tables_at(&self, positions: Tensor<B, 1, Int>) -> RopeTables<B> {
         let ([half], [count]) = (self.inv_freq.dims(), positions.dims());
-        let angles = positions.float().reshape([count, 1]) * self.inv_freq.clone().reshape([1, half]); // [count, head_dim / 2]
+        // [count, head_dim / 2]
+        let angles = positions.float().reshape([count, 1]) * self.inv_freq.clone().reshape([1, half]);
         // transformers' layout: the two halves of a head share frequencies (rotate_half convention).
         let angles = Tensor::cat(vec![angles.clone(), angles], 1);
         RopeTables { cos: angles.clone().cos(), sin: angles.sin() }

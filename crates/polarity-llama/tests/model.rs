@@ -137,8 +137,9 @@ fn check_padding_does_not_change_the_real_positions<B: Backend>() {
         // last_token_logits gives each row's last real position.
         let last = floats(model.last_token_logits(batch.input_ids, batch.attention_mask));
         let full = floats(together);
-        assert!(max_difference(&last[..50], &full[6 * 50..7 * 50]) < 1e-5, "heads {heads}/{kv_heads}, row 0");
-        assert!(max_difference(&last[50..], &full[(7 + 3) * 50..(7 + 4) * 50]) < 1e-5, "heads {heads}/{kv_heads}, row 1");
+        let (row_0, row_1) = (&full[6 * 50..7 * 50], &full[(7 + 3) * 50..(7 + 4) * 50]);
+        assert!(max_difference(&last[..50], row_0) < 1e-5, "heads {heads}/{kv_heads}, row 0");
+        assert!(max_difference(&last[50..], row_1) < 1e-5, "heads {heads}/{kv_heads}, row 1");
     }
 }
 
