@@ -46,8 +46,9 @@ pub struct PackedSequences<B: Backend> {
 impl<B: Backend> PackedSequences<B> {
     /// Packs `attention_mask` (`[batch, seq]`, 1 for a token, 0 for padding) when every row is a
     /// non-empty run of ones followed only by zeros and at least one position is padding; `None`
-    /// otherwise (nothing to save, or a layout where packing would change results: a row without
-    /// tokens, or tokens after padding, whose first position transformers reads all the same).
+    /// otherwise: nothing to save, or a layout where packing would change results (a row without
+    /// tokens gets uniform attention in transformers; with left padding, BERT's pooler reads a padded
+    /// first position).
     pub fn new(attention_mask: &Tensor<B, 2, Int>) -> Option<Self> {
         let [batch, seq_len] = attention_mask.dims();
         let flags = attention_mask.to_data().convert::<i64>();
