@@ -503,14 +503,14 @@ impl<B: Backend> Llama<B> {
     /// ([`PackedSequences`]): the same logits without the padding's work.
     pub fn last_token_logits(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let [batch, _] = input_ids.dims();
-        let embeddings = self.model.embed_tokens.forward(input_ids.clone());
+        let embeddings = self.model.embed_tokens.forward(input_ids);
         if let Some(packed) = PackedSequences::for_inference(&attention_mask, &embeddings) {
             let rope = self.model.rotary_emb.tables_at(packed.positions());
             let hidden = self.model.decode(packed.pack(embeddings), &rope, &packed.causal_attention_mask());
             let [_, total, width] = hidden.dims();
             return self.logits(hidden.reshape([total, width]).select(0, packed.last_tokens()));
         }
-        let hidden = self.model.forward(input_ids, Some(attention_mask.clone()));
+        let hidden = self.model.forward_embeddings(embeddings, Some(attention_mask.clone()));
         let [_, _, width] = hidden.dims();
         let last_position = (attention_mask.sum_dim(1) - 1).clamp_min(0); // [batch, 1]
         let index = last_position.reshape([batch, 1, 1]).expand([batch, 1, width]);
@@ -531,11 +531,14 @@ impl<B: Backend> Llama<B> {
 impl<B: Backend> LlamaModel<B> {
     /// The final hidden states `[batch, seq_len, hidden]` (after `norm`).
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
-        let [_, seq_len] = input_ids.dims();
-        let device = input_ids.device();
-        let rope = self.rotary_emb.tables(seq_len, &device);
-        let mask = AttentionMask::causal(attention_mask);
-        self.decode(self.embed_tokens.forward(input_ids), &rope, &mask)
+        self.forward_embeddings(self.embed_tokens.forward(input_ids), attention_mask)
+    }
+
+    /// [`forward`](Self::forward) from the token embeddings `[batch, seq_len, hidden]`.
+    fn forward_embeddings(&self, embeddings: Tensor<B, 3>, attention_mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
+        let [_, seq_len, _] = embeddings.dims();
+        let rope = self.rotary_emb.tables(seq_len, &embeddings.device());
+        self.decode(embeddings, &rope, &AttentionMask::causal(attention_mask))
     }
 
     /// The decoder layers and the final norm on embeddings `[batch, seq_len, hidden]`.
