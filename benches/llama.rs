@@ -52,9 +52,7 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use polarity::TokenBatch;
 use polarity::backend::CpuBackend;
 use polarity::data::{ImdbDataset, Split, hub};
-use polarity::llama::{
-    LabelWords, Llama, LlamaConfig, LlamaTokenizer, LoraConfig, right_padded_batch,
-};
+use polarity::llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, LoraConfig, right_padded_batch};
 use polarity::tokenize::PromptTemplate;
 
 type TrainBackend = Autodiff<CpuBackend>;

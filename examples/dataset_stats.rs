@@ -98,8 +98,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let args = Args::parse();
     // Untruncated, so the percentiles show the real lengths; truncation is applied for the padding estimate.
-    let tokenizer_path = polarity::hub::RepoSource::parse(&args.tokenizer, polarity::hub::RepoKind::Model)
-        .file("tokenizer.json")?;
+    let tokenizer_path =
+        polarity::hub::RepoSource::parse(&args.tokenizer, polarity::hub::RepoKind::Model).file("tokenizer.json")?;
     let tokenizer = HfTokenizer::new(
         tokenizers::Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_path.display()))?,
@@ -129,7 +129,8 @@ fn main() -> anyhow::Result<()> {
     };
     print_table(&report);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("\nwrote {}", path.display());
     }
     Ok(())
@@ -137,9 +138,8 @@ fn main() -> anyhow::Result<()> {
 
 fn token_lengths(tokenizer: &HfTokenizer, data: &ImdbDataset, split: Split) -> anyhow::Result<Vec<usize>> {
     let texts = data.texts();
-    let bar = ProgressBar::new(texts.len() as u64).with_style(
-        ProgressStyle::with_template("{msg:>6} {bar:40} {pos}/{len} reviews {per_sec} eta {eta}")?,
-    );
+    let bar = ProgressBar::new(texts.len() as u64)
+        .with_style(ProgressStyle::with_template("{msg:>6} {bar:40} {pos}/{len} reviews {per_sec} eta {eta}")?);
     bar.set_message(split.name());
     let mut lengths = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(1000) {
@@ -172,10 +172,24 @@ fn split_report(data: &ImdbDataset, token_lengths: &[usize], args: &Args) -> any
 }
 
 fn print_table(report: &Report) {
-    println!("\n{} (tokens: {}, max length {}, batch {})", report.dataset, report.tokenizer, report.max_length, report.batch_size);
+    println!(
+        "\n{} (tokens: {}, max length {}, batch {})",
+        report.dataset, report.tokenizer, report.max_length, report.batch_size
+    );
     println!(
         "{:<6} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "split", "rows", "neg", "pos", "chars p50", "tok p50", "tok p90", "tok p99", "truncated", "pad rand", "pad bkt", "saved"
+        "split",
+        "rows",
+        "neg",
+        "pos",
+        "chars p50",
+        "tok p50",
+        "tok p90",
+        "tok p99",
+        "truncated",
+        "pad rand",
+        "pad bkt",
+        "saved"
     );
     for (name, s) in Split::ALL.iter().filter_map(|split| Some((split.name(), report.splits.get(split.name())?))) {
         println!(

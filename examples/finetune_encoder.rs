@@ -62,8 +62,8 @@ use anyhow::Context;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use clap::{Parser, ValueEnum};
-use polarity_core::{EpochReport, Precision};
 use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
+use polarity_core::{EpochReport, Precision};
 use polarity_data::{Split, hub};
 use polarity_encoder::EncoderClassifier;
 use polarity_hub::{RepoKind, RepoSource};
@@ -216,7 +216,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     TrainBackend::seed(&device, args.seed);
 
     let (train_set, validation_set) = if args.validation_size > 0 {
-        let [train, validation] = common::balanced_splits(&args.dataset, Split::Train, [args.train_size, args.validation_size], args.seed)?;
+        let [train, validation] =
+            common::balanced_splits(&args.dataset, Split::Train, [args.train_size, args.validation_size], args.seed)?;
         (train, Some(validation))
     } else {
         (common::balanced_split(&args.dataset, Split::Train, args.train_size, args.seed)?, None)

@@ -254,17 +254,16 @@ fn main() -> ExitCode {
 
 /// The base model and its tokenizer, from a GGUF file or a hub id / directory; with `qlora` the frozen
 /// projections stay quantized.
-fn load_base(args: &Args, device: &burn::tensor::Device<TrainBackend>) -> anyhow::Result<(Llama<TrainBackend>, LlamaTokenizer)> {
+fn load_base(
+    args: &Args,
+    device: &burn::tensor::Device<TrainBackend>,
+) -> anyhow::Result<(Llama<TrainBackend>, LlamaTokenizer)> {
     let path = Path::new(&args.model);
     if path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("gguf")) {
         if !path.is_file() {
             bail!("GGUF file {} does not exist", path.display());
         }
-        let loaded = if args.qlora {
-            Llama::from_gguf_quantized(path, device)
-        } else {
-            Llama::from_gguf(path, device)
-        };
+        let loaded = if args.qlora { Llama::from_gguf_quantized(path, device) } else { Llama::from_gguf(path, device) };
         return loaded.with_context(|| format!("loading {}", path.display()));
     }
     let source = RepoSource::parse(&args.model, RepoKind::Model);
@@ -404,8 +403,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .with_target_modules(args.target_modules.clone());
     let model = base.with_lora(&lora_config)?;
     let total_parameters = model.num_params() + memory.quantized_f32_bytes / std::mem::size_of::<f32>();
-    let trainable_parameters: usize =
-        model.lora_adapters().iter().map(|(_, adapter)| adapter.num_params()).sum();
+    let trainable_parameters: usize = model.lora_adapters().iter().map(|(_, adapter)| adapter.num_params()).sum();
     eprintln!(
         "LoRA r={} alpha={} dropout={} on {}: {trainable_parameters} trainable of {total_parameters} parameters ({:.3}%)",
         lora_config.r,
@@ -456,7 +454,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let scored = score(args, &objective, &tuned, &tokenizer, &test, &device)?;
 
     println!();
-    println!("{:<10} {:>9} {:>9} {:>10} {:>9} {:>12}", "", "accuracy", "macro-F1", "samples/s", "tokens/s", "unparseable");
+    println!(
+        "{:<10} {:>9} {:>9} {:>10} {:>9} {:>12}",
+        "", "accuracy", "macro-F1", "samples/s", "tokens/s", "unparseable"
+    );
     let row = |name: &str, s: &Scored| {
         println!(
             "{name:<10} {:>9.4} {:>9.4} {:>10.2} {:>9.1} {:>12}",

@@ -36,9 +36,15 @@ pub fn balanced_split(dataset: &str, split: Split, size: usize, seed: u64) -> an
 }
 
 /// `N` disjoint seeded balanced subsets of `split` (the first is [`balanced_split`]'s for the same seed).
-pub fn balanced_splits<const N: usize>(dataset: &str, split: Split, sizes: [usize; N], seed: u64) -> anyhow::Result<[ImdbDataset; N]> {
+pub fn balanced_splits<const N: usize>(
+    dataset: &str,
+    split: Split,
+    sizes: [usize; N],
+    seed: u64,
+) -> anyhow::Result<[ImdbDataset; N]> {
     let data = hub::load_split(dataset, split).with_context(|| format!("loading {dataset} {split}"))?;
-    let subsets = data.balanced_subsets(&sizes, seed).with_context(|| format!("drawing {sizes:?} balanced {split} reviews"))?;
+    let subsets =
+        data.balanced_subsets(&sizes, seed).with_context(|| format!("drawing {sizes:?} balanced {split} reviews"))?;
     subsets.try_into().map_err(|_| anyhow::anyhow!("expected {N} subsets"))
 }
 

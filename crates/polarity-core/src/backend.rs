@@ -79,9 +79,8 @@ pub mod cuda {
             .map_err(|e| unavailable(format!("cannot load the NVIDIA driver library libcuda.so.1 ({e})")))?;
         // SAFETY: the symbols have these C signatures in every CUDA driver API since 2.0.
         unsafe {
-            let init = library
-                .get::<CuInit>(b"cuInit\0")
-                .map_err(|e| unavailable(format!("libcuda has no cuInit ({e})")))?;
+            let init =
+                library.get::<CuInit>(b"cuInit\0").map_err(|e| unavailable(format!("libcuda has no cuInit ({e})")))?;
             let code = init(0);
             if code != 0 {
                 return Err(unavailable(format!("cuInit failed with CUDA error {code}")));

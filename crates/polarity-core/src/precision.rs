@@ -73,7 +73,9 @@ impl FromStr for Precision {
         let name = name.to_ascii_lowercase();
         Precision::ALL
             .into_iter()
-            .find(|p| p.name() == name || (name == "fp16" && *p == Precision::F16) || (name == "fp32" && *p == Precision::F32))
+            .find(|p| {
+                p.name() == name || (name == "fp16" && *p == Precision::F16) || (name == "fp32" && *p == Precision::F32)
+            })
             .ok_or_else(|| format!("unknown precision {name:?} (expected f32, bf16 or f16)"))
     }
 }

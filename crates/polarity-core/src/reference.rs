@@ -27,7 +27,8 @@ pub fn write_sharded_copy(file: &Path, dir: &Path, shards: usize) -> Result<Vec<
     let mut paths = Vec::with_capacity(shards);
     for (index, chunk) in names.chunks(names.len().div_ceil(shards).max(1)).enumerate() {
         let shard = format!("model-{:05}-of-{shards:05}.safetensors", index + 1);
-        let views = chunk.iter().map(|name| checkpoint.tensor(name).map(|view| (*name, view))).collect::<Result<Vec<_>, _>>();
+        let views =
+            chunk.iter().map(|name| checkpoint.tensor(name).map(|view| (*name, view))).collect::<Result<Vec<_>, _>>();
         let path = dir.join(&shard);
         views
             .and_then(|views| safetensors::serialize_to_file(views, None, &path))
@@ -39,7 +40,8 @@ pub fn write_sharded_copy(file: &Path, dir: &Path, shards: usize) -> Result<Vec<
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
     let index_path = dir.join("model.safetensors.index.json");
-    std::fs::write(&index_path, index.to_string()).map_err(|e| failed(format!("writing {}: {e}", index_path.display())))?;
+    std::fs::write(&index_path, index.to_string())
+        .map_err(|e| failed(format!("writing {}: {e}", index_path.display())))?;
     Ok(paths)
 }
 
@@ -82,8 +84,8 @@ impl Fixture {
         let meta: serde_json::Value =
             serde_json::from_str(&meta_text).map_err(|e| bad(format!("meta.json is not JSON: {e}")))?;
         let tensors_path = dir.join("reference.safetensors");
-        let bytes = std::fs::read(&tensors_path)
-            .map_err(|e| bad(format!("cannot read {}: {e}", tensors_path.display())))?;
+        let bytes =
+            std::fs::read(&tensors_path).map_err(|e| bad(format!("cannot read {}: {e}", tensors_path.display())))?;
         let file = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(format!("reference.safetensors is not valid safetensors: {e}")))?;
         let mut tensors = HashMap::new();
@@ -205,8 +207,8 @@ impl TensorCheck {
     /// An exact comparison of integer sequences (token ids, generated ids); the error is the count of
     /// differing positions (a length mismatch counts every extra position).
     pub fn exact(name: impl Into<String>, ours: &[i64], reference: &[i64]) -> Self {
-        let differing = ours.iter().zip(reference).filter(|(a, b)| a != b).count()
-            + ours.len().abs_diff(reference.len());
+        let differing =
+            ours.iter().zip(reference).filter(|(a, b)| a != b).count() + ours.len().abs_diff(reference.len());
         Self {
             name: name.into(),
             max_abs_err: differing as f64,

@@ -85,8 +85,7 @@ impl ImdbDataset {
         let mut rng = StdRng::seed_from_u64(seed);
         let (mut train, mut validation) = (Vec::new(), Vec::new());
         for label in Sentiment::ALL {
-            let mut indices: Vec<usize> =
-                (0..rows).filter(|&i| self.examples()[i].label == label).collect();
+            let mut indices: Vec<usize> = (0..rows).filter(|&i| self.examples()[i].label == label).collect();
             indices.shuffle(&mut rng);
             let held_out = (indices.len() as f64 * fraction).round() as usize;
             validation.extend_from_slice(&indices[..held_out]);

@@ -3,8 +3,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use polars::prelude::*;
 use polarity_core::{Example, Sentiment};
+use polars::prelude::*;
 
 use crate::{DataError, ImdbDataset};
 
@@ -65,7 +65,8 @@ pub fn load(path: impl AsRef<Path>, columns: &TableColumns) -> Result<ImdbDatase
 }
 
 fn read_parquet(path: &Path, columns: &TableColumns) -> Result<DataFrame, DataError> {
-    let parse_error = |e: PolarsError| DataError::Parse { path: path.to_path_buf(), format: "parquet", reason: e.to_string() };
+    let parse_error =
+        |e: PolarsError| DataError::Parse { path: path.to_path_buf(), format: "parquet", reason: e.to_string() };
     let file = File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     let mut reader = ParquetReader::new(file);
     // Check the schema first so a missing column is named, and read only the two columns we need.
@@ -80,7 +81,8 @@ fn read_parquet(path: &Path, columns: &TableColumns) -> Result<DataFrame, DataEr
 }
 
 fn read_csv(path: &Path, separator: u8) -> Result<DataFrame, DataError> {
-    let parse_error = |e: PolarsError| DataError::Parse { path: path.to_path_buf(), format: "CSV", reason: e.to_string() };
+    let parse_error =
+        |e: PolarsError| DataError::Parse { path: path.to_path_buf(), format: "CSV", reason: e.to_string() };
     CsvReadOptions::default()
         .with_has_header(true)
         .map_parse_options(|options| options.with_separator(separator))
@@ -113,7 +115,8 @@ fn examples_from_frame(frame: &DataFrame, path: &Path, columns: &TableColumns) -
     let texts = text_column.str().map_err(|_| type_error(&columns.text, text_column.dtype(), "string"))?;
     let labels = labels_of(label_column, path)
         .map_err(|e| e.unwrap_or_else(|| type_error(&columns.label, label_column.dtype(), "integer or string")))?;
-    let null = |row: usize, column: &str| DataError::NullValue { path: path.to_path_buf(), row, column: column.to_string() };
+    let null =
+        |row: usize, column: &str| DataError::NullValue { path: path.to_path_buf(), row, column: column.to_string() };
     texts
         .iter()
         .zip(labels)
@@ -151,4 +154,3 @@ fn labels_of(column: &Column, path: &Path) -> Result<Vec<Option<Sentiment>>, Opt
         Err(None)
     }
 }
-

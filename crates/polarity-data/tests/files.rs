@@ -111,7 +111,10 @@ fn parquet_round_trip_and_missing_columns() {
     let mut no_label = df!("text" => ["great"], "stars" => [9i64]).unwrap();
     ParquetWriter::new(std::fs::File::create(&path).unwrap()).finish(&mut no_label).unwrap();
     let err = table::load(&path, &TableColumns::default()).unwrap_err();
-    assert!(matches!(&err, DataError::MissingColumn { column, available, .. } if column == "label" && available.contains("stars")), "{err:?}");
+    assert!(
+        matches!(&err, DataError::MissingColumn { column, available, .. } if column == "label" && available.contains("stars")),
+        "{err:?}"
+    );
 
     let mut bad_label = df!("text" => ["great"], "label" => [-1i64]).unwrap();
     ParquetWriter::new(std::fs::File::create(&path).unwrap()).finish(&mut bad_label).unwrap();

@@ -10,13 +10,11 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
 
-use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
+use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
 use serde_json::{Map, Value};
 
-use crate::common::{
-    Activation, add_positions, first_token, init_embedding, init_linear, run_layers,
-};
+use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, run_layers};
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
 use crate::{EncoderError, EncoderOutput, cross_entropy, validate_batch};

@@ -10,13 +10,11 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::prelude::*;
 use burn::train::ClassificationOutput;
 
-use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
 use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
+use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
 use serde_json::{Map, Value};
 
-use crate::common::{
-    Activation, add_positions, first_token, init_embedding, init_linear, run_layers,
-};
+use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, run_layers};
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
 use crate::{EncoderError, EncoderOutput, cross_entropy, validate_batch};
@@ -205,7 +203,8 @@ impl<B: Backend> DistilBertEmbeddings<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [_, seq_len] = input_ids.dims();
         let positions = Tensor::<B, 1, Int>::arange(0..seq_len as i64, &input_ids.device()).reshape([1, seq_len]);
-        let embeddings = add_positions(self.word_embeddings.forward(input_ids), self.position_embeddings.forward(positions));
+        let embeddings =
+            add_positions(self.word_embeddings.forward(input_ids), self.position_embeddings.forward(positions));
         polarity_kernels::dropout(&self.dropout, self.layer_norm.forward(embeddings))
     }
 }

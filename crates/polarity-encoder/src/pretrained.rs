@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::{ModuleVisitor, Param, ParamId};
-use polarity_core::params::{EnumVariants, float_params};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
@@ -12,6 +11,7 @@ use burn_store::{
     BurnToPyTorchAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
     SafetensorsStore, SafetensorsStoreError, TensorSnapshot,
 };
+use polarity_core::params::{EnumVariants, float_params};
 use polarity_hub::RepoSource;
 use serde_json::Value;
 
@@ -341,7 +341,8 @@ fn load_into<B: Backend, M: Module<B>>(
         expected.iter().find(|p| p.path == our_path).map_or_else(|| our_path.to_string(), |p| p.hf_name.clone())
     };
     // The shard a parameter came from, for error messages.
-    let file_holding = |our_path: &str| file_of.get(our_path).map_or_else(|| checkpoint.clone(), |path| path.to_path_buf());
+    let file_holding =
+        |our_path: &str| file_of.get(our_path).map_or_else(|| checkpoint.clone(), |path| path.to_path_buf());
     if let Some(error) = result.errors.first() {
         let our_path = match error {
             burn_store::ApplyError::ShapeMismatch { path, .. }

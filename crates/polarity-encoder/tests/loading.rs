@@ -320,7 +320,8 @@ fn sharded_checkpoints_load_like_single_files_and_broken_indexes_are_typed_error
     let fixture_model = fixture_dir("tiny-bert-cls").join("model");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixture_model.join("config.json"), dir.path().join("config.json")).unwrap();
-    let shards = polarity_core::reference::write_sharded_copy(&fixture_model.join("model.safetensors"), dir.path(), 3).unwrap();
+    let shards =
+        polarity_core::reference::write_sharded_copy(&fixture_model.join("model.safetensors"), dir.path(), 3).unwrap();
     assert_eq!(local(dir.path()).safetensors_files().unwrap(), shards);
     assert_logits_match_fixture(&load_bert(dir.path()).unwrap());
     let classifier = EncoderClassifier::<Cpu>::from_pretrained(&local(dir.path()), &Default::default()).unwrap();

@@ -2,13 +2,13 @@
 
 mod common;
 
+use burn::backend::NdArray;
+use burn::prelude::*;
 use common::{Fast, assert_all_ok, fixture, fixture_dir, token_batch, use_shared_hub_cache, values};
 use polarity_core::ClassScorer;
 use polarity_core::reference::{TensorCheck, Tolerance};
 use polarity_encoder::reference::{self, HIDDEN_STATE_TOLERANCE};
 use polarity_encoder::{BertForSequenceClassification, BertModel, EncoderClassifier, HfModel, l2_normalize, mean_pool};
-use burn::backend::NdArray;
-use burn::prelude::*;
 use polarity_hub::{RepoKind, RepoSource};
 
 const FIXTURE: &str = "minilm-imdb-128";

@@ -164,13 +164,25 @@ fn half_precision_products_stay_close_to_transformers() {
             let expected = fixture.f32("logits").unwrap().1;
             let check = TensorCheck::compare("logits", &logits, expected, logits_tolerance, Tolerance::Absolute);
             assert!(check.ok && check.max_abs_err > 1e-6, "{name} {dtype:?}: {check}");
-            let loss = TensorCheck::compare("loss", &values(output.loss.clone()), fixture.f32("loss").unwrap().1, logits_tolerance, Tolerance::Absolute);
+            let loss = TensorCheck::compare(
+                "loss",
+                &values(output.loss.clone()),
+                fixture.f32("loss").unwrap().1,
+                logits_tolerance,
+                Tolerance::Absolute,
+            );
             assert!(loss.ok, "{name} {dtype:?}: {loss}");
             let gradients = model.hf_gradients(&output.loss.mul_scalar(loss_scale).backward());
             for listed in fixture.names().into_iter().filter(|n| n.starts_with("grad.")) {
                 let ours: Vec<f32> =
                     gradients[&listed["grad.".len()..]].iter::<f32>().map(|g| g / loss_scale as f32).collect();
-                let check = TensorCheck::compare(listed, &ours, fixture.f32(listed).unwrap().1, gradient_tolerance, Tolerance::Relative);
+                let check = TensorCheck::compare(
+                    listed,
+                    &ours,
+                    fixture.f32(listed).unwrap().1,
+                    gradient_tolerance,
+                    Tolerance::Relative,
+                );
                 assert!(check.ok, "{name} {dtype:?}: {check}");
             }
         }

@@ -173,8 +173,10 @@ impl RepoSource {
         let invalid = |reason: String| HubError::from(InvalidIndex { path: index_path.clone(), reason });
         let text = std::fs::read_to_string(&index_path).map_err(|e| invalid(e.to_string()))?;
         let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        let weight_map =
-            index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
+        let weight_map = index
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
         let mut shards: Vec<&str> = Vec::new();
         for (tensor, shard) in weight_map {
             let shard = shard.as_str().ok_or_else(|| invalid(format!("the shard of {tensor:?} is not a string")))?;
@@ -246,10 +248,8 @@ fn hub_file(repo_id: &str, kind: RepoKind, revision: &str, file: &str) -> Result
         reason,
     };
     tracing::info!(%repo_id, file, "downloading from the hub");
-    let api = ApiBuilder::from_cache(cache.clone())
-        .with_progress(true)
-        .build()
-        .map_err(|e| download_error(e.to_string()))?;
+    let api =
+        ApiBuilder::from_cache(cache.clone()).with_progress(true).build().map_err(|e| download_error(e.to_string()))?;
     api.repo(repo).get(file).map_err(|e| download_error(e.to_string()))
 }
 

@@ -57,7 +57,13 @@ impl<B: Backend> AttentionMask<B> {
     /// Encoder attention: every query sees every real key. `attention_mask` is `[batch, seq]`,
     /// 1 for a token and 0 for padding.
     pub fn bidirectional(attention_mask: Tensor<B, 2, Int>) -> Self {
-        Self { padding: Some(attention_mask), packed: None, causal: false, bias: OnceCell::new(), keep: OnceCell::new() }
+        Self {
+            padding: Some(attention_mask),
+            packed: None,
+            causal: false,
+            bias: OnceCell::new(),
+            keep: OnceCell::new(),
+        }
     }
 
     /// Decoder attention: query `i` sees keys `0..=i`, and with an `attention_mask` only the real ones.
@@ -84,7 +90,9 @@ impl<B: Backend> AttentionMask<B> {
             return Some(packed_bias(lengths, self.causal, [batch, heads, seq_len], device));
         }
         let padding = self.padding.as_ref().map(|mask| mask.clone().equal_elem(0).reshape([batch, 1, 1, seq_len]));
-        let future = self.causal.then(|| Tensor::<B, 2, Bool>::tril_mask([seq_len, seq_len], 0, device).reshape([1, 1, seq_len, seq_len]));
+        let future = self
+            .causal
+            .then(|| Tensor::<B, 2, Bool>::tril_mask([seq_len, seq_len], 0, device).reshape([1, 1, seq_len, seq_len]));
         let shape = [batch, heads, seq_len, seq_len];
         let blocked = match (padding, future) {
             (Some(padding), Some(future)) => padding.expand(shape).bool_or(future.expand(shape)),
@@ -107,7 +115,8 @@ impl<B: Backend> AttentionMask<B> {
 /// above the diagonal).
 fn packed_bias<B: Backend>(lengths: &[usize], causal: bool, shape: [usize; 3], device: &B::Device) -> Tensor<B, 4> {
     let [batch, heads, total] = shape;
-    let sequence_of: Vec<usize> = lengths.iter().enumerate().flat_map(|(i, &len)| std::iter::repeat_n(i, len)).collect();
+    let sequence_of: Vec<usize> =
+        lengths.iter().enumerate().flat_map(|(i, &len)| std::iter::repeat_n(i, len)).collect();
     let mut bias = vec![f32::MIN; total * total];
     for (i, row) in bias.chunks_exact_mut(total).enumerate().take(sequence_of.len()) {
         for (j, value) in row.iter_mut().enumerate().take(sequence_of.len()) {
@@ -172,10 +181,9 @@ pub fn attention<B: Backend>(
         return composed::attention(query, key, value, heads, mask, dropout);
     }
     if training {
-        let dropout = dropout.filter(|layer| layer.prob > 0.0).map(|layer| WeightDropout {
-            seed: crate::random_seed::<B>(&query.device()),
-            keep: 1.0 - layer.prob,
-        });
+        let dropout = dropout
+            .filter(|layer| layer.prob > 0.0)
+            .map(|layer| WeightDropout { seed: crate::random_seed::<B>(&query.device()), keep: 1.0 - layer.prob });
         return autodiff::attention(query, key, value, keep, shape, dropout);
     }
     let (query, key, value) = (flex::into_flex(query), flex::into_flex(key), flex::into_flex(value));

@@ -27,7 +27,9 @@ pub(crate) fn accepts<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
 }
 
 fn into_autodiff<B: Backend, const D: usize>(x: Tensor<B, D>) -> AutodiffFlexTensor {
-    let TensorPrimitive::Float(primitive) = x.into_primitive() else { unreachable!("`accepts` checked the float dtype") };
+    let TensorPrimitive::Float(primitive) = x.into_primitive() else {
+        unreachable!("`accepts` checked the float dtype")
+    };
     cast(primitive).unwrap_or_else(|_| unreachable!("`accepts` checked the backend"))
 }
 
@@ -88,7 +90,9 @@ impl Backward<Flex, 3> for FusedAttention {
             [&mut grad_query, &mut grad_key, &mut grad_value],
         );
         let [query_node, key_node, value_node] = ops.parents;
-        for (node, grad, like) in [(query_node, grad_query, &query), (key_node, grad_key, &key), (value_node, grad_value, &value)] {
+        for (node, grad, like) in
+            [(query_node, grad_query, &query), (key_node, grad_key, &key), (value_node, grad_value, &value)]
+        {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, new_flex(grad, like.layout().shape().clone()));
             }
@@ -118,7 +122,16 @@ pub(crate) fn attention<B: Backend>(
     let result = match prep {
         OpsKind::Tracked(prep) => {
             let mut weights = vec![0f32; shape.batch * shape.heads * shape.seq_len * shape.seq_len];
-            cpu::attention_saving_weights(q.storage(), k.storage(), v.storage(), keep, shape, dropout, &mut output, &mut weights);
+            cpu::attention_saving_weights(
+                q.storage(),
+                k.storage(),
+                v.storage(),
+                keep,
+                shape,
+                dropout,
+                &mut output,
+                &mut weights,
+            );
             let [query, key, value] = inputs;
             let saved = Saved { query, key, value, weights: Arc::new(weights), shape, dropout };
             prep.finish(saved, new_flex(output, output_shape))
@@ -128,7 +141,16 @@ pub(crate) fn attention<B: Backend>(
         OpsKind::UnTracked(prep) => {
             if dropout.is_some() {
                 let mut weights = vec![0f32; shape.batch * shape.heads * shape.seq_len * shape.seq_len];
-                cpu::attention_saving_weights(q.storage(), k.storage(), v.storage(), keep, shape, dropout, &mut output, &mut weights);
+                cpu::attention_saving_weights(
+                    q.storage(),
+                    k.storage(),
+                    v.storage(),
+                    keep,
+                    shape,
+                    dropout,
+                    &mut output,
+                    &mut weights,
+                );
             } else {
                 cpu::attention(q.storage(), k.storage(), v.storage(), keep, shape, &mut output);
             }
@@ -200,7 +222,8 @@ pub(crate) fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tenso
     let mut output = gate_values.storage::<f32>().to_vec();
     cpu::silu_mul(&mut output, up_values.storage());
     let output = new_flex(output, gate_values.layout().shape().clone());
-    let prepared = FusedSiluMul.prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()]).compute_bound().stateful();
+    let prepared =
+        FusedSiluMul.prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()]).compute_bound().stateful();
     into_tensor(finish(prepared, || (gate_values, up_values), output))
 }
 
@@ -217,7 +240,14 @@ impl Backward<Flex, 2> for FusedRmsNorm {
         let width = weight.storage::<f32>().len();
         let mut grad_input = vec![0f32; input.storage::<f32>().len()];
         let mut grad_weight = vec![0f32; width];
-        cpu::rms_norm_backward(input.storage(), weight.storage(), eps, grad.storage(), &mut grad_input, &mut grad_weight);
+        cpu::rms_norm_backward(
+            input.storage(),
+            weight.storage(),
+            eps,
+            grad.storage(),
+            &mut grad_input,
+            &mut grad_weight,
+        );
         let [input_node, weight_node] = ops.parents;
         if let Some(node) = input_node {
             grads.register::<Flex>(node.id, new_flex(grad_input, input.layout().shape().clone()));
@@ -236,7 +266,8 @@ pub(crate) fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tens
     let mut output = vec![0f32; input.storage::<f32>().len()];
     cpu::rms_norm(input.storage(), weight_values.storage(), eps as f32, &mut output);
     let output = new_flex(output, input.layout().shape().clone());
-    let prepared = FusedRmsNorm.prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful();
+    let prepared =
+        FusedRmsNorm.prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful();
     into_tensor(finish(prepared, || (input, weight_values, eps as f32), output))
 }
 
@@ -260,7 +291,12 @@ impl Backward<Flex, 1> for FusedRotary {
 
 /// Rotary embedding of an `Autodiff<Flex>` tensor as one graph node; the tables are constants (no
 /// gradient flows to them). The caller has checked [`accepts`] on all three and the shapes.
-pub(crate) fn rotary<B: Backend>(x: Tensor<B, 3>, cos: Tensor<B, 2>, sin: Tensor<B, 2>, head_dim: usize) -> Tensor<B, 3> {
+pub(crate) fn rotary<B: Backend>(
+    x: Tensor<B, 3>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    head_dim: usize,
+) -> Tensor<B, 3> {
     let width = x.dims()[2];
     let (cos, sin) = (into_autodiff(cos).primitive.to_contiguous(), into_autodiff(sin).primitive.to_contiguous());
     let x = into_autodiff(x);
@@ -304,7 +340,11 @@ impl Backward<Flex, 3> for FusedLayerNorm {
         );
         let [input_node, gamma_node, beta_node] = ops.parents;
         let vector = || burn::tensor::Shape::from([width]);
-        let registered = [(input_node, grad_input, input.layout().shape().clone()), (gamma_node, grad_gamma, vector()), (beta_node, grad_beta, vector())];
+        let registered = [
+            (input_node, grad_input, input.layout().shape().clone()),
+            (gamma_node, grad_gamma, vector()),
+            (beta_node, grad_beta, vector()),
+        ];
         for (node, grad, shape) in registered {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, new_flex(grad, shape));
@@ -328,7 +368,14 @@ pub(crate) fn layer_norm<B: Backend, const D: usize>(
     let width = gamma_values.storage::<f32>().len();
     let mut output = vec![0f32; input.storage::<f32>().len()];
     let mut stats = vec![[0f32; 2]; output.len() / width];
-    cpu::layer_norm(input.storage(), gamma_values.storage(), Some(beta_values.storage()), eps as f32, &mut output, &mut stats);
+    cpu::layer_norm(
+        input.storage(),
+        gamma_values.storage(),
+        Some(beta_values.storage()),
+        eps as f32,
+        &mut output,
+        &mut stats,
+    );
     let output = new_flex(output, input.layout().shape().clone());
     let prep = FusedLayerNorm
         .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])

@@ -81,7 +81,10 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         return x;
     }
     let [batch, kv_heads, seq_len, head_dim] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([batch, kv_heads, groups, seq_len, head_dim])
-        .reshape([batch, kv_heads * groups, seq_len, head_dim])
+    x.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, seq_len, head_dim]).reshape([
+        batch,
+        kv_heads * groups,
+        seq_len,
+        head_dim,
+    ])
 }

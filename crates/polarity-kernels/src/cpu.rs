@@ -72,9 +72,9 @@ fn dropout_mask_slice(mask: &mut [f32], first_index: u64, seed: u64, keep_thresh
 /// dropout mask, deterministic in `seed`.
 pub fn dropout_mask(mask: &mut [f32], seed: u64, keep: f64) {
     let (threshold, scale) = (keep_threshold(keep), (1.0 / keep) as f32);
-    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, mask)| {
-        dropout_mask_slice(mask, (chunk * CHUNK) as u64, seed, threshold, scale)
-    });
+    mask.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(chunk, mask)| dropout_mask_slice(mask, (chunk * CHUNK) as u64, seed, threshold, scale));
 }
 
 /// Exact GELU in place.
@@ -202,7 +202,14 @@ pub fn rms_norm(input: &[f32], weight: &[f32], eps: f32, output: &mut [f32]) {
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
-fn rms_norm_backward_rows(input: &[f32], weight: &[f32], eps: f32, grad_output: &[f32], grad_input: &mut [f32], grad_weight: &mut [f32]) {
+fn rms_norm_backward_rows(
+    input: &[f32],
+    weight: &[f32],
+    eps: f32,
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+    grad_weight: &mut [f32],
+) {
     let width = weight.len();
     let mut scaled_grad = vec![0f32; width];
     let rows = input.chunks_exact(width).zip(grad_output.chunks_exact(width)).zip(grad_input.chunks_exact_mut(width));
@@ -222,9 +229,18 @@ fn rms_norm_backward_rows(input: &[f32], weight: &[f32], eps: f32, grad_output: 
 
 /// The backward pass of [`rms_norm`]: the input's gradient into `grad_input` and the weight's
 /// (summed over rows, in a fixed order) into `grad_weight`.
-pub fn rms_norm_backward(input: &[f32], weight: &[f32], eps: f32, grad_output: &[f32], grad_input: &mut [f32], grad_weight: &mut [f32]) {
+pub fn rms_norm_backward(
+    input: &[f32],
+    weight: &[f32],
+    eps: f32,
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+    grad_weight: &mut [f32],
+) {
     let width = weight.len();
-    assert!(width > 0 && input.len() % width == 0 && input.len() == grad_output.len() && input.len() == grad_input.len());
+    assert!(
+        width > 0 && input.len() % width == 0 && input.len() == grad_output.len() && input.len() == grad_input.len()
+    );
     assert_eq!(grad_weight.len(), width);
     let partials: Vec<Vec<f32>> = input
         .par_chunks(NORM_ROWS * width)
@@ -286,7 +302,14 @@ pub fn layer_norm_in_place(values: &mut [f32], gamma: &[f32], beta: Option<&[f32
 }
 
 /// [`layer_norm_in_place`] on a copy of `input` in `output`.
-pub fn layer_norm(input: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, output: &mut [f32], stats: &mut [[f32; 2]]) {
+pub fn layer_norm(
+    input: &[f32],
+    gamma: &[f32],
+    beta: Option<&[f32]>,
+    eps: f32,
+    output: &mut [f32],
+    stats: &mut [[f32; 2]],
+) {
     assert_eq!(input.len(), output.len());
     output.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(y, x)| y.copy_from_slice(x));
     layer_norm_in_place(output, gamma, beta, eps, stats);
@@ -659,7 +682,8 @@ pub fn add_product(input: &[f32], weight: StridedMatrix, output: &mut [f32]) {
     assert!(weight.in_bounds() && k > 0 && input.len() % k == 0);
     let rows = input.len() / k;
     assert_eq!(output.len(), rows * n);
-    let parallelism = if rows * k * n >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let parallelism =
+        if rows * k * n >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: `input` and `output` are row-major with the asserted lengths, `weight` is in bounds, and
     // `output` is a unique borrow, so it aliases neither input.
     unsafe {
@@ -777,7 +801,8 @@ unsafe fn attend(
         for (i, row_scale) in row_scales.iter().enumerate() {
             // SAFETY: row i of this block: `d` floats inside the output (as above), written by this
             // task alone, and no other reference to them is alive.
-            let row = unsafe { std::slice::from_raw_parts_mut(output.0.add(qb.offset + i * qb.row_stride as usize), d) };
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(output.0.add(qb.offset + i * qb.row_stride as usize), d) };
             row.iter_mut().for_each(|x| *x *= row_scale);
         }
     }

@@ -49,8 +49,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 pub use attention::{AttentionHeads, AttentionMask, attention};
-pub use linear::{linear, linear_residual, linear_with, on_rows};
 pub use autodiff::{FrozenMatrix, frozen_linear};
+pub use linear::{linear, linear_residual, linear_with, on_rows};
 pub use norm::{LayerNorm, layer_norm};
 pub use packing::PackedSequences;
 
@@ -124,7 +124,11 @@ pub fn rotary<B: Backend>(x: Tensor<B, 3>, cos: Tensor<B, 2>, sin: Tensor<B, 2>,
 /// devices use burn's dropout.
 pub fn dropout<B: Backend, const D: usize>(layer: &Dropout, x: Tensor<B, D>) -> Tensor<B, D> {
     let device = x.device();
-    if !B::ad_enabled(&device) || layer.prob == 0.0 || !flex::on_cpu_device::<B>() || x.dtype() != burn::tensor::DType::F32 {
+    if !B::ad_enabled(&device)
+        || layer.prob == 0.0
+        || !flex::on_cpu_device::<B>()
+        || x.dtype() != burn::tensor::DType::F32
+    {
         return layer.forward(x);
     }
     let keep = 1.0 - layer.prob;

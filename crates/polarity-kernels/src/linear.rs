@@ -14,7 +14,11 @@ use crate::flex;
 
 /// burn's `linear(x, weight, bias)` (`weight` is `[in, out]`), computed in the autocast type when
 /// autocast is on; the result has `x`'s type.
-pub fn linear_with<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
+pub fn linear_with<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
     let dtype = x.dtype();
     match cast_target(dtype) {
         Some(target) => {
@@ -47,7 +51,10 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
 /// let y = on_rows(x, |rows| rows.sum_dim(1)); // [6, 4] -> [6, 1]
 /// assert_eq!(y.dims(), [2, 3, 1]);
 /// ```
-pub fn on_rows<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>) -> Tensor<B, D> {
+pub fn on_rows<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, D> {
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     let y = f(x.reshape([rows, dims[D - 1]]));

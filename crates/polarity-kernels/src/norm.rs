@@ -37,7 +37,13 @@ pub fn layer_norm<B: Backend, const D: usize>(
         let (gamma, beta) = (flex::into_flex(gamma.clone()), beta.clone().map(flex::into_flex));
         let mut stats = vec![[0f32; 2]; x.shape().num_elements() / width];
         let normalize = |values: &mut [f32]| {
-            cpu::layer_norm_in_place(values, gamma.storage(), beta.as_ref().map(|beta| beta.storage()), eps as f32, &mut stats)
+            cpu::layer_norm_in_place(
+                values,
+                gamma.storage(),
+                beta.as_ref().map(|beta| beta.storage()),
+                eps as f32,
+                &mut stats,
+            )
         };
         match flex::in_place(x, normalize) {
             Ok(normalized) => return normalized,

@@ -25,7 +25,8 @@ fn values<B: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B,
 
 /// The largest error relative to the reference's largest magnitude.
 fn relative_error<B: Backend, const D: usize>(actual: Tensor<B, D>, expected: Tensor<B, D>) -> f32 {
-    let (actual, expected) = (actual.into_data().to_vec::<f32>().unwrap(), expected.into_data().to_vec::<f32>().unwrap());
+    let (actual, expected) =
+        (actual.into_data().to_vec::<f32>().unwrap(), expected.into_data().to_vec::<f32>().unwrap());
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
     actual.iter().zip(&expected).map(|(a, e)| (a - e).abs()).fold(0f32, f32::max) / scale
 }
@@ -76,7 +77,8 @@ fn gradients_flow_back_through_the_casts_in_f32() {
 #[test]
 fn composed_attention_runs_its_products_in_half_precision() {
     let heads = AttentionHeads { heads: 4, kv_heads: 2, head_dim: 8 };
-    let (q, k, v) = (values::<Flex, 3>([2, 6, 32], 3), values::<Flex, 3>([2, 6, 16], 4), values::<Flex, 3>([2, 6, 16], 7));
+    let (q, k, v) =
+        (values::<Flex, 3>([2, 6, 32], 3), values::<Flex, 3>([2, 6, 16], 4), values::<Flex, 3>([2, 6, 16], 7));
     let mask = AttentionMask::causal(None);
     let exact = composed::attention(q.clone(), k.clone(), v.clone(), heads, &mask, None);
     let half = autocast(Some(FloatDType::F16), || composed::attention(q, k, v, heads, &mask, None));

@@ -22,7 +22,8 @@ fn random<B: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B,
 
 fn assert_close<B: Backend, const D: usize>(actual: Tensor<B, D>, expected: Tensor<B, D>, tolerance: f32) {
     assert_eq!(actual.dims(), expected.dims());
-    let (actual, expected) = (actual.into_data().to_vec::<f32>().unwrap(), expected.into_data().to_vec::<f32>().unwrap());
+    let (actual, expected) =
+        (actual.into_data().to_vec::<f32>().unwrap(), expected.into_data().to_vec::<f32>().unwrap());
     let worst = actual.iter().zip(&expected).map(|(a, e)| (a - e).abs() / e.abs().max(1.0)).fold(0f32, f32::max);
     assert!(worst <= tolerance, "max error {worst:e} > {tolerance:e}");
 }
@@ -35,7 +36,11 @@ fn elementwise_kernels_match_the_composed_ops() {
     assert_close(polarity_kernels::gelu(x.clone()), composed::gelu(x.clone()), 1e-6);
     assert_close(polarity_kernels::silu_mul(x.clone(), up.clone()), composed::silu_mul(x.clone(), up.clone()), 1e-6);
     let weight = random::<Fast, 1>([40], 3);
-    assert_close(polarity_kernels::rms_norm(x.clone(), weight.clone(), 1e-6), composed::rms_norm(x.clone(), weight, 1e-6), 1e-5);
+    assert_close(
+        polarity_kernels::rms_norm(x.clone(), weight.clone(), 1e-6),
+        composed::rms_norm(x.clone(), weight, 1e-6),
+        1e-5,
+    );
     // The input is used again after the calls above: in-place kernels must not have touched it.
     assert_close(x.clone(), random::<Fast, 3>([3, 7, 40], 1), 0.0);
 }
@@ -117,7 +122,8 @@ fn packed_attention_equals_padded_attention_at_real_positions() {
         assert_eq!(packing.lengths(), [11, 5, 1, 8]);
         let packed_mask = AttentionMask::packed(packing.lengths().to_vec(), causal);
         let [q_rows, k_rows, v_rows] = [q, k, v].map(|x| packing.pack(x));
-        let fused = polarity_kernels::attention(q_rows.clone(), k_rows.clone(), v_rows.clone(), heads, &packed_mask, None);
+        let fused =
+            polarity_kernels::attention(q_rows.clone(), k_rows.clone(), v_rows.clone(), heads, &packed_mask, None);
         assert_close(packing.unpack(fused), zero_padding(padded.clone(), mask.clone()), 2e-5);
 
         // The composed path takes a block-diagonal bias: the same values on another backend.
@@ -195,8 +201,11 @@ fn other_backends_and_autodiff_take_the_composed_path() {
         &AttentionMask::causal(Some(padding(&[5, 3], 5))),
         None,
     );
-    assert_close(Tensor::<Fast, 3>::from_data(composed_on_ndarray.into_data(), &Default::default()), fused_on_flex, 2e-5);
-
+    assert_close(
+        Tensor::<Fast, 3>::from_data(composed_on_ndarray.into_data(), &Default::default()),
+        fused_on_flex,
+        2e-5,
+    );
 
     // Under autodiff the graph is differentiable (and dropout applies to the weights).
     type Train = Autodiff<Flex>;
@@ -350,9 +359,14 @@ fn attention_grads(
     let (batch, seq_len) = (lengths.len(), 9);
     let device = Default::default();
     let input = |width: usize, seed| {
-        Tensor::<Train, 3>::from_data(random::<Fast, 3>([batch, seq_len, width], seed).into_data(), &device).require_grad()
+        Tensor::<Train, 3>::from_data(random::<Fast, 3>([batch, seq_len, width], seed).into_data(), &device)
+            .require_grad()
     };
-    let (q, k, v) = (input(heads.heads * heads.head_dim, 21), input(heads.kv_heads * heads.head_dim, 22), input(heads.kv_heads * heads.head_dim, 23));
+    let (q, k, v) = (
+        input(heads.heads * heads.head_dim, 21),
+        input(heads.kv_heads * heads.head_dim, 22),
+        input(heads.kv_heads * heads.head_dim, 23),
+    );
     let padding = padding::<Train>(lengths, seq_len);
     let mask = if causal { AttentionMask::causal(Some(padding)) } else { AttentionMask::bidirectional(padding) };
     let layer = DropoutConfig::new(dropout).init();
@@ -400,7 +414,8 @@ fn fused_attention_dropout_drops_weights_and_backpropagates_through_the_same_mas
     let seq_len = 16;
     let heads = AttentionHeads { heads: 2, kv_heads: 1, head_dim: seq_len };
     let device = Default::default();
-    let q = Tensor::<Train, 3>::from_data(random::<Fast, 3>([1, seq_len, 2 * seq_len], 31).into_data(), &device).require_grad();
+    let q = Tensor::<Train, 3>::from_data(random::<Fast, 3>([1, seq_len, 2 * seq_len], 31).into_data(), &device)
+        .require_grad();
     let k = Tensor::<Train, 3>::from_data(random::<Fast, 3>([1, seq_len, seq_len], 32).into_data(), &device);
     let v = Tensor::<Train, 2>::eye(seq_len, &device).reshape([1, seq_len, seq_len]).require_grad();
     let run = |prob: f64, seed: u64| {
@@ -421,7 +436,10 @@ fn fused_attention_dropout_drops_weights_and_backpropagates_through_the_same_mas
     }
     // d sum(out) / d v[j, e] = sum over heads and queries of the dropped weight on key j (e any).
     for j in 0..seq_len {
-        let column: f32 = (0..seq_len).flat_map(|i| (0..2).map(move |h| (i, h))).map(|(i, h)| dropped[i * 2 * seq_len + h * seq_len + j]).sum();
+        let column: f32 = (0..seq_len)
+            .flat_map(|i| (0..2).map(move |h| (i, h)))
+            .map(|(i, h)| dropped[i * 2 * seq_len + h * seq_len + j])
+            .sum();
         assert!((grad_v[j * seq_len] - column).abs() < 1e-4, "grad v[{j}] {} vs {column}", grad_v[j * seq_len]);
     }
     assert!(run(0.25, 1).0 == dropped, "seeded");
@@ -491,7 +509,11 @@ fn fused_linear_matches_burns_linear_with_bias_residual_and_strided_weights() {
         layer.weight = burn::module::Param::from_tensor(weight.clone());
         layer.bias = Some(burn::module::Param::from_tensor(bias.clone()));
         let as_ndarray = |w: &Tensor<Fast, 2>| Tensor::<NdArray, 2>::from_data(w.to_data(), &device);
-        let expected = burn::tensor::module::linear(reference(&x), as_ndarray(&weight), Some(Tensor::from_data(bias.to_data(), &device)));
+        let expected = burn::tensor::module::linear(
+            reference(&x),
+            as_ndarray(&weight),
+            Some(Tensor::from_data(bias.to_data(), &device)),
+        );
         let expected_sum = expected.clone() + reference(&residual);
         let close = |actual: Tensor<Fast, 3>, expected: Tensor<NdArray, 3>| {
             assert_close(Tensor::<NdArray, 3>::from_data(actual.into_data(), &device), expected, 1e-5)
@@ -499,7 +521,10 @@ fn fused_linear_matches_burns_linear_with_bias_residual_and_strided_weights() {
         close(polarity_kernels::linear(&layer, x.clone()), expected.clone());
         // The residual is shared with `residual` here: the fused add must copy, not overwrite it.
         let dropout = DropoutConfig::new(0.5).init();
-        close(polarity_kernels::linear_residual(&layer, Some(&dropout), x.clone(), residual.clone()), expected_sum.clone());
+        close(
+            polarity_kernels::linear_residual(&layer, Some(&dropout), x.clone(), residual.clone()),
+            expected_sum.clone(),
+        );
         close(residual.clone(), reference(&residual));
         // Without a bias.
         layer.bias = None;
@@ -513,7 +538,8 @@ fn fused_linear_matches_burns_linear_with_bias_residual_and_strided_weights() {
 fn inference_layer_norm_normalises_in_place_without_touching_shared_inputs() {
     let _serial = serial();
     let device = Default::default();
-    let (x, gamma, beta) = (random::<Fast, 3>([3, 5, 48], 51).add_scalar(50.0), random::<Fast, 1>([48], 52), random::<Fast, 1>([48], 53));
+    let (x, gamma, beta) =
+        (random::<Fast, 3>([3, 5, 48], 51).add_scalar(50.0), random::<Fast, 1>([48], 52), random::<Fast, 1>([48], 53));
     let to_ndarray = |data: TensorData| Tensor::<NdArray, 3>::from_data(data, &device);
     let expected = polarity_kernels::layer_norm(
         to_ndarray(x.to_data()),

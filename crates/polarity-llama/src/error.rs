@@ -148,7 +148,9 @@ pub enum LlamaError {
     /// A matrix whose rows are not a whole number of quantisation blocks (NF4 blocks of 64 values, or
     /// the GGUF type's blocks): blocks must not straddle rows, so rows can be permuted and dequantised
     /// independently.
-    #[error("cannot store a [{rows}, {cols}] matrix as {format}: in_features {cols} is not a multiple of the block size {block_size}")]
+    #[error(
+        "cannot store a [{rows}, {cols}] matrix as {format}: in_features {cols} is not a multiple of the block size {block_size}"
+    )]
     QuantBlockSize {
         /// The storage format (`NF4`, `Q4_1`, ...).
         format: String,

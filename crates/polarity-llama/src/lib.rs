@@ -41,9 +41,9 @@ pub mod gguf;
 pub mod llama;
 mod load;
 pub mod lora;
-pub mod quant;
 mod objective;
 mod prompt;
+pub mod quant;
 pub mod reference;
 pub mod scoring;
 mod tokenizer;
@@ -52,8 +52,11 @@ pub use error::LlamaError;
 pub use llama::{IGNORE_INDEX, Llama, Llama3RopeScaling, LlamaConfig, causal_lm_loss};
 pub use load::hf_name_of_gguf_tensor;
 pub use lora::{BaseLinear, LoraAdapter, LoraConfig, LoraLinear};
-pub use quant::{QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory};
 pub use objective::{CausalLmObjective, answer_loss};
 pub use prompt::PromptEncoder;
-pub use scoring::{GeneratedAnswers, LabelWordScorer, LabelWords, generate_answers, generate_answers_for_ids, parse_answer, right_padded_batch};
+pub use quant::{QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory};
+pub use scoring::{
+    GeneratedAnswers, LabelWordScorer, LabelWords, generate_answers, generate_answers_for_ids, parse_answer,
+    right_padded_batch,
+};
 pub use tokenizer::LlamaTokenizer;

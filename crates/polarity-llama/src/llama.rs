@@ -605,7 +605,8 @@ impl<B: Backend> LlamaAttention<B> {
         let query = rope.apply(self.q_proj.forward(hidden.clone()), self.head_dim);
         let key = rope.apply(self.k_proj.forward(hidden.clone()), self.head_dim);
         let value = self.v_proj.forward(hidden);
-        let heads = AttentionHeads { heads: self.num_heads, kv_heads: self.num_key_value_heads, head_dim: self.head_dim };
+        let heads =
+            AttentionHeads { heads: self.num_heads, kv_heads: self.num_key_value_heads, head_dim: self.head_dim };
         self.o_proj.forward(attention(query, key, value, heads, mask, None))
     }
 }

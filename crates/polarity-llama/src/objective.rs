@@ -101,7 +101,12 @@ impl<B: Backend> BatchScorer<B, Llama<B>> for CausalLmObjective {
 }
 
 impl<B: AutodiffBackend> Objective<B, Llama<B>> for CausalLmObjective {
-    fn loss(&self, model: &Llama<B>, batch: &[&TokenizedExample], device: &B::Device) -> Result<Tensor<B, 1>, TrainError> {
+    fn loss(
+        &self,
+        model: &Llama<B>,
+        batch: &[&TokenizedExample],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>, TrainError> {
         let prompts: Vec<&[u32]> = batch.iter().map(|item| item.tokens.ids.as_slice()).collect();
         let ids = self.label_words.ids();
         let answers: Vec<u32> = batch.iter().map(|item| ids[item.label.index()]).collect();

@@ -52,8 +52,8 @@ use std::sync::Arc;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::prelude::*;
-use polarity_kernels::linear_with;
 use polarity_kernels::FrozenMatrix;
+use polarity_kernels::linear_with;
 use rayon::prelude::*;
 
 use crate::LlamaError;
@@ -537,7 +537,8 @@ impl<B: Backend> QuantizedLinear<B> {
         let weight = if self.matrix.prefers_transposed(rows) {
             self.dequantized_weight(&device)
         } else {
-            Tensor::<B, 2>::from_data(TensorData::new(self.matrix.dequantize(), self.matrix.dims()), &device).transpose()
+            Tensor::<B, 2>::from_data(TensorData::new(self.matrix.dequantize(), self.matrix.dims()), &device)
+                .transpose()
         };
         linear_with(x, weight, bias).reshape(dims)
     }

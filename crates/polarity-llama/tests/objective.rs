@@ -52,7 +52,13 @@ fn answer_loss_and_gradients_match_peft() {
     let loss = answer_loss(&model, &rows, &answers, 0, &Default::default()).unwrap();
 
     let (_, reference) = fixture.f32("lora_loss").unwrap();
-    let check = TensorCheck::compare("lora_loss", &loss.to_data().to_vec::<f32>().unwrap(), reference, LOSS_TOLERANCE, Tolerance::Absolute);
+    let check = TensorCheck::compare(
+        "lora_loss",
+        &loss.to_data().to_vec::<f32>().unwrap(),
+        reference,
+        LOSS_TOLERANCE,
+        Tolerance::Absolute,
+    );
     println!("{check}");
     assert!(check.ok, "{check}");
 
@@ -77,8 +83,18 @@ fn answer_loss_rejects_bad_batches() {
     let model = load_base::<Cpu>();
     let device = Default::default();
     let prompt: &[u32] = &[1, 2, 3];
-    assert!(answer_loss(&model, &[prompt], &[1, 2], 0, &device).unwrap_err().to_string().contains("1 prompts but 2 answers"));
-    assert!(answer_loss(&model, &[prompt], &[100_000], 0, &device).unwrap_err().to_string().contains("outside the vocabulary"));
+    assert!(
+        answer_loss(&model, &[prompt], &[1, 2], 0, &device)
+            .unwrap_err()
+            .to_string()
+            .contains("1 prompts but 2 answers")
+    );
+    assert!(
+        answer_loss(&model, &[prompt], &[100_000], 0, &device)
+            .unwrap_err()
+            .to_string()
+            .contains("outside the vocabulary")
+    );
     assert!(answer_loss(&model, &[&[][..]], &[1], 0, &device).unwrap_err().to_string().contains("no tokens"));
     assert!(answer_loss(&model, &[], &[], 0, &device).unwrap_err().to_string().contains("empty batch"));
 }
@@ -132,7 +148,8 @@ fn lora_training_with_the_trainer_learns_and_leaves_the_base_frozen() {
     assert!(last < first - 0.5, "train loss {first} -> {last}");
     assert!(after.report.accuracy >= 0.9, "accuracy after LoRA training: {}", after.report.accuracy);
 
-    let frozen_after = outcome.model.model.layers[0].mlp.up_proj.base_layer.as_dense().unwrap().weight.val().into_data();
+    let frozen_after =
+        outcome.model.model.layers[0].mlp.up_proj.base_layer.as_dense().unwrap().weight.val().into_data();
     assert_eq!(frozen_before, frozen_after, "LoRA training must not touch the base weights");
 }
 

@@ -289,7 +289,8 @@ fn half_precision_lora_logits_stay_close_to_peft() {
     let inputs = inputs::<Flex>(&fixture);
     let (lora, _) = load_base::<Flex>().load_lora(&RepoSource::Local(adapter_dir())).unwrap();
     for (dtype, tolerance) in [(FloatDType::BF16, 2e-2), (FloatDType::F16, 5e-3)] {
-        let logits = autocast(Some(dtype), || lora.forward(inputs.input_ids.clone(), Some(inputs.attention_mask.clone())));
+        let logits =
+            autocast(Some(dtype), || lora.forward(inputs.input_ids.clone(), Some(inputs.attention_mask.clone())));
         assert_eq!(logits.dtype(), burn::tensor::DType::F32);
         let check = assert_close(&fixture, "lora_logits", logits.into_data(), tolerance, Tolerance::Absolute);
         assert!(check.max_abs_err > 1e-6, "{dtype:?}: autocast changed nothing: {check}");

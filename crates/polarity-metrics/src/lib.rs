@@ -89,10 +89,8 @@ impl ConfusionMatrix {
         let total = self.total();
         let per_class = Sentiment::ALL.map(|class| self.class_metrics(class));
         // sklearn's labels=None: average over the labels that occur in gold or predictions.
-        let present: Vec<&ClassMetrics> = per_class
-            .iter()
-            .filter(|m| m.support > 0 || self.predicted_count(m.label) > 0)
-            .collect();
+        let present: Vec<&ClassMetrics> =
+            per_class.iter().filter(|m| m.support > 0 || self.predicted_count(m.label) > 0).collect();
         let macro_of = |f: fn(&ClassMetrics) -> f64| {
             if present.is_empty() { 0.0 } else { present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64 }
         };
@@ -179,7 +177,15 @@ impl fmt::Display for ClassificationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:>12} {:>9} {:>9} {:>9} {:>9}", "", "precision", "recall", "f1-score", "support")?;
         for m in &self.per_class {
-            writeln!(f, "{:>12} {:>9.4} {:>9.4} {:>9.4} {:>9}", m.label.word(), m.precision, m.recall, m.f1, m.support)?;
+            writeln!(
+                f,
+                "{:>12} {:>9.4} {:>9.4} {:>9.4} {:>9}",
+                m.label.word(),
+                m.precision,
+                m.recall,
+                m.f1,
+                m.support
+            )?;
         }
         writeln!(f)?;
         writeln!(f, "{:>12} {:>9} {:>9} {:>9.4} {:>9}", "accuracy", "", "", self.accuracy, self.total)?;

@@ -46,9 +46,8 @@ impl PaddingBatcher {
                 token_type_ids[start + offset] = type_id as i64;
             }
         }
-        let tensor = |values: Vec<i64>| {
-            Tensor::<B, 2, Int>::from_data(TensorData::new(values, [batch, longest]), device)
-        };
+        let tensor =
+            |values: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(values, [batch, longest]), device);
         TokenBatch {
             input_ids: tensor(input_ids),
             attention_mask: tensor(attention_mask),

@@ -93,10 +93,9 @@ impl HfTokenizer {
         if let Some(0) = max_length {
             return Err(TokenizeError::Truncation { max_length: 0, reason: "must be at least 1".into() });
         }
-        tokenizer.with_truncation(truncation).map_err(|e| TokenizeError::Truncation {
-            max_length: max_length.unwrap_or(0),
-            reason: e.to_string(),
-        })?;
+        tokenizer
+            .with_truncation(truncation)
+            .map_err(|e| TokenizeError::Truncation { max_length: max_length.unwrap_or(0), reason: e.to_string() })?;
         Ok(Self { tokenizer, max_length, pad_id })
     }
 
@@ -118,10 +117,8 @@ impl HfTokenizer {
 
 impl Encode for HfTokenizer {
     fn encode_batch(&self, texts: &[&str]) -> Result<Vec<TokenIds>, TokenizeError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| TokenizeError::Encode(e.to_string()))?;
         Ok(encodings
             .into_iter()
             .map(|e| TokenIds { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })

@@ -28,7 +28,9 @@ pub enum TokenizeError {
     #[error("cannot encode text: {0}")]
     Encode(String),
     /// The prompt's fixed parts alone are longer than the maximum length.
-    #[error("the prompt template alone takes {template_tokens} tokens, leaving no room for a review within {max_length}")]
+    #[error(
+        "the prompt template alone takes {template_tokens} tokens, leaving no room for a review within {max_length}"
+    )]
     PromptTooLong {
         /// Tokens of the template without the review.
         template_tokens: usize,

@@ -69,20 +69,16 @@ impl PromptTemplate {
                 reason: "prompt encoding needs a tokenizer without truncation; it shortens the review itself".into(),
             });
         }
-        let encode = |text: &str| {
-            tokenizer.encode(text, add_special_tokens).map_err(|e| TokenizeError::Encode(e.to_string()))
-        };
+        let encode =
+            |text: &str| tokenizer.encode(text, add_special_tokens).map_err(|e| TokenizeError::Encode(e.to_string()));
         let whole = encode(&self.render(review))?;
         if whole.len() <= max_length {
             return Ok(PromptIds { ids: whole.get_ids().to_vec(), truncated: false });
         }
         let template_tokens = encode(&self.render(""))?.len();
         let too_long = || TokenizeError::PromptTooLong { template_tokens, max_length };
-        let review_offsets: Vec<(usize, usize)> = tokenizer
-            .encode(review, false)
-            .map_err(|e| TokenizeError::Encode(e.to_string()))?
-            .get_offsets()
-            .to_vec();
+        let review_offsets: Vec<(usize, usize)> =
+            tokenizer.encode(review, false).map_err(|e| TokenizeError::Encode(e.to_string()))?.get_offsets().to_vec();
         // Tokens can merge across the review's edges, so shrink until the whole prompt fits.
         let mut budget = max_length.checked_sub(template_tokens).ok_or_else(too_long)?.min(review_offsets.len());
         while budget > 0 {

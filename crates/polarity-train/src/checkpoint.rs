@@ -138,7 +138,10 @@ impl TrainState {
             history: Vec::new(),
             eval_reports: Vec::new(),
             best: None,
-            loss_scaler: config.precision.needs_loss_scaling().then(|| LossScaler::new(config.initial_loss_scale, 2000)),
+            loss_scaler: config
+                .precision
+                .needs_loss_scaling()
+                .then(|| LossScaler::new(config.initial_loss_scale, 2000)),
         }
     }
 

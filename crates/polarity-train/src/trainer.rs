@@ -9,9 +9,9 @@ use burn::module::{AutodiffModule, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use polarity_kernels::autocast::autocast;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use polarity_core::EpochReport;
+use polarity_kernels::autocast::autocast;
 use polarity_metrics::ClassificationReport;
 use polarity_tokenize::TokenizedExample;
 
@@ -219,7 +219,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                     Some(scaler) => {
                         let apply = scaler.update(norm.is_finite());
                         if !apply {
-                            tracing::warn!(step, scale = scaler.scale(), "f16 gradients overflowed: step skipped, loss scale halved");
+                            tracing::warn!(
+                                step,
+                                scale = scaler.scale(),
+                                "f16 gradients overflowed: step skipped, loss scale halved"
+                            );
                         }
                         apply
                     }

@@ -6,7 +6,9 @@ mod common;
 use burn::backend::{Autodiff, Flex};
 use common::{Bag, VOCAB, bag_on, max_abs_diff, params, synthetic};
 use polarity_core::Precision;
-use polarity_train::{CheckpointConfig, CrossEntropyObjective, TrainError, TrainOutcome, Trainer, TrainerConfig, Warmup};
+use polarity_train::{
+    CheckpointConfig, CrossEntropyObjective, TrainError, TrainOutcome, Trainer, TrainerConfig, Warmup,
+};
 
 type F = Autodiff<Flex>;
 
@@ -22,7 +24,12 @@ fn config(precision: Precision) -> TrainerConfig {
 
 fn fit(config: TrainerConfig, seed: u64) -> Result<TrainOutcome<Bag<F>>, TrainError> {
     let (train, eval) = (synthetic(96, 1), synthetic(48, 2));
-    Trainer::<F>::new(config, Default::default()).fit(bag_on::<F>(VOCAB, 8, 0.0, seed), &CrossEntropyObjective::new(0), &train, Some(&eval))
+    Trainer::<F>::new(config, Default::default()).fit(
+        bag_on::<F>(VOCAB, 8, 0.0, seed),
+        &CrossEntropyObjective::new(0),
+        &train,
+        Some(&eval),
+    )
 }
 
 #[test]
@@ -62,7 +69,6 @@ fn f16_overflow_skips_the_step_and_backs_the_scale_off() {
     assert_eq!(scaler.scale(), initial / 2f64.powi(scaler.skipped_steps() as i32));
     assert_eq!(outcome.global_steps, 6 * 12);
     assert!(outcome.history.last().unwrap().eval_accuracy.unwrap() >= 0.9, "{:?}", outcome.history);
-
 }
 
 #[test]
@@ -90,7 +96,8 @@ fn an_f16_run_resumes_with_its_loss_scale() {
 #[test]
 fn loss_scaling_composes_with_gradient_accumulation() {
     // Micro-batches of 4, two per step: each micro-batch's loss is weighted by its share and scaled.
-    let accumulated = |precision| config(precision).with_batch_size(4).with_grad_accum(2).with_initial_loss_scale(1024.0);
+    let accumulated =
+        |precision| config(precision).with_batch_size(4).with_grad_accum(2).with_initial_loss_scale(1024.0);
     let reference = fit(accumulated(Precision::F32), 5).unwrap();
     let scaled = fit(accumulated(Precision::F16), 5).unwrap();
     assert_eq!(scaled.loss_scaler.unwrap().skipped_steps(), 0);
