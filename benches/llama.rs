@@ -8,8 +8,9 @@
 //! What is measured (criterion's `elem/s` is **tokens/s**: batch x sequence length, padding included;
 //! divide by the sequence length for samples/s):
 //!
-//! - `llama_forward`: label-word scoring as inference does it, one `Llama::last_token_logits` pass (the
-//!   decoder stack on every token, the LM head on each row's last real token), no autodiff:
+//! - `llama_forward`: label-word scoring as evaluation does it (`CausalLmObjective`'s class scores: the batch
+//!   padded, one `Llama::last_token_logits` pass with the decoder stack on every token and the LM head on each
+//!   row's last real token, the label words' columns), no autodiff:
 //!   - SmolLM2-135M-Instruct, real weights from `../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf`
 //!     (dequantised to f32 on load; the group is skipped with a message if the file is absent), on
 //!     IMDB prompts at batch 8, sequence 128; with `POLARITY_BENCH_LONG_PROMPTS=1` also at real prompt
@@ -20,14 +21,15 @@
 //!     one layer, untied LM head: 1.27 G parameters, 4.7 GiB in f32), at batch 1, sequence 128.
 //! - `llama_train_step`: one LoRA training step on `Autodiff<CpuBackend>` at batch 4, sequence 128:
 //!   `with_lora` (r 16, alpha 32, dropout 0.05, q_proj + v_proj; everything else frozen),
-//!   `last_token_logits`, burn's `CrossEntropyLoss` over the vocabulary against each row's label-word
-//!   id, backward, `GradientsParams`, AdamW step. SmolLM2 (real weights) and the tiny shape.
+//!   the trainer's loss (`CausalLmObjective::loss`: `last_token_logits`, cross-entropy over the vocabulary
+//!   against each row's label-word id), backward, `GradientsParams`, AdamW step. SmolLM2 (real weights) and
+//!   the tiny shape.
 //!
 //! SmolLM2 inputs are real IMDB test reviews (rows `0..n/2` negative, `12500..12500+n/2` positive, as
 //! `scripts/pytorch_reference.py --llama` takes them) in the project's prompt
-//! (`polarity_tokenize::PromptTemplate::default()`), encoded with the GGUF tokenizer; the review is
-//! shortened so the whole prompt fits in 128 tokens, and the batch is right-padded to its longest
-//! prompt. Without the IMDB split in the hub cache a fixed synthetic review is used instead (same
+//! (`polarity_tokenize::PromptTemplate::default()`), encoded by the recipes' `PromptEncoder` with the GGUF
+//! tokenizer; the review is shortened so the whole prompt fits in 128 tokens, and the batch is right-padded
+//! to its longest prompt. Without the IMDB split in the hub cache a fixed synthetic review is used instead (same
 //! shapes; printed). The tiny and 8B shapes take deterministic pseudo-random token ids with no padding.
 //! The shapes used are printed before measuring.
 //!
@@ -43,17 +45,18 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use burn::backend::Autodiff;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use polarity::TokenBatch;
+use polarity::Sentiment;
 use polarity::backend::CpuBackend;
 use polarity::data::{ImdbDataset, Split, hub};
-use polarity::llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, LoraConfig, right_padded_batch};
-use polarity::tokenize::PromptTemplate;
+use polarity::finetune::CausalLmObjective;
+use polarity::llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, LoraConfig, PromptEncoder};
+use polarity::tokenize::{Encode, PromptTemplate, TokenIds, TokenizedExample};
+use polarity::train::{BatchScorer, Objective};
 
 type TrainBackend = Autodiff<CpuBackend>;
 
@@ -105,8 +108,8 @@ fn tiny_model<B: Backend>(device: &B::Device) -> Llama<B> {
 }
 
 /// `batch` reviews, half negative (IMDB test rows from 0), half positive (rows from 12,500), with their
-/// labels (0 negative, 1 positive).
-fn reviews(batch: usize) -> (Vec<String>, Vec<usize>) {
+/// labels.
+fn reviews(batch: usize) -> (Vec<String>, Vec<Sentiment>) {
     static TEST: OnceLock<Option<ImdbDataset>> = OnceLock::new();
     let test = TEST.get_or_init(|| match hub::load_split(hub::IMDB_REPO, Split::Test) {
         Ok(test) => Some(test),
@@ -117,7 +120,8 @@ fn reviews(batch: usize) -> (Vec<String>, Vec<usize>) {
             None
         }
     });
-    let labels: Vec<usize> = (0..batch).map(|i| usize::from(i >= batch / 2)).collect();
+    let labels: Vec<Sentiment> =
+        (0..batch).map(|i| if i >= batch / 2 { Sentiment::Positive } else { Sentiment::Negative }).collect();
     let texts = match test {
         Some(test) => {
             let examples = test.examples();
@@ -129,76 +133,74 @@ fn reviews(batch: usize) -> (Vec<String>, Vec<usize>) {
     (texts, labels)
 }
 
-/// IMDB prompts of at most `max_length` tokens, right-padded into one batch, and each row's label.
-fn prompt_batch<B: Backend>(
+/// `batch` IMDB prompts of at most `max_length` tokens as the recipes encode them (`PromptEncoder`), and
+/// the objective that scores and trains on them.
+fn prompt_batch(
     tokenizer: &LlamaTokenizer,
     batch: usize,
     max_length: usize,
-    device: &B::Device,
-) -> (TokenBatch<B>, Vec<usize>) {
+) -> (Vec<TokenizedExample>, CausalLmObjective) {
     let (texts, labels) = reviews(batch);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    // As LlamaTokenizer::encode: no special tokens from the tokenizer, BOS first only when the GGUF
-    // asks for it (SmolLM2's does not).
-    let bos = tokenizer.bos_token_id.filter(|_| tokenizer.add_bos_token);
-    let prompts = PromptTemplate::default()
-        .encode_batch(tokenizer.inner(), &texts, max_length - usize::from(bos.is_some()), false)
-        .expect("IMDB prompts encode");
-    let rows: Vec<Vec<u32>> = prompts.into_iter().map(|p| bos.into_iter().chain(p.ids).collect()).collect();
-    let tokens = right_padded_batch::<B>(&rows, tokenizer.pad_token_id.unwrap_or(0), device);
-    let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
-    let [b, s] = tokens.dims();
+    let encoder =
+        PromptEncoder::new(tokenizer.clone(), PromptTemplate::default(), max_length).expect("the template fits");
+    let prompts = encoder.encode_batch(&texts).expect("IMDB prompts encode");
+    let lengths: Vec<usize> = prompts.iter().map(TokenIds::len).collect();
+    let longest = *lengths.iter().max().unwrap();
     eprintln!(
-        "SmolLM2 inputs: {batch} IMDB prompts of at most {max_length} tokens: tensors [{b}, {s}], prompt lengths {}..={}, {:.1}% padding",
+        "SmolLM2 inputs: {batch} IMDB prompts of at most {max_length} tokens: tensors [{batch}, {longest}], prompt lengths {}..={longest}, {:.1}% padding",
         lengths.iter().min().unwrap(),
-        lengths.iter().max().unwrap(),
-        100.0 * (b * s - lengths.iter().sum::<usize>()) as f64 / (b * s) as f64,
+        100.0 * (batch * longest - lengths.iter().sum::<usize>()) as f64 / (batch * longest) as f64,
     );
-    (tokens, labels)
+    let label_words = LabelWords::from_tokenizer(tokenizer).expect("label words are single tokens");
+    let examples = prompts.into_iter().zip(labels).map(|(tokens, label)| TokenizedExample { tokens, label }).collect();
+    (examples, CausalLmObjective::new(label_words, encoder.pad_id()))
 }
 
-/// Deterministic pseudo-random ids in `0..vocab`, `[batch, seq]`, no padding.
-fn synthetic_batch<B: Backend>(batch: usize, seq: usize, vocab: usize, device: &B::Device) -> TokenBatch<B> {
+/// `batch` rows of `seq` deterministic pseudo-random ids in `0..vocab` (no padding), alternately labelled,
+/// and an objective with two stand-in label words.
+fn synthetic_batch(batch: usize, seq: usize, vocab: usize) -> (Vec<TokenizedExample>, CausalLmObjective) {
     let mut state = SEED;
-    let ids: Vec<i64> = (0..batch * seq)
-        .map(|_| {
-            // xorshift64
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % vocab as u64) as i64
+    let mut next_id = || {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % vocab as u64) as u32
+    };
+    let examples = (0..batch)
+        .map(|row| TokenizedExample {
+            tokens: TokenIds::new((0..seq).map(|_| next_id()).collect()),
+            label: if row % 2 == 0 { Sentiment::Negative } else { Sentiment::Positive },
         })
         .collect();
-    let shape = [batch, seq];
-    TokenBatch {
-        input_ids: Tensor::from_data(TensorData::new(ids, shape), device),
-        attention_mask: Tensor::ones(shape, device),
-        token_type_ids: Tensor::zeros(shape, device),
-    }
+    (examples, CausalLmObjective::new(TINY_LABEL_WORDS, 0))
 }
 
-/// Each row's label-word id: the target of the training step's cross-entropy.
-fn label_targets<B: Backend>(label_words: LabelWords, labels: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    let ids: Vec<i64> = labels.iter().map(|&label| i64::from(label_words.ids()[label])).collect();
-    Tensor::from_data(TensorData::new(ids, [labels.len()]), device)
-}
-
-/// Benchmarks `last_token_logits` on the inputs `setup` builds (only if criterion's filter selects `name`).
+/// Benchmarks label-word scoring (the objective's class scores: padding, `last_token_logits`, the two
+/// label words' columns) on the inputs `setup` builds (only if criterion's filter selects `name`).
 fn bench_forward<B: Backend>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     tokens: u64,
     measurement_s: u64,
-    setup: impl FnOnce() -> (Llama<B>, TokenBatch<B>),
+    setup: impl FnOnce() -> (Llama<B>, Vec<TokenizedExample>, CausalLmObjective),
 ) {
     common::configure(group, measurement_s);
     group.throughput(Throughput::Elements(tokens));
     let mut setup = Some(setup);
     let mut state = None;
     group.bench_function(name, |b| {
-        let (model, batch) = state.get_or_insert_with(|| (setup.take().expect("set up once"))());
-        b.iter(|| model.last_token_logits(batch.input_ids.clone(), batch.attention_mask.clone()).into_data())
+        let (model, examples, objective) = state.get_or_insert_with(|| (setup.take().expect("set up once"))());
+        let batch: Vec<&TokenizedExample> = examples.iter().collect();
+        let device = Default::default();
+        b.iter(|| objective.class_scores(model, &batch, &device).expect("scores").into_data())
     });
+}
+
+/// Tokens in the padded batch of `examples`.
+fn padded_tokens(examples: &[TokenizedExample]) -> u64 {
+    (examples.len() * examples.iter().map(|e| e.tokens.len()).max().unwrap_or(0)) as u64
 }
 
 fn forward(c: &mut Criterion) {
@@ -208,15 +210,17 @@ fn forward(c: &mut Criterion) {
     if smollm2_path().exists() {
         bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_s128", (8 * SEQ) as u64, 30, || {
             let (model, tokenizer) = load_smollm2(&device);
-            let (batch, _) = prompt_batch(&tokenizer, 8, SEQ, &device);
-            (model, batch)
+            let (examples, objective) = prompt_batch(&tokenizer, 8, SEQ);
+            (model, examples, objective)
         });
         if std::env::var_os(LONG_PROMPTS_VAR).is_some() {
             // Built before measuring: the throughput depends on the padded length.
             let (model, tokenizer) = load_smollm2(&device);
-            let (batch, _) = prompt_batch(&tokenizer, 8, 512, &device);
-            let tokens = batch.dims().iter().product::<usize>() as u64;
-            bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_max512", tokens, 60, || (model, batch));
+            let (examples, objective) = prompt_batch(&tokenizer, 8, 512);
+            let tokens = padded_tokens(&examples);
+            bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_max512", tokens, 60, || {
+                (model, examples, objective)
+            });
         }
     } else {
         eprintln!("skipping llama_forward/smollm2: {} not found", smollm2_path().display());
@@ -224,39 +228,39 @@ fn forward(c: &mut Criterion) {
 
     bench_forward::<CpuBackend>(&mut group, "tiny/flex/b8_s128", (8 * SEQ) as u64, 5, || {
         let model = tiny_model(&device);
-        let batch = synthetic_batch(8, SEQ, model.vocab_size(), &device);
-        eprintln!("tiny inputs: tensors {:?}, no padding", batch.dims());
-        (model, batch)
+        let (examples, objective) = synthetic_batch(8, SEQ, model.vocab_size());
+        eprintln!("tiny inputs: tensors [8, {SEQ}], no padding");
+        (model, examples, objective)
     });
 
     bench_forward::<CpuBackend>(&mut group, "llama3_8b_1layer_random/flex/b1_s128", SEQ as u64, 20, || {
         CpuBackend::seed(&device, SEED);
         let config = LlamaConfig::llama3_8b_instruct().with_num_hidden_layers(1);
         let model: Llama<CpuBackend> = config.init(&device).expect("Llama 3 8B config is valid");
-        let batch = synthetic_batch(1, SEQ, config.vocab_size, &device);
+        let (examples, objective) = synthetic_batch(1, SEQ, config.vocab_size);
         // Parameters are drawn lazily on first use: draw them now, outside the measurement.
         let start = Instant::now();
-        model.last_token_logits(batch.input_ids.clone(), batch.attention_mask.clone()).into_data();
+        objective.class_scores(&model, &examples.iter().collect::<Vec<_>>(), &device).expect("scores").into_data();
         eprintln!(
             "Llama 3 8B, 1 layer, random: {} parameters drawn and a first forward pass in {:.1} s",
             model.num_params(),
             start.elapsed().as_secs_f64()
         );
-        (model, batch)
+        (model, examples, objective)
     });
     group.finish();
 }
 
-/// One LoRA step: forward (adapter dropout on), cross-entropy of the last-token logits against the
-/// label-word ids, backward, AdamW step on the adapter weights; returns the updated model.
+/// One LoRA step as the trainer takes it: the answer-only loss of the objective (adapter dropout on),
+/// backward, AdamW step on the adapter weights; returns the updated model.
 fn train_step<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
     model: Llama<B>,
     optimizer: &mut O,
-    batch: &TokenBatch<B>,
-    targets: &Tensor<B, 1, Int>,
+    objective: &CausalLmObjective,
+    batch: &[&TokenizedExample],
+    device: &B::Device,
 ) -> Llama<B> {
-    let logits = model.last_token_logits(batch.input_ids.clone(), batch.attention_mask.clone());
-    let loss = CrossEntropyLossConfig::new().init(&logits.device()).forward(logits, targets.clone());
+    let loss = objective.loss(&model, batch, device).expect("loss");
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     optimizer.step(LR, model, grads)
 }
@@ -267,7 +271,7 @@ fn bench_train_step(
     name: &str,
     tokens: u64,
     measurement_s: u64,
-    setup: impl FnOnce() -> (Llama<TrainBackend>, TokenBatch<TrainBackend>, Tensor<TrainBackend, 1, Int>),
+    setup: impl FnOnce() -> (Llama<TrainBackend>, Vec<TokenizedExample>, CausalLmObjective),
 ) {
     common::configure(group, measurement_s);
     group.throughput(Throughput::Elements(tokens));
@@ -275,13 +279,15 @@ fn bench_train_step(
     let mut optimizer = AdamWConfig::new().with_weight_decay(0.01).with_epsilon(1e-8).init();
     let mut setup = Some(setup);
     let mut state = None;
+    let device = Default::default();
     group.bench_function(name, |b| {
-        let (model, batch, targets) = state.get_or_insert_with(|| {
-            let (model, batch, targets) = (setup.take().expect("set up once"))();
-            (Some(model), batch, targets)
+        let (model, examples, objective) = state.get_or_insert_with(|| {
+            let (model, examples, objective) = (setup.take().expect("set up once"))();
+            (Some(model), examples, objective)
         });
+        let batch: Vec<&TokenizedExample> = examples.iter().collect();
         b.iter(|| {
-            let updated = train_step(model.take().expect("model"), &mut optimizer, batch, targets);
+            let updated = train_step(model.take().expect("model"), &mut optimizer, objective, &batch, &device);
             *model = Some(updated);
         })
     });
@@ -295,9 +301,8 @@ fn training(c: &mut Criterion) {
         bench_train_step(&mut group, "smollm2_lora/flex/b4_s128", (4 * SEQ) as u64, 60, || {
             let (model, tokenizer) = load_smollm2::<TrainBackend>(&device);
             let model = model.with_lora(&lora_config()).expect("LoRA attaches");
-            let (batch, labels) = prompt_batch(&tokenizer, 4, SEQ, &device);
-            let label_words = LabelWords::from_tokenizer(&tokenizer).expect("label words are single tokens");
-            (model, batch, label_targets(label_words, &labels, &device))
+            let (examples, objective) = prompt_batch(&tokenizer, 4, SEQ);
+            (model, examples, objective)
         });
     } else {
         eprintln!("skipping llama_train_step/smollm2_lora: {} not found", smollm2_path().display());
@@ -305,9 +310,9 @@ fn training(c: &mut Criterion) {
 
     bench_train_step(&mut group, "tiny_lora/flex/b4_s128", (4 * SEQ) as u64, 5, || {
         let model = tiny_model::<TrainBackend>(&device).with_lora(&lora_config()).expect("LoRA attaches");
-        let batch = synthetic_batch(4, SEQ, model.vocab_size(), &device);
-        eprintln!("tiny inputs: tensors {:?}, no padding", batch.dims());
-        (model, batch, label_targets(TINY_LABEL_WORDS, &[0, 0, 1, 1], &device))
+        let (examples, objective) = synthetic_batch(4, SEQ, model.vocab_size());
+        eprintln!("tiny inputs: tensors [4, {SEQ}], no padding");
+        (model, examples, objective)
     });
     group.finish();
 }

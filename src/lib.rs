@@ -18,10 +18,12 @@
 //! | [`encoder`] | `polarity-encoder` | BERT and DistilBERT classifiers, HF weights in and out |
 //! | [`llama`] | `polarity-llama` | Llama causal LMs, GGUF, LoRA adapters, label-word scoring |
 //! | [`train`] | `polarity-train` | fine-tuning with per-epoch evaluation and resumable checkpoints |
+//! | [`finetune`] | `polarity-finetune` | the recipes: `EncoderFineTune`, `LoraFineTune`, run reports |
 
 pub use polarity_core::*;
 pub use polarity_data as data;
 pub use polarity_encoder as encoder;
+pub use polarity_finetune as finetune;
 pub use polarity_hub as hub;
 pub use polarity_kernels as kernels;
 pub use polarity_llama as llama;

@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use burn::data::dataset::Dataset;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -48,25 +50,57 @@ pub struct EpochReport {
     pub train_samples_per_second: f64,
 }
 
-/// The result of a fine-tuning run: the trained classifier and its per-epoch history.
+/// What a fine-tuning run did, beside the model it returns: the numbers a report prints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    /// One report per completed epoch (also those completed before a resume).
+    pub history: Vec<EpochReport>,
+    /// The 1-based epoch whose model was returned, when the fine-tuner kept the best one.
+    pub best_epoch: Option<usize>,
+    /// Optimiser steps taken in the whole run.
+    pub global_steps: usize,
+    /// f16 mixed precision: the dynamic loss scale at the end of the run.
+    pub loss_scale: Option<f64>,
+    /// f16 mixed precision: steps skipped because their scaled gradients overflowed.
+    pub skipped_steps: usize,
+    /// The checkpoint the run resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
+}
+
+impl TrainingSummary {
+    /// Seconds spent training (evaluation and checkpointing excluded), summed over epochs.
+    pub fn train_seconds(&self) -> f64 {
+        self.history.iter().map(|r| r.train_seconds).sum()
+    }
+
+    /// Training examples per second over the whole run.
+    pub fn train_samples_per_second(&self) -> f64 {
+        let samples: f64 = self.history.iter().map(|r| r.train_seconds * r.train_samples_per_second).sum();
+        samples / self.train_seconds().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// The result of a fine-tuning run: the trained classifier and what the run did.
 pub struct FineTuned<C> {
     /// The trained model (the best epoch's, where the fine-tuner keeps the best).
     pub classifier: C,
-    /// One report per completed epoch.
-    pub history: Vec<EpochReport>,
+    /// Epochs, steps, best epoch, loss scale.
+    pub summary: TrainingSummary,
 }
 
-/// Trains a classifier on labelled examples (linfa's `Fit`, for sentiment).
+/// Trains a classifier on labelled examples (linfa's `Fit`, for sentiment): user code is
+/// `recipe.fine_tune(&train, Some(&eval))?.classifier.predict(&texts)?`.
 pub trait FineTuner {
     /// What training produces.
     type Classifier: Classifier;
     /// Why training failed (a non-finite loss, an empty dataset, ...).
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Trains on `train`, evaluating on `eval` after every epoch.
+    /// Trains on `train`, evaluating on `eval` (where given) after every epoch; the fine-tuner may use
+    /// those evaluations to keep the best epoch.
     fn fine_tune(
         &self,
         train: &dyn ExampleSource,
-        eval: &dyn ExampleSource,
+        eval: Option<&dyn ExampleSource>,
     ) -> Result<FineTuned<Self::Classifier>, Self::Error>;
 }

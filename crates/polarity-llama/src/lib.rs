@@ -41,7 +41,6 @@ pub mod gguf;
 pub mod llama;
 mod load;
 pub mod lora;
-mod objective;
 mod prompt;
 pub mod quant;
 pub mod reference;
@@ -52,7 +51,6 @@ pub use error::LlamaError;
 pub use llama::{IGNORE_INDEX, Llama, Llama3RopeScaling, LlamaConfig, causal_lm_loss};
 pub use load::hf_name_of_gguf_tensor;
 pub use lora::{BaseLinear, LoraAdapter, LoraConfig, LoraLinear};
-pub use objective::{CausalLmObjective, answer_loss};
 pub use prompt::PromptEncoder;
 pub use quant::{QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory};
 pub use scoring::{

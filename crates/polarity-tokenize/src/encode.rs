@@ -17,6 +17,11 @@ pub struct TokenIds {
 }
 
 impl TokenIds {
+    /// One segment's ids (every type id 0), as a causal LM's prompts are.
+    pub fn new(ids: Vec<u32>) -> Self {
+        Self { type_ids: vec![0; ids.len()], ids }
+    }
+
     /// Number of tokens.
     pub fn len(&self) -> usize {
         self.ids.len()

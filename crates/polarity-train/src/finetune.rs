@@ -67,7 +67,7 @@ where
 }
 
 /// [`FineTuner`] for any model, tokenizer and objective: tokenizes the examples, runs the
-/// [`Trainer`] (evaluating on `eval` every epoch) and wraps the result as a [`TextClassifier`].
+/// [`Trainer`] (evaluating on `eval`, where given, every epoch) and wraps the result as a [`TextClassifier`].
 ///
 /// `fine_tune` takes `&self`, so every call starts from a clone of [`model`](Self::model).
 #[derive(Clone, Debug)]
@@ -95,11 +95,11 @@ where
     fn fine_tune(
         &self,
         train: &dyn ExampleSource,
-        eval: &dyn ExampleSource,
+        eval: Option<&dyn ExampleSource>,
     ) -> Result<FineTuned<Self::Classifier>, TrainError> {
         let train = tokenize_examples(&self.tokenizer, train)?;
-        let eval = tokenize_examples(&self.tokenizer, eval)?;
-        let outcome = self.trainer.fit(self.model.clone(), &self.objective, &train, Some(&eval))?;
+        let eval = eval.map(|eval| tokenize_examples(&self.tokenizer, eval)).transpose()?;
+        let outcome = self.trainer.fit(self.model.clone(), &self.objective, &train, eval.as_deref())?;
         Ok(FineTuned {
             classifier: TextClassifier {
                 model: outcome.model.valid(),
@@ -108,7 +108,7 @@ where
                 device: self.trainer.device().clone(),
                 batch_size: self.trainer.config().eval_batch_size,
             },
-            history: outcome.history,
+            summary: outcome.summary(),
         })
     }
 }

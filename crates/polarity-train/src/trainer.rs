@@ -10,7 +10,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer}
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use polarity_core::EpochReport;
+use polarity_core::{EpochReport, TrainingSummary};
 use polarity_kernels::autocast::autocast;
 use polarity_metrics::ClassificationReport;
 use polarity_tokenize::TokenizedExample;
@@ -41,15 +41,26 @@ pub struct TrainOutcome<M> {
 }
 
 impl<M> TrainOutcome<M> {
+    /// What the run did, without the model: the part of the outcome a report keeps.
+    pub fn summary(&self) -> TrainingSummary {
+        TrainingSummary {
+            history: self.history.clone(),
+            best_epoch: self.best_epoch,
+            global_steps: self.global_steps,
+            loss_scale: self.loss_scaler.map(|scaler| scaler.scale()),
+            skipped_steps: self.loss_scaler.map_or(0, |scaler| scaler.skipped_steps()),
+            resumed_from: self.resumed_from.clone(),
+        }
+    }
+
     /// Seconds spent training (evaluation and checkpointing excluded), summed over epochs.
     pub fn train_seconds(&self) -> f64 {
-        self.history.iter().map(|r| r.train_seconds).sum()
+        self.summary().train_seconds()
     }
 
     /// Training examples per second over the whole run.
     pub fn train_samples_per_second(&self) -> f64 {
-        let samples: f64 = self.history.iter().map(|r| r.train_seconds * r.train_samples_per_second).sum();
-        samples / self.train_seconds().max(f64::MIN_POSITIVE)
+        self.summary().train_samples_per_second()
     }
 }
 

@@ -66,10 +66,10 @@ fn the_fine_tuner_trains_a_text_classifier() {
         objective: CrossEntropyObjective::new(tokenizer.pad_id()),
         tokenizer,
     };
-    let tuned = fine_tuner.fine_tune(&sentences(128, 1), &sentences(64, 2)).unwrap();
-    assert_eq!(tuned.history.len(), 4);
-    let last = tuned.history.last().unwrap();
-    assert!(last.eval_accuracy.unwrap() >= 0.9, "{:?}", tuned.history);
+    let tuned = fine_tuner.fine_tune(&sentences(128, 1), Some(&sentences(64, 2))).unwrap();
+    assert_eq!(tuned.summary.history.len(), 4);
+    let last = tuned.summary.history.last().unwrap();
+    assert!(last.eval_accuracy.unwrap() >= 0.9, "{:?}", tuned.summary.history);
 
     let predictions = tuned.classifier.predict(&["a wonderful story", "the plot was dreadful"]).unwrap();
     assert_eq!(predictions[0].label, Sentiment::Positive);
@@ -79,7 +79,9 @@ fn the_fine_tuner_trains_a_text_classifier() {
 
     // An empty training set is a typed error, not a panic.
     let empty = EmptySource;
-    let Err(err) = fine_tuner.fine_tune(&empty, &sentences(4, 3)) else { panic!("an empty training set trained") };
+    let Err(err) = fine_tuner.fine_tune(&empty, Some(&sentences(4, 3))) else {
+        panic!("an empty training set trained")
+    };
     assert!(matches!(err, TrainError::EmptyDataset { which: "training set" }), "{err:?}");
 }
 

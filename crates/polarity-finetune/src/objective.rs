@@ -1,5 +1,8 @@
 //! Training a causal LM as a classifier with polarity's trainer: the answer-only objective.
 //!
+//! It lives here, above both the model crate and the trainer, so that polarity-llama knows nothing of
+//! training loops.
+//!
 //! The prompt ends in the answer cue and the answer is one label word, so the loss is the next-token
 //! cross-entropy (over the whole vocabulary, as a causal LM is trained) of the gold label word at the
 //! prompt's last real token: exactly what a causal-LM loss with every prompt and padding position
@@ -11,14 +14,13 @@
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use polarity_tokenize::TokenizedExample;
+use polarity_llama::{LabelWords, Llama};
+use polarity_tokenize::{PaddingBatcher, TokenIds, TokenizedExample};
 use polarity_train::{BatchScorer, Objective, TrainError};
-
-use crate::{LabelWords, Llama, right_padded_batch};
 
 /// The answer-only causal-LM objective for [`Llama`] with [`polarity_train::Trainer`].
 ///
-/// The training examples' tokens are prompts (see [`PromptEncoder`](crate::PromptEncoder)); the gold
+/// The training examples' tokens are prompts (see [`PromptEncoder`](polarity_llama::PromptEncoder)); the gold
 /// answer is the label word of each example's label.
 #[derive(Clone, Copy, Debug)]
 pub struct CausalLmObjective {
@@ -43,15 +45,15 @@ impl CausalLmObjective {
         batch: &[&TokenizedExample],
         device: &B::Device,
     ) -> Result<Tensor<B, 2>, TrainError> {
-        let prompts: Vec<&[u32]> = batch.iter().map(|item| item.tokens.ids.as_slice()).collect();
-        next_token_logits(model, &prompts, self.pad_id, device)
+        let rows: Vec<&TokenIds> = batch.iter().map(|item| &item.tokens).collect();
+        next_token_logits(model, &rows, self.pad_id, device)
     }
 }
 
 /// The next-token logits `[rows, vocab]` after each prompt (right-padded into one batch).
 fn next_token_logits<B: Backend>(
     model: &Llama<B>,
-    prompts: &[&[u32]],
+    prompts: &[&TokenIds],
     pad_id: u32,
     device: &B::Device,
 ) -> Result<Tensor<B, 2>, TrainError> {
@@ -61,8 +63,7 @@ fn next_token_logits<B: Backend>(
     if let Some(position) = prompts.iter().position(|prompt| prompt.is_empty()) {
         return Err(TrainError::Model(format!("prompt {position} of the batch has no tokens")));
     }
-    let rows: Vec<Vec<u32>> = prompts.iter().map(|prompt| prompt.to_vec()).collect();
-    let batch = right_padded_batch::<B>(&rows, pad_id, device);
+    let batch = PaddingBatcher::new(pad_id).pad::<B>(prompts, device);
     Ok(model.last_token_logits(batch.input_ids, batch.attention_mask))
 }
 
@@ -75,14 +76,25 @@ pub fn answer_loss<B: Backend>(
     pad_id: u32,
     device: &B::Device,
 ) -> Result<Tensor<B, 1>, TrainError> {
+    let rows: Vec<TokenIds> = prompts.iter().map(|ids| TokenIds::new(ids.to_vec())).collect();
+    answer_loss_of(model, &rows.iter().collect::<Vec<_>>(), answers, pad_id, device)
+}
+
+fn answer_loss_of<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[&TokenIds],
+    answers: &[u32],
+    pad_id: u32,
+    device: &B::Device,
+) -> Result<Tensor<B, 1>, TrainError> {
     if prompts.len() != answers.len() {
         return Err(TrainError::Model(format!("{} prompts but {} answers", prompts.len(), answers.len())));
     }
-    let logits = next_token_logits(model, prompts, pad_id, device)?;
     let vocab = model.vocab_size();
     if let Some(&answer) = answers.iter().find(|&&answer| answer as usize >= vocab) {
         return Err(TrainError::Model(format!("answer token {answer} is outside the vocabulary of {vocab}")));
     }
+    let logits = next_token_logits(model, prompts, pad_id, device)?;
     let targets = answers.iter().map(|&id| i64::from(id)).collect::<Vec<_>>();
     let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [answers.len()]), device);
     Ok(CrossEntropyLossConfig::new().init(device).forward(logits, targets))
@@ -107,9 +119,9 @@ impl<B: AutodiffBackend> Objective<B, Llama<B>> for CausalLmObjective {
         batch: &[&TokenizedExample],
         device: &B::Device,
     ) -> Result<Tensor<B, 1>, TrainError> {
-        let prompts: Vec<&[u32]> = batch.iter().map(|item| item.tokens.ids.as_slice()).collect();
         let ids = self.label_words.ids();
         let answers: Vec<u32> = batch.iter().map(|item| ids[item.label.index()]).collect();
-        answer_loss(model, &prompts, &answers, self.pad_id, device)
+        let prompts: Vec<&TokenIds> = batch.iter().map(|item| &item.tokens).collect();
+        answer_loss_of(model, &prompts, &answers, self.pad_id, device)
     }
 }

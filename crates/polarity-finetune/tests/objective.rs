@@ -7,12 +7,10 @@ use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
 use polarity_core::Sentiment;
 use polarity_core::reference::{Fixture, TensorCheck, Tolerance};
+use polarity_finetune::{CausalLmObjective, answer_loss};
 use polarity_hub::RepoSource;
 use polarity_llama::reference::{GRADIENT_TOLERANCE, LOSS_TOLERANCE};
-use polarity_llama::{
-    CausalLmObjective, IGNORE_INDEX, LabelWords, Llama, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder,
-    answer_loss,
-};
+use polarity_llama::{IGNORE_INDEX, LabelWords, Llama, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder};
 use polarity_tokenize::{Encode, PromptTemplate, TokenIds, TokenizeError, TokenizedExample};
 use polarity_train::{Trainer, TrainerConfig, Warmup, evaluate};
 

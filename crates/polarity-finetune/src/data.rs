@@ -1,0 +1,74 @@
+//! The experiment's data: seeded balanced subsets of IMDB's train and test splits.
+
+use polarity_data::{ImdbDataset, Split, hub};
+use serde::{Deserialize, Serialize};
+
+use crate::FinetuneError;
+
+/// Which reviews an experiment trains, selects and tests on.
+///
+/// Every subset is label-balanced and drawn with `seed`, so two recipes given the same `DataConfig`
+/// see the same reviews; the validation subset comes from the train split and is disjoint from the
+/// training subset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataConfig {
+    /// Hub dataset id with `stanfordnlp/imdb`'s parquet layout, or a local directory with that layout.
+    pub dataset: String,
+    /// Training reviews (from the train split).
+    pub train_size: usize,
+    /// Reviews held out of the train split to pick the best epoch; 0 picks it on the test subset.
+    pub validation_size: usize,
+    /// Test reviews (from the test split).
+    pub test_size: usize,
+    /// Seed of the subsets.
+    pub seed: u64,
+}
+
+impl DataConfig {
+    /// `train_size` / `test_size` balanced reviews of IMDB, no validation subset, seed 42.
+    pub fn imdb(train_size: usize, test_size: usize) -> Self {
+        Self { dataset: hub::IMDB_REPO.to_string(), train_size, validation_size: 0, test_size, seed: 42 }
+    }
+
+    /// The full reference setup: all 25,000 train and 25,000 test reviews.
+    pub fn imdb_full() -> Self {
+        Self::imdb(25_000, 25_000)
+    }
+
+    /// Reads the splits and draws the subsets.
+    pub fn load(&self) -> Result<ExperimentData, FinetuneError> {
+        let error = |source| FinetuneError::Data { dataset: self.dataset.clone(), source };
+        let train_split = hub::load_split(&self.dataset, Split::Train).map_err(error)?;
+        let (train, validation) = if self.validation_size > 0 {
+            let mut subsets =
+                train_split.balanced_subsets(&[self.train_size, self.validation_size], self.seed).map_err(error)?;
+            let validation = subsets.pop();
+            (subsets.swap_remove(0), validation)
+        } else {
+            (train_split.balanced_subset(self.train_size, self.seed).map_err(error)?, None)
+        };
+        let test_split = hub::load_split(&self.dataset, Split::Test).map_err(error)?;
+        let test = test_split.balanced_subset(self.test_size, self.seed).map_err(error)?;
+        Ok(ExperimentData { config: self.clone(), train, validation, test })
+    }
+}
+
+/// The reviews of one experiment.
+#[derive(Clone, Debug)]
+pub struct ExperimentData {
+    /// What was drawn.
+    pub config: DataConfig,
+    /// Training reviews.
+    pub train: ImdbDataset,
+    /// Held-out reviews that pick the best epoch, where asked for.
+    pub validation: Option<ImdbDataset>,
+    /// Test reviews: the final evaluation (and the per-epoch one without a validation subset).
+    pub test: ImdbDataset,
+}
+
+impl ExperimentData {
+    /// Subsets already drawn (say from a CSV with [`polarity_data`]): `config` records where from.
+    pub fn new(config: DataConfig, train: ImdbDataset, validation: Option<ImdbDataset>, test: ImdbDataset) -> Self {
+        Self { config, train, validation, test }
+    }
+}

@@ -1,0 +1,267 @@
+//! Full fine-tuning of a BERT or DistilBERT classifier: [`EncoderFineTune`].
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
+use polarity_core::{ExampleSource, FineTuned, FineTuner};
+use polarity_encoder::{EncoderClassifier, LoadReport};
+use polarity_hub::{RepoKind, RepoSource};
+use polarity_tokenize::{Encode, HfTokenizer, TokenizedExample};
+use polarity_train::{CrossEntropyObjective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, tokenize_examples};
+use serde::{Deserialize, Serialize};
+
+use crate::evaluate::{EvalMethod, evaluate_by_scores};
+use crate::report::{DataReport, ModelReport, RecipeConfig, RunReport, Timings, peak_rss_bytes};
+use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend, mean_tokens};
+
+/// A fine-tuned encoder with its tokenizer: a text [`Classifier`](polarity_core::Classifier) (argmax of
+/// the two logits).
+pub type EncoderTextClassifier<B> = TextClassifier<B, EncoderClassifier<B>, HfTokenizer, CrossEntropyObjective>;
+
+/// Full fine-tuning of an encoder checkpoint as a sequence classifier (transformers'
+/// `*ForSequenceClassification` with HF Trainer): every parameter trains, a bare encoder gets a fresh
+/// classification head seeded by the trainer's seed.
+///
+/// ```no_run
+/// use polarity_core::{Classifier, FineTuner};
+/// use polarity_finetune::{DataConfig, EncoderFineTune};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let data = DataConfig::imdb(2000, 1000).load()?;
+/// let recipe = EncoderFineTune::new("distilbert/distilbert-base-uncased");
+/// let tuned = recipe.fine_tune(&data.train, Some(&data.test))?;
+/// let predictions = tuned.classifier.predict(&["A quiet, moving film."])?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderFineTune {
+    /// Hub id (resolved through the hub cache first) or local directory with `config.json`,
+    /// `model.safetensors` (or shards) and `tokenizer.json`.
+    pub model: String,
+    /// Reviews are truncated to this many tokens, special tokens included.
+    pub max_length: usize,
+    /// Optimiser, schedule, batches, epochs, precision, checkpoints.
+    pub trainer: TrainerConfig,
+}
+
+impl EncoderFineTune {
+    /// The reference setup for `model`: max length 256, AdamW lr 2e-5 (weight decay 0.01 except biases and
+    /// LayerNorm), batch 16, 3 epochs, no warmup, gradient norm clipped to 1, evaluation every epoch and the
+    /// best epoch (by accuracy) kept, seed 42.
+    pub fn new(model: impl Into<String>) -> Self {
+        let trainer = TrainerConfig::default().with_batch_size(16).with_eval_batch_size(64);
+        Self { model: model.into(), max_length: 256, trainer }
+    }
+
+    /// Sets the maximum length in tokens.
+    pub fn with_max_length(mut self, max_length: usize) -> Self {
+        self.max_length = max_length;
+        self
+    }
+
+    /// Sets the trainer's settings.
+    pub fn with_trainer(mut self, trainer: TrainerConfig) -> Self {
+        self.trainer = trainer;
+        self
+    }
+
+    fn source(&self) -> RepoSource {
+        RepoSource::parse(&self.model, RepoKind::Model)
+    }
+
+    fn encoder_error(&self, source: polarity_encoder::EncoderError) -> FinetuneError {
+        FinetuneError::Encoder { model: self.model.clone(), source }
+    }
+
+    /// The model's tokenizer, truncating to [`max_length`](Self::max_length).
+    pub fn tokenizer(&self) -> Result<HfTokenizer, FinetuneError> {
+        Ok(HfTokenizer::from_pretrained(&self.model, self.max_length)?)
+    }
+
+    /// The classifier as loaded (before training), and what the checkpoint held.
+    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<(EncoderClassifier<B>, LoadReport), FinetuneError> {
+        EncoderClassifier::from_pretrained_with_report(&self.source(), device).map_err(|e| self.encoder_error(e))
+    }
+
+    fn validate(&self) -> Result<(), FinetuneError> {
+        if self.max_length < 2 {
+            return Err(FinetuneError::InvalidSetting {
+                field: "max_length",
+                value: self.max_length.to_string(),
+                reason: "must leave room for [CLS], [SEP] and at least one token",
+            });
+        }
+        Ok(self.trainer.validate()?)
+    }
+
+    fn train<B: AutodiffBackend>(
+        &self,
+        model: EncoderClassifier<B>,
+        tokenizer: &HfTokenizer,
+        train: &[TokenizedExample],
+        eval: Option<&[TokenizedExample]>,
+        device: &B::Device,
+    ) -> Result<TrainOutcome<EncoderClassifier<B>>, FinetuneError> {
+        let trainer = Trainer::<B>::new(self.trainer.clone(), device.clone());
+        Ok(trainer.fit(model, &CrossEntropyObjective::new(tokenizer.pad_id()), train, eval)?)
+    }
+
+    fn classifier<B: Backend>(
+        &self,
+        model: EncoderClassifier<B>,
+        tokenizer: HfTokenizer,
+        device: &B::Device,
+    ) -> EncoderTextClassifier<B> {
+        TextClassifier {
+            model,
+            scorer: CrossEntropyObjective::new(tokenizer.pad_id()),
+            tokenizer,
+            device: device.clone(),
+            batch_size: self.trainer.eval_batch_size,
+        }
+    }
+
+    /// [`FineTuner::fine_tune`] on any autodiff backend and device.
+    pub fn fine_tune_on<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        train: &dyn ExampleSource,
+        eval: Option<&dyn ExampleSource>,
+    ) -> Result<FineTuned<EncoderTextClassifier<B::InnerBackend>>, FinetuneError> {
+        self.validate()?;
+        B::seed(device, self.trainer.seed);
+        let tokenizer = self.tokenizer()?;
+        let train = tokenize_examples(&tokenizer, train)?;
+        let eval = eval.map(|eval| tokenize_examples(&tokenizer, eval)).transpose()?;
+        let (model, _) = self.load::<B>(device)?;
+        let outcome = self.train(model, &tokenizer, &train, eval.as_deref(), device)?;
+        let summary = outcome.summary();
+        Ok(FineTuned { classifier: self.classifier(outcome.model.valid(), tokenizer, device), summary })
+    }
+
+    /// The whole experiment on the default backend (the CPU, or CUDA with `--features cuda`): fine-tunes on
+    /// `data.train`, picks the best epoch on `data.validation` (or `data.test` without one), evaluates the
+    /// returned model on `data.test`, and reports it all with timings and peak memory.
+    pub fn run(
+        &self,
+        data: &ExperimentData,
+    ) -> Result<Experiment<EncoderTextClassifier<InferenceBackend>>, FinetuneError> {
+        self.run_on::<TrainBackend>(&default_device()?, default_backend_name(), data)
+    }
+
+    /// [`run`](Self::run) on any autodiff backend and device; `backend` names it in the report.
+    pub fn run_on<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        backend: &str,
+        data: &ExperimentData,
+    ) -> Result<Experiment<EncoderTextClassifier<B::InnerBackend>>, FinetuneError> {
+        let started = Instant::now();
+        self.validate()?;
+        B::seed(device, self.trainer.seed);
+        let (model, load_report) = self.load::<B>(device)?;
+        let tokenizer = self.tokenizer()?;
+        let load_seconds = started.elapsed().as_secs_f64();
+
+        let tokenizing = Instant::now();
+        let train = tokenize_examples(&tokenizer, &data.train)?;
+        let validation = data.validation.as_ref().map(|set| tokenize_examples(&tokenizer, set)).transpose()?;
+        let test = tokenize_examples(&tokenizer, &data.test)?;
+        let tokenize_seconds = tokenizing.elapsed().as_secs_f64();
+
+        let architecture = format!("{:?}", model.architecture()).to_lowercase();
+        tracing::info!(
+            "{} ({architecture}): {} tensors loaded, {} freshly initialised; {} train / {} test reviews, {:.1} \
+             tokens per training review (max {})",
+            self.model,
+            load_report.loaded.len(),
+            load_report.initialised.len(),
+            train.len(),
+            test.len(),
+            mean_tokens(&train),
+            self.max_length
+        );
+        let parameters = model.num_params();
+        let outcome = self.train(model, &tokenizer, &train, Some(validation.as_deref().unwrap_or(&test)), device)?;
+        let training = outcome.summary();
+        let model = outcome.model.valid();
+        let scorer = CrossEntropyObjective::new(tokenizer.pad_id());
+        let evaluation = evaluate_by_scores(
+            &scorer,
+            &model,
+            &test,
+            self.trainer.eval_batch_size,
+            self.trainer.precision,
+            EvalMethod::ClassScores,
+            device,
+        )?;
+
+        let report = RunReport {
+            recipe: RecipeConfig::Encoder(self.clone()),
+            data: DataReport {
+                config: data.config.clone(),
+                train: train.len(),
+                validation: validation.as_ref().map_or(0, Vec::len),
+                test: test.len(),
+                mean_train_tokens: mean_tokens(&train),
+                shortened: None,
+            },
+            model: ModelReport {
+                source: self.model.clone(),
+                architecture,
+                backend: backend.to_string(),
+                precision: self.trainer.precision,
+                parameters,
+                trainable_parameters: parameters,
+                tensors_loaded: Some(load_report.loaded.len()),
+                tensors_initialised: load_report.initialised.clone(),
+                weight_memory: None,
+            },
+            zero_shot: None,
+            evaluation,
+            timings: Timings {
+                load_seconds,
+                tokenize_seconds,
+                train_seconds: training.train_seconds(),
+                total_seconds: started.elapsed().as_secs_f64(),
+            },
+            training,
+            peak_rss_bytes: peak_rss_bytes(),
+        };
+        Ok(Experiment { report, classifier: self.classifier(model, tokenizer, device) })
+    }
+
+    /// Writes `classifier` as a transformers checkpoint into `dir` (config.json, model.safetensors and the
+    /// tokenizer files of [`model`](Self::model) that exist), which `AutoModelForSequenceClassification`
+    /// loads unchanged.
+    pub fn export<B: Backend>(&self, classifier: &EncoderTextClassifier<B>, dir: &Path) -> Result<(), FinetuneError> {
+        let source = self.source();
+        let hub_error = |source| FinetuneError::Hub { model: self.model.clone(), source };
+        let tokenizer_files: Vec<PathBuf> =
+            ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
+                .into_iter()
+                .filter(|file| source.has_cached(file))
+                .map(|file| source.file(file).map_err(hub_error))
+                .collect::<Result<_, _>>()?;
+        classifier.model.save_pretrained(dir, &tokenizer_files).map_err(|e| self.encoder_error(e))
+    }
+}
+
+impl FineTuner for EncoderFineTune {
+    type Classifier = EncoderTextClassifier<InferenceBackend>;
+    type Error = FinetuneError;
+
+    /// Fine-tunes on the default backend (the CPU, or CUDA with `--features cuda`).
+    fn fine_tune(
+        &self,
+        train: &dyn ExampleSource,
+        eval: Option<&dyn ExampleSource>,
+    ) -> Result<FineTuned<Self::Classifier>, FinetuneError> {
+        self.fine_tune_on::<TrainBackend>(&default_device()?, train, eval)
+    }
+}
