@@ -34,10 +34,11 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use polarity::TokenBatch;
 use polarity::data::{ImdbDataset, Split, hub};
 use polarity::hub::{RepoKind, RepoSource};
-use polarity::tokenize::{Encode, HfTokenizer, PaddingBatcher};
-use polarity::{LabelledBatch, TokenBatch};
+use polarity::tokenize::{Encode, HfTokenizer, PaddingBatcher, TokenizedExample};
+use polarity::train::{CrossEntropyObjective, Objective};
 use polarity_encoder::{BertConfig, DistilBertConfig, EncoderClassifier};
 
 const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -52,9 +53,9 @@ fn imdb_test() -> &'static ImdbDataset {
     TEST.get_or_init(|| hub::load_split(hub::IMDB_REPO, Split::Test).expect("IMDB test split in the hub cache"))
 }
 
-/// `batch` real reviews, half negative (rows from 0), half positive (rows from 12,500), tokenized,
-/// truncated at `max_length` and padded to the longest.
-fn review_batch<B: Backend>(batch: usize, max_length: usize, device: &B::Device) -> LabelledBatch<B> {
+/// `batch` real reviews, half negative (rows from 0), half positive (rows from 12,500), tokenized and
+/// truncated at `max_length`, and their padding id.
+fn reviews(batch: usize, max_length: usize) -> (Vec<TokenizedExample>, u32) {
     let examples = imdb_test().examples();
     let negatives = examples.len() / 2;
     let rows: Vec<usize> = (0..batch / 2).chain(negatives..negatives + batch - batch / 2).collect();
@@ -62,18 +63,23 @@ fn review_batch<B: Backend>(batch: usize, max_length: usize, device: &B::Device)
     let tokenizer = HfTokenizer::from_pretrained(MINILM, max_length).expect("MiniLM tokenizer in the hub cache");
     let tokens = tokenizer.encode_batch(&texts).expect("IMDB reviews encode");
     let lengths: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
-    let batcher = PaddingBatcher::new(tokenizer.pad_id());
-    let padded = batcher.pad::<B>(&tokens.iter().collect::<Vec<_>>(), device);
     let real: usize = lengths.iter().sum();
-    let [b, s] = padded.dims();
+    let (b, s) = (batch, *lengths.iter().max().unwrap());
     eprintln!(
         "inputs: batch {batch}, truncated at {max_length}: tensors [{b}, {s}], token lengths {}..={}, {:.1}% padding",
         lengths.iter().min().unwrap(),
         lengths.iter().max().unwrap(),
         100.0 * (b * s - real) as f64 / (b * s) as f64,
     );
-    let labels: Vec<i64> = rows.iter().map(|&i| examples[i].label.index() as i64).collect();
-    LabelledBatch { tokens: padded, labels: Tensor::from_data(TensorData::new(labels, [batch]), device) }
+    let examples =
+        tokens.into_iter().zip(&rows).map(|(tokens, &i)| TokenizedExample { tokens, label: examples[i].label });
+    (examples.collect(), tokenizer.pad_id())
+}
+
+/// [`reviews`] padded into one batch, as the trainer and evaluation pad them.
+fn review_batch<B: Backend>(batch: usize, max_length: usize, device: &B::Device) -> TokenBatch<B> {
+    let (examples, pad_id) = reviews(batch, max_length);
+    PaddingBatcher::new(pad_id).pad(&examples.iter().map(|e| &e.tokens).collect::<Vec<_>>(), device)
 }
 
 fn minilm<B: Backend>(device: &B::Device) -> EncoderClassifier<B> {
@@ -111,11 +117,11 @@ fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
     common::configure(&mut group, 20);
     let model = minilm::<B>(&device);
     for seq in [128, 256, 512] {
-        let batch = review_batch::<B>(32, seq, &device).tokens;
+        let batch = review_batch::<B>(32, seq, &device);
         bench_forward(&mut group, &format!("minilm/{backend}/b32_s{seq}"), &model, batch);
     }
     drop(model);
-    let batch = review_batch::<B>(8, 128, &device).tokens;
+    let batch = review_batch::<B>(8, 128, &device);
     bench_forward(&mut group, &format!("bert_base_random/{backend}/b8_s128"), &bert_base::<B>(&device), batch.clone());
     bench_forward(
         &mut group,
@@ -126,14 +132,17 @@ fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
     group.finish();
 }
 
-/// Forward with dropout, cross-entropy, backward, AdamW step; returns the updated model.
+/// One step as the trainer takes it: the objective's loss (padding, forward with dropout, cross-entropy),
+/// backward, AdamW step; returns the updated model.
 fn train_step<B: AutodiffBackend, O: Optimizer<EncoderClassifier<B>, B>>(
     model: EncoderClassifier<B>,
     optimizer: &mut O,
-    batch: LabelledBatch<B>,
+    objective: &CrossEntropyObjective,
+    batch: &[&TokenizedExample],
+    device: &B::Device,
 ) -> EncoderClassifier<B> {
-    let output = model.forward_classification(batch);
-    let grads = GradientsParams::from_grads(output.loss.backward(), &model);
+    let loss = objective.loss(&model, batch, device).expect("loss");
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
     optimizer.step(LR, model, grads)
 }
 
@@ -141,14 +150,16 @@ fn train_step_on<B: AutodiffBackend>(c: &mut Criterion, backend: &str) {
     let device = B::Device::default();
     let mut group = c.benchmark_group("train_step");
     common::configure(&mut group, 60);
-    let batch = review_batch::<B>(16, 256, &device);
+    let (examples, pad_id) = reviews(16, 256);
+    let batch: Vec<&TokenizedExample> = examples.iter().collect();
+    let objective = CrossEntropyObjective::new(pad_id);
     group.throughput(Throughput::Elements(16));
     // transformers' AdamW defaults (weight decay 0.01, eps 1e-8), as the PyTorch reference uses.
     let mut optimizer = AdamWConfig::new().with_weight_decay(0.01).with_epsilon(1e-8).init();
     let mut model = Some(minilm::<B>(&device));
     group.bench_function(format!("minilm/{backend}/b16_s256"), |b| {
         b.iter(|| {
-            let updated = train_step(model.take().expect("model"), &mut optimizer, batch.clone());
+            let updated = train_step(model.take().expect("model"), &mut optimizer, &objective, &batch, &device);
             model = Some(updated);
         })
     });

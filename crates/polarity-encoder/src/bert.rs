@@ -8,16 +8,15 @@
 
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::prelude::*;
-use burn::train::ClassificationOutput;
 
-use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
+use polarity_core::{ClassScorer, TokenBatch};
 use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
 use serde_json::{Map, Value};
 
 use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, run_layers};
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
-use crate::{EncoderError, EncoderOutput, cross_entropy, validate_batch};
+use crate::{EncoderError, EncoderOutput, validate_batch};
 
 /// The hyper-parameters of a BERT checkpoint, named as in transformers' `BertConfig`.
 #[derive(Config, Debug)]
@@ -422,13 +421,6 @@ impl<B: Backend> BertForSequenceClassification<B> {
     pub fn forward(&self, batch: TokenBatch<B>) -> Tensor<B, 2> {
         let pooled = self.bert.pooler.forward(self.bert.encode(batch));
         linear(&self.classifier, polarity_kernels::dropout(&self.dropout, pooled))
-    }
-
-    /// Logits and the mean cross-entropy loss, in the shape burn's `Learner` expects.
-    pub fn forward_classification(&self, batch: LabelledBatch<B>) -> ClassificationOutput<B> {
-        let output = self.forward(batch.tokens);
-        let loss = cross_entropy(output.clone(), batch.labels.clone());
-        ClassificationOutput { loss, output, targets: batch.labels }
     }
 
     /// See [`BertModel::validate`].

@@ -8,16 +8,15 @@
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::prelude::*;
-use burn::train::ClassificationOutput;
 
-use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
+use polarity_core::{ClassScorer, TokenBatch};
 use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
 use serde_json::{Map, Value};
 
 use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, run_layers};
 use crate::hf_config::{HfConfig, HfConfigJson};
 use crate::pretrained::{HfModel, ParameterNaming};
-use crate::{EncoderError, EncoderOutput, cross_entropy, validate_batch};
+use crate::{EncoderError, EncoderOutput, validate_batch};
 
 /// transformers hard-codes this epsilon for every DistilBERT layer norm (it is not in the config).
 const LAYER_NORM_EPS: f64 = 1e-12;
@@ -358,13 +357,6 @@ impl<B: Backend> DistilBertForSequenceClassification<B> {
         let cls = first_token(self.distilbert.encode(batch));
         let pooled = burn::tensor::activation::relu(linear(&self.pre_classifier, cls));
         linear(&self.classifier, polarity_kernels::dropout(&self.dropout, pooled))
-    }
-
-    /// Logits and the mean cross-entropy loss, in the shape burn's `Learner` expects.
-    pub fn forward_classification(&self, batch: LabelledBatch<B>) -> ClassificationOutput<B> {
-        let output = self.forward(batch.tokens);
-        let loss = cross_entropy(output.clone(), batch.labels.clone());
-        ClassificationOutput { loss, output, targets: batch.labels }
     }
 
     /// See [`DistilBertModel::validate`].

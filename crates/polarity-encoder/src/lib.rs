@@ -53,8 +53,7 @@ use std::path::{Path, PathBuf};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::ClassificationOutput;
-use polarity_core::{ClassScorer, LabelledBatch, TokenBatch};
+use polarity_core::{ClassScorer, TokenBatch};
 use polarity_hub::RepoSource;
 
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel};
@@ -166,14 +165,6 @@ impl<B: Backend> EncoderClassifier<B> {
         match self {
             Self::Bert(model) => model.forward(batch),
             Self::DistilBert(model) => model.forward(batch),
-        }
-    }
-
-    /// Logits and the mean cross-entropy loss, in the shape burn's `Learner` expects.
-    pub fn forward_classification(&self, batch: LabelledBatch<B>) -> ClassificationOutput<B> {
-        match self {
-            Self::Bert(model) => model.forward_classification(batch),
-            Self::DistilBert(model) => model.forward_classification(batch),
         }
     }
 

@@ -10,7 +10,7 @@
 //! - [`quant`]: QLoRA, a frozen base kept quantised in memory (NF4, or the GGUF file's own blocks)
 //!   while the adapters train ([`Llama::quantize_frozen_base`], [`Llama::from_gguf_quantized`]);
 //! - [`scoring`]: zero-shot classification, by the next-token logits of the label words
-//!   ([`LabelWordScorer`], a [`polarity_core::ClassScorer`]) or by greedy generation with answer parsing;
+//!   ([`LabelWords`]) or by greedy generation with answer parsing;
 //! - [`reference`]: comparison with PyTorch/transformers reference fixtures.
 //!
 //! ```no_run
@@ -54,7 +54,6 @@ pub use lora::{BaseLinear, LoraAdapter, LoraConfig, LoraLinear};
 pub use prompt::PromptEncoder;
 pub use quant::{QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory};
 pub use scoring::{
-    GeneratedAnswers, LabelWordScorer, LabelWords, generate_answers, generate_answers_for_ids, parse_answer,
-    right_padded_batch,
+    GeneratedAnswers, LabelWords, generate_answers, generate_answers_for_ids, parse_answer, right_padded_batch,
 };
 pub use tokenizer::LlamaTokenizer;

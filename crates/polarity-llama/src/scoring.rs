@@ -2,14 +2,14 @@
 //!
 //! Two ways to read a label off a prompt that ends in "Answer (positive or negative):":
 //!
-//! - **label-word scoring** ([`LabelWords`], [`LabelWordScorer`]): one forward pass per batch; the
+//! - **label-word scoring** ([`LabelWords`]): one forward pass per batch; the
 //!   class scores are the next-token logits of the label words `" negative"` and `" positive"` (each
 //!   a single token, with its leading space) after each row's last real token;
 //! - **generation** ([`generate_answers`]): greedy decoding of a few tokens, then [`parse_answer`];
 //!   answers naming neither label (or both) are counted as unparseable.
 
 use burn::prelude::*;
-use polarity_core::{ClassScorer, Sentiment, TokenBatch};
+use polarity_core::{Sentiment, TokenBatch};
 
 use crate::{Llama, LlamaError, LlamaTokenizer};
 
@@ -26,16 +26,16 @@ impl LabelWords {
     /// The ids of `" negative"` and `" positive"` ([`Sentiment::word`] with the space a word takes
     /// after "Answer (positive or negative):"); each must be a single token.
     pub fn from_tokenizer(tokenizer: &LlamaTokenizer) -> Result<Self, LlamaError> {
-        let id = |sentiment: Sentiment| {
-            let word = format!(" {}", sentiment.word());
-            let encoding =
-                tokenizer.inner().encode(word.as_str(), false).map_err(|e| LlamaError::Tokenizer(e.to_string()))?;
-            match encoding.get_ids() {
-                &[id] => Ok(id),
-                ids => Err(LlamaError::LabelWordNotSingleToken { word, count: ids.len(), ids: ids.to_vec() }),
-            }
+        let [negative, positive] = polarity_tokenize::label_word_ids(tokenizer.inner(), true)?;
+        let single = |sentiment: Sentiment, ids: Vec<u32>| match ids[..] {
+            [id] => Ok(id),
+            _ => Err(LlamaError::LabelWordNotSingleToken {
+                word: format!(" {}", sentiment.word()),
+                count: ids.len(),
+                ids,
+            }),
         };
-        Ok(Self { negative: id(Sentiment::Negative)?, positive: id(Sentiment::Positive)? })
+        Ok(Self { negative: single(Sentiment::Negative, negative)?, positive: single(Sentiment::Positive, positive)? })
     }
 
     /// `[negative, positive]`.
@@ -54,22 +54,6 @@ impl LabelWords {
     pub fn scores<B: Backend>(&self, model: &Llama<B>, prompts: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2> {
         let batch = right_padded_batch::<B>(prompts, 0, device);
         self.select(model.last_token_logits(batch.input_ids, batch.attention_mask))
-    }
-}
-
-/// A causal LM as a sentiment classifier: label-word logits after the prompt.
-#[derive(Debug)]
-pub struct LabelWordScorer<B: Backend> {
-    /// The language model.
-    pub model: Llama<B>,
-    /// The label-word token ids.
-    pub label_words: LabelWords,
-}
-
-impl<B: Backend> ClassScorer<B> for LabelWordScorer<B> {
-    /// `[batch, 2]` next-token logits of `[" negative", " positive"]` after each row's last real token.
-    fn class_scores(&self, batch: TokenBatch<B>) -> Tensor<B, 2> {
-        self.label_words.select(self.model.last_token_logits(batch.input_ids, batch.attention_mask))
     }
 }
 

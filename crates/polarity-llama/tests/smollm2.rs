@@ -7,11 +7,9 @@ use std::time::Instant;
 
 use burn::backend::Flex;
 use polarity_core::reference::Fixture;
-use polarity_core::{ClassScorer, Sentiment};
+use polarity_core::Sentiment;
 use polarity_llama::gguf::GgufFile;
-use polarity_llama::{
-    LabelWordScorer, LabelWords, Llama, LlamaConfig, LlamaTokenizer, parse_answer, right_padded_batch,
-};
+use polarity_llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, parse_answer, right_padded_batch};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/smollm2-zero-shot");
 const GGUF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -112,11 +110,10 @@ fn batched_generation_answers_like_one_prompt_at_a_time() {
         let alone = model.generate_greedy(std::slice::from_ref(prompt), 3, tokenizer.eos_token_id, &device);
         assert_eq!(&alone[0], batched);
     }
-    // The class scorer gathers the label words' logits after each row's last real token.
+    // Label-word scoring gathers the label words' logits after each row's last real token.
     let label_words = LabelWords::from_tokenizer(tokenizer).unwrap();
-    let scorer = LabelWordScorer { model: model.clone(), label_words };
     let batch = right_padded_batch::<Cpu>(&encoded, 0, &device);
-    let scores = scorer.class_scores(batch.clone()).into_data().to_vec::<f32>().unwrap();
+    let scores = label_words.scores(model, &encoded, &device).into_data().to_vec::<f32>().unwrap();
     let logits = model.last_token_logits(batch.input_ids, batch.attention_mask).into_data().to_vec::<f32>().unwrap();
     let vocab = logits.len() / 2;
     for row in 0..2 {
