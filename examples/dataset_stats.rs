@@ -5,27 +5,8 @@
 //! HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo run --release --example dataset_stats -- --json stats.json
 //! ```
 //!
-//! JSON schema (`--json PATH`), one object per split under `splits`:
-//!
-//! ```text
-//! {
-//!   "dataset": "stanfordnlp/imdb", "tokenizer": "sentence-transformers/all-MiniLM-L6-v2",
-//!   "max_length": 512, "batch_size": 32, "seed": 42,
-//!   "splits": {
-//!     "train": {
-//!       "rows": 25000, "positive": 12500, "negative": 12500, "positive_fraction": 0.5,
-//!       "chars":  {"min", "p50", "p90", "p99", "max", "mean"},   // review length in characters
-//!       "tokens": {"min", "p50", "p90", "p99", "max", "mean"},   // untruncated token count, special tokens included
-//!       "truncated_fraction": 0.14,                              // rows longer than max_length tokens
-//!       "padding": {"batch_size", "max_length",
-//!                   "shuffled_fraction",                         // padding share, random batches padded to their longest
-//!                   "bucketed_fraction",                         // the same with length-bucketed batches
-//!                   "saved_fraction"}                            // 1 - bucketed / shuffled padded positions
-//!     },
-//!     "test": { ... }
-//!   }
-//! }
-//! ```
+//! `--json PATH` writes per split [`SplitStats`], the untruncated token [`LengthSummary`], the share of rows
+//! truncated at `--max-length` and a [`PaddingReport`].
 
 use std::path::PathBuf;
 
@@ -34,7 +15,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use polarity::data::stats::{LengthSummary, SplitStats};
 use polarity::data::{ImdbDataset, Split, acl, hub};
-use polarity::tokenize::{BatchOrder, Encode, HfTokenizer, LengthBucketed, Shuffled, padding_fraction};
+use polarity::tokenize::{Encode, HfTokenizer, PaddingReport};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -67,21 +48,12 @@ struct Args {
 }
 
 #[derive(Serialize)]
-struct Padding {
-    batch_size: usize,
-    max_length: usize,
-    shuffled_fraction: f64,
-    bucketed_fraction: f64,
-    saved_fraction: f64,
-}
-
-#[derive(Serialize)]
 struct SplitReport {
     #[serde(flatten)]
     base: SplitStats,
     tokens: LengthSummary,
     truncated_fraction: f64,
-    padding: Padding,
+    padding: PaddingReport,
 }
 
 #[derive(Serialize)]
@@ -98,13 +70,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let args = Args::parse();
     // Untruncated, so the percentiles show the real lengths; truncation is applied for the padding estimate.
-    let tokenizer_path =
-        polarity::hub::RepoSource::parse(&args.tokenizer, polarity::hub::RepoKind::Model).file("tokenizer.json")?;
-    let tokenizer = HfTokenizer::new(
-        tokenizers::Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_path.display()))?,
-        None,
-    )?;
+    let tokenizer = HfTokenizer::from_pretrained_untruncated(&args.tokenizer)?;
 
     let mut splits = std::collections::BTreeMap::new();
     for split in Split::ALL {
@@ -151,23 +117,12 @@ fn token_lengths(tokenizer: &HfTokenizer, data: &ImdbDataset, split: Split) -> a
 }
 
 fn split_report(data: &ImdbDataset, token_lengths: &[usize], args: &Args) -> anyhow::Result<SplitReport> {
-    let truncated: Vec<usize> = token_lengths.iter().map(|&n| n.min(args.max_length)).collect();
-    let shuffled = padding_fraction(&truncated, &Shuffled { seed: args.seed }.batches(&truncated, args.batch_size)?);
-    let bucketed = padding_fraction(&truncated, &LengthBucketed::new(args.seed).batches(&truncated, args.batch_size)?);
-    // Padded positions per real token: p / (1 - p); the saving compares those.
-    let waste = |p: f64| p / (1.0 - p);
+    let truncated = token_lengths.iter().filter(|&&n| n > args.max_length).count();
     Ok(SplitReport {
         base: SplitStats::of(data),
         tokens: LengthSummary::from_lengths(token_lengths).context("no rows")?,
-        truncated_fraction: token_lengths.iter().filter(|&&n| n > args.max_length).count() as f64
-            / token_lengths.len() as f64,
-        padding: Padding {
-            batch_size: args.batch_size,
-            max_length: args.max_length,
-            shuffled_fraction: shuffled,
-            bucketed_fraction: bucketed,
-            saved_fraction: if shuffled > 0.0 { 1.0 - waste(bucketed) / waste(shuffled) } else { 0.0 },
-        },
+        truncated_fraction: truncated as f64 / token_lengths.len() as f64,
+        padding: PaddingReport::of(token_lengths, args.batch_size, args.max_length, args.seed)?,
     })
 }
 
@@ -176,36 +131,16 @@ fn print_table(report: &Report) {
         "\n{} (tokens: {}, max length {}, batch {})",
         report.dataset, report.tokenizer, report.max_length, report.batch_size
     );
-    println!(
-        "{:<6} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "split",
-        "rows",
-        "neg",
-        "pos",
-        "chars p50",
-        "tok p50",
-        "tok p90",
-        "tok p99",
-        "truncated",
-        "pad rand",
-        "pad bkt",
-        "saved"
-    );
+    let columns = ["rows", "neg", "pos", "chars p50", "tok p50", "tok p90", "tok p99", "truncated", "pad rand"];
+    let header: Vec<String> = columns.iter().map(|c| format!("{c:>9}")).collect();
+    println!("{:<6} {} {:>9} {:>9}", "split", header.join(" "), "pad bkt", "saved");
     for (name, s) in Split::ALL.iter().filter_map(|split| Some((split.name(), report.splits.get(split.name())?))) {
-        println!(
-            "{:<6} {:>7} {:>7} {:>7} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8.1}% {:>8.1}% {:>8.1}% {:>8.1}%",
-            name,
-            s.base.rows,
-            s.base.negative,
-            s.base.positive,
-            s.base.chars.p50,
-            s.tokens.p50,
-            s.tokens.p90,
-            s.tokens.p99,
-            s.truncated_fraction * 100.0,
-            s.padding.shuffled_fraction * 100.0,
-            s.padding.bucketed_fraction * 100.0,
-            s.padding.saved_fraction * 100.0,
-        );
+        let counts = [s.base.rows, s.base.negative, s.base.positive].map(|n| format!("{n:>9}"));
+        let lengths = [s.base.chars.p50, s.tokens.p50, s.tokens.p90, s.tokens.p99].map(|n| format!("{n:>9.0}"));
+        let padding = &s.padding;
+        let shares =
+            [s.truncated_fraction, padding.shuffled_fraction, padding.bucketed_fraction, padding.saved_fraction]
+                .map(|share| format!("{:>8.1}%", share * 100.0));
+        println!("{name:<6} {} {} {}", counts.join(" "), lengths.join(" "), shares.join(" "));
     }
 }

@@ -6,18 +6,13 @@
 //! /tmp/venv/bin/python scripts/check_peft_adapter.py /tmp/polarity-adapter
 //! ```
 //!
-//! Steps: loads a Hugging Face Llama checkpoint (default: the `tiny-llama` fixture's random model),
-//! attaches a seeded LoRA adapter (r 16, alpha 32, dropout 0.05, q_proj + v_proj unless told
-//! otherwise), takes `--steps` AdamW steps on a toy next-token loss so that `lora_B` (zero at start)
-//! becomes non-zero, and writes to `--out`:
-//!
-//! - `adapter_config.json` and `adapter_model.safetensors` (`Llama::save_lora`, PEFT's format);
-//! - `polarity_logits.safetensors`: the fixed inputs (`input_ids`, `attention_mask`, I64, right-padded
-//!   rows) and polarity's logits on them (F32, `[batch, seq, vocab]`): `logits` with the adapter
-//!   (dropout off), `base_logits` without it.
+//! It attaches a seeded LoRA adapter to a Hugging Face Llama checkpoint (default: the `tiny-llama`
+//! fixture), takes `--steps` AdamW steps on a toy next-token loss so that `lora_B` becomes non-zero, and
+//! writes to `--out` the adapter in PEFT's format (`Llama::save_lora`) and `polarity_logits.safetensors`:
+//! fixed right-padded inputs (`input_ids`, `attention_mask`, I64) and polarity's logits on them (F32,
+//! `[batch, seq, vocab]`), `logits` with the adapter (dropout off) and `base_logits` without it.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
 use burn::backend::Autodiff;
@@ -27,7 +22,7 @@ use clap::Parser;
 use polarity::backend::CpuBackend;
 use polarity::hub::{RepoKind, RepoSource};
 use polarity::llama::{IGNORE_INDEX, Llama, LoraConfig, causal_lm_loss};
-use safetensors::{Dtype, tensor::TensorView};
+use polarity::reference::{ReferenceData, ReferenceTensor, write_tensors};
 
 type TrainBackend = Autodiff<CpuBackend>;
 
@@ -88,14 +83,6 @@ fn int_tensor<B: Backend>(values: &[i64], shape: [usize; 2], device: &B::Device)
     Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
 }
 
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn i64_bytes(values: &[i64]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.steps >= 1, "--steps must be at least 1 (a fresh lora_B is zero)");
@@ -114,11 +101,8 @@ fn main() -> anyhow::Result<()> {
     let train_shape = [2, train_len];
     let labels: Vec<i64> =
         train_ids.iter().zip(&train_mask).map(|(&id, &m)| if m == 1 { id } else { IGNORE_INDEX }).collect();
-    let (input_ids, attention_mask, labels) = (
-        int_tensor::<TrainBackend>(&train_ids, train_shape, &device),
-        int_tensor::<TrainBackend>(&train_mask, train_shape, &device),
-        int_tensor::<TrainBackend>(&labels, train_shape, &device),
-    );
+    let [input_ids, attention_mask, labels] =
+        [&train_ids, &train_mask, &labels].map(|values| int_tensor::<TrainBackend>(values, train_shape, &device));
     let mut optimizer = AdamWConfig::new().with_weight_decay(0.01).with_epsilon(1e-8).init();
     for step in 1..=args.steps {
         let logits = model.forward(input_ids.clone(), Some(attention_mask.clone()));
@@ -140,43 +124,24 @@ fn main() -> anyhow::Result<()> {
     // Fixed inputs: three right-padded rows.
     let (ids, mask, seq) = token_rows(&[16, 11, 7], vocab, 3);
     let shape = [3, seq];
-    let inference = model.inference();
-    let logits = inference.forward(int_tensor(&ids, shape, &device), Some(int_tensor(&mask, shape, &device)));
-    let logits: Vec<f32> = logits.into_data().convert::<f32>().into_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let base = Llama::<CpuBackend>::from_pretrained(&source, &device)?;
-    let base_logits = base.forward(int_tensor(&ids, shape, &device), Some(int_tensor(&mask, shape, &device)));
-    let base_logits: Vec<f32> =
-        base_logits.into_data().convert::<f32>().into_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let logits_of = |model: &Llama<CpuBackend>| -> anyhow::Result<Vec<f32>> {
+        let logits = model.forward(int_tensor(&ids, shape, &device), Some(int_tensor(&mask, shape, &device)));
+        logits.into_data().convert::<f32>().into_vec().map_err(|e| anyhow::anyhow!("{e:?}"))
+    };
+    let logits = logits_of(&model.inference())?;
+    let base_logits = logits_of(&Llama::<CpuBackend>::from_pretrained(&source, &device)?)?;
     let effect = logits.iter().zip(&base_logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
 
     let path = args.out.join(LOGITS_FILE);
-    write_logits(&path, shape, vocab, (&ids, &mask), (&logits, &base_logits))?;
-    println!(
-        "adapter: {} modules, r {}, alpha {}, max |lora_B| {max_lora_b:.4}; saved to {}",
-        model.lora_adapters().len(),
-        config.r,
-        config.lora_alpha,
-        args.out.display()
-    );
+    let tensor = |shape: &[usize], data| ReferenceTensor { shape: shape.to_vec(), data };
+    let (ids, mask) = (tensor(&shape, ReferenceData::I64(ids)), tensor(&shape, ReferenceData::I64(mask)));
+    let [logits, base_logits] =
+        [logits, base_logits].map(|values| tensor(&[3, seq, vocab], ReferenceData::F32(values)));
+    let tensors = [("input_ids", &ids), ("attention_mask", &mask), ("logits", &logits), ("base_logits", &base_logits)];
+    write_tensors(&path, &tensors)?;
+    let adapters = model.lora_adapters().len();
+    let (r, alpha, out) = (config.r, config.lora_alpha, args.out.display());
+    println!("adapter: {adapters} modules, r {r}, alpha {alpha}, max |lora_B| {max_lora_b:.4}; saved to {out}");
     println!("logits: [3, {seq}, {vocab}] -> {}; max |logits - base_logits| = {effect:.4}", path.display());
     Ok(())
-}
-
-fn write_logits(
-    path: &Path,
-    [rows, seq]: [usize; 2],
-    vocab: usize,
-    (ids, mask): (&[i64], &[i64]),
-    (logits, base_logits): (&[f32], &[f32]),
-) -> anyhow::Result<()> {
-    let (ids, mask) = (i64_bytes(ids), i64_bytes(mask));
-    let (logits, base_logits) = (f32_bytes(logits), f32_bytes(base_logits));
-    let tensors = vec![
-        ("input_ids", TensorView::new(Dtype::I64, vec![rows, seq], &ids)?),
-        ("attention_mask", TensorView::new(Dtype::I64, vec![rows, seq], &mask)?),
-        ("logits", TensorView::new(Dtype::F32, vec![rows, seq, vocab], &logits)?),
-        ("base_logits", TensorView::new(Dtype::F32, vec![rows, seq, vocab], &base_logits)?),
-    ];
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(tensors, Some(metadata), path).with_context(|| format!("writing {}", path.display()))
 }

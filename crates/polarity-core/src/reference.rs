@@ -63,6 +63,30 @@ pub struct ReferenceTensor {
     pub data: ReferenceData,
 }
 
+/// Writes `tensors` into a safetensors file at `path` in the layout fixtures use (PyTorch's `pt` format
+/// tag), for the checks that run the other way: polarity's outputs compared by a Python script.
+pub fn write_tensors(path: &Path, tensors: &[(&str, &ReferenceTensor)]) -> Result<(), CoreError> {
+    let failed = |what: String| CoreError::Fixture { dir: path.to_path_buf(), what };
+    let bytes: Vec<(Dtype, Vec<u8>)> = tensors
+        .iter()
+        .map(|(_, tensor)| match &tensor.data {
+            ReferenceData::F32(values) => (Dtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            ReferenceData::I64(values) => (Dtype::I64, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        })
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, tensor), (dtype, bytes))| {
+            safetensors::tensor::TensorView::new(*dtype, tensor.shape.clone(), bytes)
+                .map(|view| (name.to_string(), view))
+                .map_err(|e| failed(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| failed(format!("writing: {e}")))
+}
+
 /// A fixture directory: `meta.json` and `reference.safetensors`.
 #[derive(Clone, Debug)]
 pub struct Fixture {

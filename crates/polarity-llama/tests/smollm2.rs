@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use burn::backend::Flex;
-use polarity_core::reference::Fixture;
 use polarity_core::Sentiment;
+use polarity_core::reference::Fixture;
 use polarity_llama::gguf::GgufFile;
 use polarity_llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, parse_answer, right_padded_batch};
 

@@ -72,12 +72,20 @@ impl HfTokenizer {
         Self::from_file(path, max_length)
     }
 
+    /// `tokenizer.json` of a hub model id or a local model directory, without truncation (for length
+    /// statistics).
+    pub fn from_pretrained_untruncated(model: &str) -> Result<Self, TokenizeError> {
+        let path = RepoSource::parse(model, RepoKind::Model).file("tokenizer.json")?;
+        Self::new(Self::read(&path)?, None)
+    }
+
     /// A `tokenizer.json` file, truncating to `max_length`.
     pub fn from_file(path: impl AsRef<Path>, max_length: usize) -> Result<Self, TokenizeError> {
-        let path = path.as_ref();
-        let tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| TokenizeError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
-        Self::new(tokenizer, Some(max_length))
+        Self::new(Self::read(path.as_ref())?, Some(max_length))
+    }
+
+    fn read(path: &Path) -> Result<Tokenizer, TokenizeError> {
+        Tokenizer::from_file(path).map_err(|e| TokenizeError::Load { path: path.to_path_buf(), reason: e.to_string() })
     }
 
     /// Wraps an existing tokenizer (for example one rebuilt from GGUF metadata); `None` disables truncation.

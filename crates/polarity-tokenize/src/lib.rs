@@ -30,5 +30,5 @@ pub mod prompt;
 pub use batcher::{PaddingBatcher, TokenizedExample};
 pub use encode::{Encode, HfTokenizer, TokenIds};
 pub use error::TokenizeError;
-pub use order::{BatchOrder, InOrder, LengthBucketed, Shuffled, padding_fraction};
+pub use order::{BatchOrder, InOrder, LengthBucketed, PaddingReport, Shuffled, padding_fraction};
 pub use prompt::{DEFAULT_TEMPLATE, PromptTemplate, label_word_ids};

@@ -4,6 +4,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use serde::{Deserialize, Serialize};
+
 use crate::TokenizeError;
 
 /// Decides which examples (by index) form each batch, given their token lengths.
@@ -96,6 +98,35 @@ pub fn padding_fraction(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {
         real += batch.iter().map(|&i| lengths[i]).sum::<usize>();
     }
     if padded == 0 { 0.0 } else { (padded - real) as f64 / padded as f64 }
+}
+
+/// The padding that length-bucketed batches save over shuffled ones, for token lengths truncated at
+/// `max_length` (`dataset_stats` prints it per split).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PaddingReport {
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// The truncation length.
+    pub max_length: usize,
+    /// Share of padded positions with shuffled batches padded to their longest row.
+    pub shuffled_fraction: f64,
+    /// The same with [`LengthBucketed`] batches.
+    pub bucketed_fraction: f64,
+    /// `1 - bucketed / shuffled` padded positions per real token.
+    pub saved_fraction: f64,
+}
+
+impl PaddingReport {
+    /// The report for untruncated `lengths`, batches seeded with `seed`.
+    pub fn of(lengths: &[usize], batch_size: usize, max_length: usize, seed: u64) -> Result<Self, TokenizeError> {
+        let truncated: Vec<usize> = lengths.iter().map(|&n| n.min(max_length)).collect();
+        let shuffled = padding_fraction(&truncated, &Shuffled { seed }.batches(&truncated, batch_size)?);
+        let bucketed = padding_fraction(&truncated, &LengthBucketed::new(seed).batches(&truncated, batch_size)?);
+        // Padded positions per real token: p / (1 - p); the saving compares those.
+        let waste = |p: f64| p / (1.0 - p);
+        let saved_fraction = if shuffled > 0.0 { 1.0 - waste(bucketed) / waste(shuffled) } else { 0.0 };
+        Ok(Self { batch_size, max_length, shuffled_fraction: shuffled, bucketed_fraction: bucketed, saved_fraction })
+    }
 }
 
 #[cfg(test)]
