@@ -37,7 +37,7 @@ impl DataConfig {
 
     /// Reads the splits and draws the subsets.
     pub fn load(&self) -> Result<ExperimentData, FinetuneError> {
-        let error = |source| FinetuneError::Data { dataset: self.dataset.clone(), source };
+        let error = |source| FinetuneError::Data { dataset: self.dataset.clone(), source: Box::new(source) };
         let train_split = hub::load_split(&self.dataset, Split::Train).map_err(error)?;
         let (train, validation) = if self.validation_size > 0 {
             let mut subsets =

@@ -75,7 +75,7 @@ impl EncoderFineTune {
     }
 
     fn encoder_error(&self, source: polarity_encoder::EncoderError) -> FinetuneError {
-        FinetuneError::Encoder { model: self.model.clone(), source }
+        FinetuneError::Encoder { model: self.model.clone(), source: Box::new(source) }
     }
 
     /// The model's tokenizer, truncating to [`max_length`](Self::max_length).
@@ -241,7 +241,7 @@ impl EncoderFineTune {
     /// loads unchanged.
     pub fn export<B: Backend>(&self, classifier: &EncoderTextClassifier<B>, dir: &Path) -> Result<(), FinetuneError> {
         let source = self.source();
-        let hub_error = |source| FinetuneError::Hub { model: self.model.clone(), source };
+        let hub_error = |source| FinetuneError::Hub { model: self.model.clone(), source: Box::new(source) };
         let tokenizer_files: Vec<PathBuf> =
             ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
                 .into_iter()

@@ -13,7 +13,7 @@ pub enum FinetuneError {
         dataset: String,
         /// The cause.
         #[source]
-        source: polarity_data::DataError,
+        source: Box<polarity_data::DataError>,
     },
     /// A model's files could not be resolved in the hub cache or a directory.
     #[error("model {model}")]
@@ -22,11 +22,11 @@ pub enum FinetuneError {
         model: String,
         /// The cause.
         #[source]
-        source: polarity_hub::HubError,
+        source: Box<polarity_hub::HubError>,
     },
     /// The tokenizer could not be loaded, or a text could not be encoded.
     #[error(transparent)]
-    Tokenize(#[from] polarity_tokenize::TokenizeError),
+    Tokenize(Box<polarity_tokenize::TokenizeError>),
     /// An encoder checkpoint could not be loaded or exported.
     #[error("encoder {model}")]
     Encoder {
@@ -34,7 +34,7 @@ pub enum FinetuneError {
         model: String,
         /// The cause.
         #[source]
-        source: polarity_encoder::EncoderError,
+        source: Box<polarity_encoder::EncoderError>,
     },
     /// A causal LM, its tokenizer or its adapter could not be loaded, built or saved.
     #[error("causal LM {model}")]
@@ -43,11 +43,11 @@ pub enum FinetuneError {
         model: String,
         /// The cause.
         #[source]
-        source: polarity_llama::LlamaError,
+        source: Box<polarity_llama::LlamaError>,
     },
     /// Training or evaluation failed (a non-finite loss, an empty set, a bad batch, ...).
     #[error(transparent)]
-    Train(#[from] polarity_train::TrainError),
+    Train(Box<polarity_train::TrainError>),
     /// The metrics could not be computed.
     #[error(transparent)]
     Metrics(#[from] polarity_metrics::MetricsError),
@@ -76,4 +76,16 @@ pub enum FinetuneError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<polarity_train::TrainError> for FinetuneError {
+    fn from(error: polarity_train::TrainError) -> Self {
+        Self::Train(Box::new(error))
+    }
+}
+
+impl From<polarity_tokenize::TokenizeError> for FinetuneError {
+    fn from(error: polarity_tokenize::TokenizeError) -> Self {
+        Self::Tokenize(Box::new(error))
+    }
 }

@@ -18,11 +18,12 @@ use crate::FinetuneError;
 pub const REFERENCE_MAX_NEW_TOKENS: usize = 4;
 
 /// How a causal LM's answer is read off the prompt `Review: ... Answer (positive or negative):`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
 pub enum ClassifyBy {
     /// The next-token logits of `" negative"` and `" positive"` after the prompt (one batched forward
     /// pass; every prompt gets a label).
+    #[default]
     LabelWords,
     /// Greedy decoding of at most `max_new_tokens` tokens, then [`polarity_llama::parse_answer`];
     /// answers naming no single label count as wrong and are reported as unparseable.
@@ -30,12 +31,6 @@ pub enum ClassifyBy {
         /// Tokens written before the answer is parsed.
         max_new_tokens: usize,
     },
-}
-
-impl Default for ClassifyBy {
-    fn default() -> Self {
-        Self::LabelWords
-    }
 }
 
 /// How an evaluation read the model's answers.
@@ -128,7 +123,7 @@ pub fn evaluate_by_generation<B: Backend>(
     if data.is_empty() {
         return Err(polarity_train::TrainError::EmptyDataset { which: "evaluation set" }.into());
     }
-    let llama_error = |source| FinetuneError::Llama { model: "generation".into(), source };
+    let llama_error = |source| FinetuneError::Llama { model: "generation".into(), source: Box::new(source) };
     let started = Instant::now();
     let mut matrix = ConfusionMatrix::default();
     let mut unparseable = 0;

@@ -128,7 +128,7 @@ impl LoraFineTune {
     }
 
     fn llama_error(&self, source: LlamaError) -> FinetuneError {
-        FinetuneError::Llama { model: self.model.clone(), source }
+        FinetuneError::Llama { model: self.model.clone(), source: Box::new(source) }
     }
 
     fn gguf_path(&self) -> Option<&Path> {
@@ -150,8 +150,9 @@ impl LoraFineTune {
         let source = RepoSource::parse(&self.model, RepoKind::Model);
         let model = Llama::from_pretrained(&source, device).map_err(|e| self.llama_error(e))?;
         let model = if self.qlora { model.quantize_frozen_base().map_err(|e| self.llama_error(e))? } else { model };
-        let tokenizer_file =
-            source.file("tokenizer.json").map_err(|source| FinetuneError::Hub { model: self.model.clone(), source })?;
+        let tokenizer_file = source
+            .file("tokenizer.json")
+            .map_err(|source| FinetuneError::Hub { model: self.model.clone(), source: Box::new(source) })?;
         let tokenizer = LlamaTokenizer::from_file(&tokenizer_file).map_err(|e| self.llama_error(e))?;
         Ok((model, tokenizer))
     }
