@@ -1,9 +1,14 @@
 //! The experiment's data: seeded balanced subsets of IMDB's train and test splits.
 
+use std::time::Instant;
+
 use polarity_data::{ImdbDataset, Split, hub};
+use polarity_tokenize::{Encode, TokenizedExample};
+use polarity_train::tokenize_examples;
 use serde::{Deserialize, Serialize};
 
 use crate::FinetuneError;
+use crate::report::DataReport;
 
 /// Which reviews an experiment trains, selects and tests on.
 ///
@@ -70,5 +75,45 @@ impl ExperimentData {
     /// Subsets already drawn (say from a CSV with [`polarity_data`]): `config` records where from.
     pub fn new(config: DataConfig, train: ImdbDataset, validation: Option<ImdbDataset>, test: ImdbDataset) -> Self {
         Self { config, train, validation, test }
+    }
+}
+
+/// An experiment's subsets encoded by one recipe's tokenizer or prompt encoder.
+pub(crate) struct TokenizedData {
+    pub train: Vec<TokenizedExample>,
+    pub validation: Option<Vec<TokenizedExample>>,
+    pub test: Vec<TokenizedExample>,
+    /// Wall-clock seconds the encoding took.
+    pub seconds: f64,
+}
+
+impl TokenizedData {
+    pub fn encode<T: Encode + ?Sized>(encoder: &T, data: &ExperimentData) -> Result<Self, FinetuneError> {
+        let started = Instant::now();
+        let train = tokenize_examples(encoder, &data.train)?;
+        let validation = data.validation.as_ref().map(|set| tokenize_examples(encoder, set)).transpose()?;
+        let test = tokenize_examples(encoder, &data.test)?;
+        Ok(Self { train, validation, test, seconds: started.elapsed().as_secs_f64() })
+    }
+
+    /// The set that picks the best epoch: the validation subset, else the test subset.
+    pub fn selection(&self) -> &[TokenizedExample] {
+        self.validation.as_deref().unwrap_or(&self.test)
+    }
+
+    /// Mean tokens per training example (0 for none).
+    pub fn mean_train_tokens(&self) -> f64 {
+        self.train.iter().map(|item| item.tokens.len()).sum::<usize>() as f64 / self.train.len().max(1) as f64
+    }
+
+    pub fn report(&self, data: &ExperimentData, shortened: Option<[usize; 2]>) -> DataReport {
+        DataReport {
+            config: data.config.clone(),
+            train: self.train.len(),
+            validation: self.validation.as_ref().map_or(0, Vec::len),
+            test: self.test.len(),
+            mean_train_tokens: self.mean_train_tokens(),
+            shortened,
+        }
     }
 }

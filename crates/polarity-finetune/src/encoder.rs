@@ -14,9 +14,10 @@ use polarity_tokenize::{Encode, HfTokenizer, TokenizedExample};
 use polarity_train::{CrossEntropyObjective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, tokenize_examples};
 use serde::{Deserialize, Serialize};
 
+use crate::data::TokenizedData;
 use crate::evaluate::{EvalMethod, evaluate_by_scores};
-use crate::report::{DataReport, ModelReport, RecipeConfig, RunReport, Timings, peak_rss_bytes};
-use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend, mean_tokens};
+use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, peak_rss_bytes};
+use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend};
 
 /// A fine-tuned encoder with its tokenizer: a text [`Classifier`](polarity_core::Classifier) (argmax of
 /// the two logits).
@@ -168,11 +169,7 @@ impl EncoderFineTune {
         let tokenizer = self.tokenizer()?;
         let load_seconds = started.elapsed().as_secs_f64();
 
-        let tokenizing = Instant::now();
-        let train = tokenize_examples(&tokenizer, &data.train)?;
-        let validation = data.validation.as_ref().map(|set| tokenize_examples(&tokenizer, set)).transpose()?;
-        let test = tokenize_examples(&tokenizer, &data.test)?;
-        let tokenize_seconds = tokenizing.elapsed().as_secs_f64();
+        let tokenized = TokenizedData::encode(&tokenizer, data)?;
 
         let architecture = format!("{:?}", model.architecture()).to_lowercase();
         tracing::info!(
@@ -181,20 +178,20 @@ impl EncoderFineTune {
             self.model,
             load_report.loaded.len(),
             load_report.initialised.len(),
-            train.len(),
-            test.len(),
-            mean_tokens(&train),
+            tokenized.train.len(),
+            tokenized.test.len(),
+            tokenized.mean_train_tokens(),
             self.max_length
         );
         let parameters = model.num_params();
-        let outcome = self.train(model, &tokenizer, &train, Some(validation.as_deref().unwrap_or(&test)), device)?;
+        let outcome = self.train(model, &tokenizer, &tokenized.train, Some(tokenized.selection()), device)?;
         let training = outcome.summary();
         let model = outcome.model.valid();
         let scorer = CrossEntropyObjective::new(tokenizer.pad_id());
         let evaluation = evaluate_by_scores(
             &scorer,
             &model,
-            &test,
+            &tokenized.test,
             self.trainer.eval_batch_size,
             self.trainer.precision,
             EvalMethod::ClassScores,
@@ -203,14 +200,7 @@ impl EncoderFineTune {
 
         let report = RunReport {
             recipe: RecipeConfig::Encoder(self.clone()),
-            data: DataReport {
-                config: data.config.clone(),
-                train: train.len(),
-                validation: validation.as_ref().map_or(0, Vec::len),
-                test: test.len(),
-                mean_train_tokens: mean_tokens(&train),
-                shortened: None,
-            },
+            data: tokenized.report(data, None),
             model: ModelReport {
                 source: self.model.clone(),
                 architecture,
@@ -226,7 +216,7 @@ impl EncoderFineTune {
             evaluation,
             timings: Timings {
                 load_seconds,
-                tokenize_seconds,
+                tokenize_seconds: tokenized.seconds,
                 train_seconds: training.train_seconds(),
                 total_seconds: started.elapsed().as_secs_f64(),
             },

@@ -76,7 +76,6 @@ mod report;
 
 use burn::tensor::backend::AutodiffBackend;
 use polarity_core::backend::TrainBackend;
-use polarity_tokenize::TokenizedExample;
 
 pub use data::{DataConfig, ExperimentData};
 pub use encoder::{EncoderFineTune, EncoderTextClassifier};
@@ -97,9 +96,4 @@ pub struct Experiment<C> {
     pub report: RunReport,
     /// The trained classifier (the best epoch's, where the recipe keeps the best).
     pub classifier: C,
-}
-
-/// Mean tokens per example (0 for none).
-fn mean_tokens(data: &[TokenizedExample]) -> f64 {
-    data.iter().map(|item| item.tokens.len()).sum::<usize>() as f64 / data.len().max(1) as f64
 }

@@ -14,10 +14,11 @@ use polarity_tokenize::{DEFAULT_TEMPLATE, Encode, PromptTemplate, TokenizedExamp
 use polarity_train::{TextClassifier, TrainOutcome, Trainer, TrainerConfig, Warmup, tokenize_examples};
 use serde::{Deserialize, Serialize};
 
+use crate::data::TokenizedData;
 use crate::evaluate::{ClassifyBy, EvalMethod, EvaluationReport, evaluate_by_generation, evaluate_by_scores};
 use crate::objective::CausalLmObjective;
-use crate::report::{DataReport, ModelReport, RecipeConfig, RunReport, Timings, WeightMemoryReport, peak_rss_bytes};
-use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend, mean_tokens};
+use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, WeightMemoryReport, peak_rss_bytes};
+use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend};
 
 /// A tuned causal LM with its prompt encoder: a text [`Classifier`](polarity_core::Classifier) that
 /// predicts by the label words' next-token logits after the prompt.
@@ -269,15 +270,12 @@ impl LoraFineTune {
         let memory = base.weight_memory();
         let load_seconds = started.elapsed().as_secs_f64();
 
-        let tokenizing = Instant::now();
-        let train = tokenize_examples(&encoder, &data.train)?;
-        let validation = data.validation.as_ref().map(|set| tokenize_examples(&encoder, set)).transpose()?;
-        let test = tokenize_examples(&encoder, &data.test)?;
+        let tokenized = TokenizedData::encode(&encoder, data)?;
         let shortened =
             [&data.train, &data.test].map(|set| encoder.count_shortened(&set.texts()).map_err(|e| self.llama_error(e)));
         let [train_shortened, test_shortened] = shortened;
         let shortened = [train_shortened?, test_shortened?];
-        let tokenize_seconds = tokenizing.elapsed().as_secs_f64();
+        let (train, test) = (&tokenized.train, &tokenized.test);
 
         tracing::info!(
             "{}: {} layers, loaded in {load_seconds:.1}s; {} train / {} test prompts, {:.1} tokens per training \
@@ -286,35 +284,28 @@ impl LoraFineTune {
             base.num_layers(),
             train.len(),
             test.len(),
-            mean_tokens(&train),
+            tokenized.mean_train_tokens(),
             self.max_length,
             shortened[0],
             shortened[1],
         );
         let zero_shot = if self.zero_shot {
             tracing::info!("zero-shot evaluation on {} test prompts ({:?})", test.len(), self.classify_by);
-            Some(self.evaluate(&base.valid(), &tokenizer, &objective, &test, device)?)
+            Some(self.evaluate(&base.valid(), &tokenizer, &objective, test, device)?)
         } else {
             None
         };
-        let outcome = self.train(base, &objective, &train, validation.as_deref(), device)?;
+        let outcome = self.train(base, &objective, train, tokenized.validation.as_deref(), device)?;
         let training = outcome.summary();
         let trainable_parameters: usize =
             outcome.model.lora_adapters().iter().map(|(_, adapter)| adapter.num_params()).sum();
         let model = outcome.model.valid();
         tracing::info!("evaluating the tuned model on {} test prompts", test.len());
-        let evaluation = self.evaluate(&model, &tokenizer, &objective, &test, device)?;
+        let evaluation = self.evaluate(&model, &tokenizer, &objective, test, device)?;
 
         let report = RunReport {
             recipe: RecipeConfig::Lora(self.clone()),
-            data: DataReport {
-                config: data.config.clone(),
-                train: train.len(),
-                validation: validation.as_ref().map_or(0, Vec::len),
-                test: test.len(),
-                mean_train_tokens: mean_tokens(&train),
-                shortened: Some(shortened),
-            },
+            data: tokenized.report(data, Some(shortened)),
             model: ModelReport {
                 source: self.model.clone(),
                 architecture: "llama".into(),
@@ -336,7 +327,7 @@ impl LoraFineTune {
             evaluation,
             timings: Timings {
                 load_seconds,
-                tokenize_seconds,
+                tokenize_seconds: tokenized.seconds,
                 train_seconds: training.train_seconds(),
                 total_seconds: started.elapsed().as_secs_f64(),
             },
