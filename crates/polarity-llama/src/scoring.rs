@@ -92,45 +92,6 @@ pub fn right_padded_batch<B: Backend>(rows: &[Vec<u32>], pad_id: u32, device: &B
     }
 }
 
-impl<B: Backend> Llama<B> {
-    /// Greedy decoding of up to `max_new_tokens` tokens after each prompt, batched (one forward pass per
-    /// step for all unfinished rows). A row stops after `stop_token`. Returns the new tokens of each row.
-    ///
-    /// There is no key/value cache: each step recomputes the whole prefix, which is fine for the few
-    /// tokens of an answer but quadratic for long generations. Empty prompts generate nothing.
-    pub fn generate_greedy(
-        &self,
-        prompts: &[Vec<u32>],
-        max_new_tokens: usize,
-        stop_token: Option<u32>,
-        device: &B::Device,
-    ) -> Vec<Vec<u32>> {
-        let mut rows: Vec<Vec<u32>> = prompts.to_vec();
-        let mut generated = vec![Vec::new(); prompts.len()];
-        let mut active: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].is_empty()).collect();
-        for _ in 0..max_new_tokens {
-            if active.is_empty() {
-                break;
-            }
-            let batch_rows: Vec<Vec<u32>> = active.iter().map(|&i| rows[i].clone()).collect();
-            let batch = right_padded_batch::<B>(&batch_rows, 0, device);
-            let next = self.last_token_logits(batch.input_ids, batch.attention_mask).argmax(1);
-            let next: Vec<i64> = next.into_data().convert::<i64>().into_vec().unwrap_or_default();
-            let mut still_active = Vec::with_capacity(active.len());
-            for (&row, &token) in active.iter().zip(&next) {
-                let token = u32::try_from(token).unwrap_or(0);
-                rows[row].push(token);
-                generated[row].push(token);
-                if Some(token) != stop_token {
-                    still_active.push(row);
-                }
-            }
-            active = still_active;
-        }
-        generated
-    }
-}
-
 /// The sentiment an answer names: the one of "positive"/"negative" that occurs in it (any case),
 /// `None` when neither or both occur.
 ///
