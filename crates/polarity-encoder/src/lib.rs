@@ -62,7 +62,8 @@ pub use common::Activation;
 pub use distilbert::{DistilBertConfig, DistilBertForSequenceClassification, DistilBertModel};
 pub use error::EncoderError;
 pub use hf_config::{HfConfig, HfConfigJson};
-pub use pretrained::{CONFIG_FILE, HfModel, LoadReport, ParameterNaming, WEIGHTS_FILE};
+pub use polarity_checkpoint::{CheckpointError, LoadReport, TensorInfo};
+pub use pretrained::{CONFIG_FILE, HfModel, ParameterNaming, WEIGHTS_FILE};
 
 /// What a bare encoder returns (transformers' `BaseModelOutputWithPooling`).
 #[derive(Clone, Debug)]

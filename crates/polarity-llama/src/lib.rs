@@ -64,6 +64,7 @@ pub use llama::{
     causal_lm_loss,
 };
 pub use objective::{CausalLmObjective, answer_loss};
+pub use polarity_checkpoint::{CheckpointError, LoadReport, TensorInfo};
 pub use prompt::PromptEncoder;
 pub use scoring::{
     GeneratedAnswers, LabelWordScorer, LabelWords, generate_answers, generate_answers_for_ids, parse_answer,

@@ -8,9 +8,9 @@ use std::rc::Rc;
 use burn::module::ParamId;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_store::TensorSnapshot;
+use polarity_checkpoint::{Checkpoint, CheckpointError, TensorSnapshot};
 
-use super::{Checkpoint, Part, apply_checkpoint, hf_key, hf_key_remapper};
+use super::{LlamaKeys, load};
 use crate::gguf::{GgmlType, GgufFile, GgufTensor, unpermute_rope_rows};
 use crate::layers::{BaseLinear, LoraLinear, QuantizedLinear, QuantizedMatrix};
 use crate::llama::{Llama, Llama3RopeScaling, LlamaConfig, LlamaModel};
@@ -96,13 +96,11 @@ impl<B: Backend> Llama<B> {
             if keep_blocks {
                 quantized.insert(hf_name, gguf_matrix(&tensor, rope_heads)?);
             } else {
-                tensors.push(gguf_snapshot(tensor, &hf_name, rope_heads));
+                tensors.push((hf_name, gguf_snapshot(tensor, rope_heads)));
             }
         }
         let model = if quantized.is_empty() { self } else { self.with_quantized_projections(quantized, source_name)? };
-        let (tensors, _) = hf_key_remapper().remap(tensors);
-        let checkpoint = Checkpoint { name: source_name.to_string(), tensors, checkpoint_name: hf_key };
-        apply_checkpoint(model, checkpoint, Part::Base).map(|(model, _unused)| model)
+        load(model, Checkpoint::from_snapshots(source_name, tensors), LlamaKeys::Base)
     }
 
     /// Replaces the base weight of every projection named in `matrices` (Hugging Face names,
@@ -124,12 +122,13 @@ impl<B: Backend> Llama<B> {
                     let Some(matrix) = matrices.remove(&key) else { return Ok(projection) };
                     let [d_input, d_output] = projection.dims();
                     if matrix.dims() != [d_output, d_input] {
-                        return Err(LlamaError::ShapeMismatch {
-                            source_name: source_name.to_string(),
+                        return Err(CheckpointError::ShapeMismatch {
+                            checkpoint: source_name.to_string(),
                             tensor: key,
                             expected: vec![d_output, d_input],
                             found: matrix.dims().to_vec(),
-                        });
+                        }
+                        .into());
                     }
                     let bias = projection.base_layer.bias().cloned();
                     Ok(LoraLinear {
@@ -171,8 +170,8 @@ fn gguf_matrix(tensor: &GgufTensor, rope_heads: Option<usize>) -> Result<Quantiz
     }
 }
 
-/// A lazily dequantised GGUF tensor under its Hugging Face name.
-fn gguf_snapshot(tensor: GgufTensor, hf_name: &str, rope_heads: Option<usize>) -> TensorSnapshot {
+/// A lazily dequantised GGUF tensor (the loader gives it its module path).
+fn gguf_snapshot(tensor: GgufTensor, rope_heads: Option<usize>) -> TensorSnapshot {
     let shape = tensor.info.shape();
     let read_shape = shape.clone();
     let read = move || {
@@ -187,7 +186,7 @@ fn gguf_snapshot(tensor: GgufTensor, hf_name: &str, rope_heads: Option<usize>) -
         Rc::new(move || read().map_err(|e: LlamaError| burn_store::TensorSnapshotError::DataError(e.to_string()))),
         DType::F32,
         shape.into(),
-        hf_name.split('.').map(str::to_string).collect(),
+        Vec::new(),
         Vec::new(),
         ParamId::new(),
     )

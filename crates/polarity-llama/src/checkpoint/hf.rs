@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use polarity_hub::RepoSource;
 
-use super::{Checkpoint, Part, apply_checkpoint, hf_key, hf_key_remapper, read_safetensors};
+use polarity_checkpoint::Checkpoint;
+
+use super::{LlamaKeys, load};
 use crate::LlamaError;
 use crate::llama::{Llama, LlamaConfig};
 
@@ -21,8 +23,6 @@ impl<B: Backend> Llama<B> {
     /// Loads Hugging Face-named safetensors `files` into this model (all its non-adapter parameters
     /// must be present with matching shapes). `source_name` is used in error messages.
     pub fn load_safetensors(self, files: &[PathBuf], source_name: &str) -> Result<Self, LlamaError> {
-        let tensors = read_safetensors(files, &hf_key_remapper())?;
-        let checkpoint = Checkpoint { name: source_name.to_string(), tensors, checkpoint_name: hf_key };
-        apply_checkpoint(self, checkpoint, Part::Base).map(|(model, _unused)| model)
+        load(self, Checkpoint::from_safetensors(files)?.named(source_name), LlamaKeys::Base)
     }
 }

@@ -5,10 +5,11 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, SafetensorsStore};
+use polarity_checkpoint::{Checkpoint, CheckpointError};
 use polarity_hub::RepoSource;
 use serde::Deserialize;
 
-use super::{Checkpoint, Part, apply_checkpoint, read_safetensors};
+use super::{LlamaKeys, load};
 use crate::LlamaError;
 use crate::layers::LoraConfig;
 use crate::llama::{LLAMA_DEFAULT_TARGET_MODULES, LLAMA_TARGET_MODULES, Llama};
@@ -122,18 +123,7 @@ impl LoraConfig {
     }
 }
 
-/// PEFT adapter keys to module paths (`base_model.model.X.lora_A.weight` -> `X.adapter.lora_a.weight`).
-fn peft_to_module_remapper() -> KeyRemapper {
-    KeyRemapper::from_patterns(vec![
-        (r"^base_model\.model\.", ""),
-        (r"\.lora_A\.weight$", ".adapter.lora_a.weight"),
-        (r"\.lora_B\.weight$", ".adapter.lora_b.weight"),
-    ])
-    // Constant, valid patterns: this cannot fail.
-    .unwrap_or_default()
-}
-
-/// Module paths to PEFT adapter keys (the inverse of [`peft_to_module_remapper`]).
+/// Module paths to PEFT adapter keys, for saving (what [`peft_key`] does for one path).
 fn module_to_peft_remapper() -> KeyRemapper {
     KeyRemapper::from_patterns(vec![
         (r"\.adapter\.lora_a\.weight$", ".lora_A.weight"),
@@ -144,7 +134,7 @@ fn module_to_peft_remapper() -> KeyRemapper {
 }
 
 /// The PEFT key of an adapter parameter's module path.
-fn peft_key(module_path: &str) -> String {
+pub(super) fn peft_key(module_path: &str) -> String {
     let key = module_path.replace(".adapter.lora_a.", ".lora_A.").replace(".adapter.lora_b.", ".lora_B.");
     format!("base_model.model.{key}")
 }
@@ -157,9 +147,7 @@ impl<B: Backend> Llama<B> {
         let config = LoraConfig::from_peft_file(&source.file(ADAPTER_CONFIG_FILE)?)?;
         let weights = source.file(ADAPTER_WEIGHTS_FILE)?;
         let model = self.with_lora(&config)?;
-        let tensors = read_safetensors(std::slice::from_ref(&weights), &peft_to_module_remapper())?;
-        let checkpoint = Checkpoint { name: weights.display().to_string(), tensors, checkpoint_name: peft_key };
-        let (model, _) = apply_checkpoint(model, checkpoint, Part::Adapters)?;
+        let model = load(model, Checkpoint::from_safetensors(std::slice::from_ref(&weights))?, LlamaKeys::Adapters)?;
         Ok((model, config))
     }
 
@@ -191,6 +179,7 @@ impl<B: Backend> Llama<B> {
             .clear_metadata()
             .metadata("format", "pt")
             .overwrite(true);
-        self.save_into(&mut store).map_err(|e| LlamaError::Safetensors { path: weights_path, reason: e.to_string() })
+        self.save_into(&mut store)
+            .map_err(|e| CheckpointError::Save { path: weights_path, reason: e.to_string() }.into())
     }
 }
