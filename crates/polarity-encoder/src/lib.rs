@@ -86,7 +86,7 @@ pub enum EncoderArchitecture {
 impl EncoderArchitecture {
     /// The architecture `config.json` describes, by its `model_type`.
     pub fn of(config: &HfConfigJson) -> Result<Self, EncoderError> {
-        match config.model_type()? {
+        match config.model_type()?.as_deref() {
             Some(BertConfig::MODEL_TYPE) => Ok(Self::Bert),
             Some(DistilBertConfig::MODEL_TYPE) => Ok(Self::DistilBert),
             Some(other) => Err(EncoderError::UnsupportedArchitecture {
