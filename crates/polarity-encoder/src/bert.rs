@@ -197,7 +197,7 @@ impl HfConfig for BertConfig {
                 format!("{:?} is not supported (only \"absolute\")", hf.position_embedding_type),
             ));
         }
-        if hf.num_attention_heads == 0 || hf.hidden_size % hf.num_attention_heads != 0 {
+        if hf.num_attention_heads == 0 || !hf.hidden_size.is_multiple_of(hf.num_attention_heads) {
             return Err(config.invalid(
                 "num_attention_heads",
                 format!("{} does not divide hidden_size {}", hf.num_attention_heads, hf.hidden_size),

@@ -188,7 +188,7 @@ impl HfConfig for DistilBertConfig {
         let activation = Activation::from_hf_name(&hf.activation).ok_or_else(|| {
             config.invalid("activation", format!("{:?} is not a supported activation", hf.activation))
         })?;
-        if hf.n_heads == 0 || hf.dim % hf.n_heads != 0 {
+        if hf.n_heads == 0 || !hf.dim.is_multiple_of(hf.n_heads) {
             return Err(config.invalid("n_heads", format!("{} does not divide dim {}", hf.n_heads, hf.dim)));
         }
         Ok(DistilBertConfig {
