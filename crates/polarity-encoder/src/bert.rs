@@ -11,6 +11,7 @@ use burn::prelude::*;
 
 use polarity_core::{ClassScorer, TokenBatch};
 use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, run_layers};
@@ -128,46 +129,96 @@ impl BertConfig {
     }
 }
 
+/// transformers' `BertConfig` as `config.json` spells it. The sizes are required (a checkpoint without
+/// them is not one this crate should guess); the rest default as in transformers.
+#[derive(Deserialize)]
+struct HfBertConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "defaults::type_vocab_size")]
+    type_vocab_size: usize,
+    #[serde(default = "defaults::gelu")]
+    hidden_act: String,
+    #[serde(default = "defaults::layer_norm_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "defaults::dropout")]
+    hidden_dropout_prob: f64,
+    #[serde(default = "defaults::dropout")]
+    attention_probs_dropout_prob: f64,
+    #[serde(default)]
+    classifier_dropout: Option<f64>,
+    #[serde(default = "defaults::initializer_range")]
+    initializer_range: f64,
+    #[serde(default)]
+    pad_token_id: usize,
+    #[serde(default = "defaults::absolute")]
+    position_embedding_type: String,
+}
+
+/// transformers' `BertConfig` defaults.
+mod defaults {
+    pub(super) fn type_vocab_size() -> usize {
+        2
+    }
+    pub(super) fn gelu() -> String {
+        "gelu".into()
+    }
+    pub(super) fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub(super) fn dropout() -> f64 {
+        0.1
+    }
+    pub(super) fn initializer_range() -> f64 {
+        0.02
+    }
+    pub(super) fn absolute() -> String {
+        "absolute".into()
+    }
+}
+
 impl HfConfig for BertConfig {
     const MODEL_TYPE: &'static str = "bert";
 
     fn from_hf(config: &HfConfigJson) -> Result<Self, EncoderError> {
         config.expect_model_type(Self::MODEL_TYPE)?;
-        let act_name = config.str_or("hidden_act", "gelu")?;
-        let hidden_act = Activation::from_hf_name(act_name)
-            .ok_or_else(|| config.invalid("hidden_act", format!("{act_name:?} is not a supported activation")))?;
-        let position_embedding_type = config.str_or("position_embedding_type", "absolute")?;
-        if position_embedding_type != "absolute" {
+        let hf: HfBertConfig = config.deserialize()?;
+        let hidden_act = Activation::from_hf_name(&hf.hidden_act).ok_or_else(|| {
+            config.invalid("hidden_act", format!("{:?} is not a supported activation", hf.hidden_act))
+        })?;
+        if hf.position_embedding_type != "absolute" {
             return Err(config.invalid(
                 "position_embedding_type",
-                format!("{position_embedding_type:?} is not supported (only \"absolute\")"),
+                format!("{:?} is not supported (only \"absolute\")", hf.position_embedding_type),
             ));
         }
-        let hidden_size = config.required_usize("hidden_size")?;
-        let num_attention_heads = config.required_usize("num_attention_heads")?;
-        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+        if hf.num_attention_heads == 0 || !hf.hidden_size.is_multiple_of(hf.num_attention_heads) {
             return Err(config.invalid(
                 "num_attention_heads",
-                format!("{num_attention_heads} does not divide hidden_size {hidden_size}"),
+                format!("{} does not divide hidden_size {}", hf.num_attention_heads, hf.hidden_size),
             ));
         }
-        Ok(BertConfig::new(
-            config.required_usize("vocab_size")?,
-            hidden_size,
-            config.required_usize("num_hidden_layers")?,
-            num_attention_heads,
-            config.required_usize("intermediate_size")?,
-            config.required_usize("max_position_embeddings")?,
-        )
-        .with_type_vocab_size(config.usize_or("type_vocab_size", 2)?)
-        .with_hidden_act(hidden_act)
-        .with_layer_norm_eps(config.f64_or("layer_norm_eps", 1e-12)?)
-        .with_hidden_dropout_prob(config.f64_or("hidden_dropout_prob", 0.1)?)
-        .with_attention_probs_dropout_prob(config.f64_or("attention_probs_dropout_prob", 0.1)?)
-        .with_classifier_dropout(config.optional_f64("classifier_dropout")?)
-        .with_initializer_range(config.f64_or("initializer_range", 0.02)?)
-        .with_pad_token_id(config.usize_or("pad_token_id", 0)?)
-        .with_num_labels(config.num_labels()?))
+        Ok(BertConfig {
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            num_hidden_layers: hf.num_hidden_layers,
+            num_attention_heads: hf.num_attention_heads,
+            intermediate_size: hf.intermediate_size,
+            max_position_embeddings: hf.max_position_embeddings,
+            type_vocab_size: hf.type_vocab_size,
+            hidden_act,
+            layer_norm_eps: hf.layer_norm_eps,
+            hidden_dropout_prob: hf.hidden_dropout_prob,
+            attention_probs_dropout_prob: hf.attention_probs_dropout_prob,
+            classifier_dropout: hf.classifier_dropout,
+            initializer_range: hf.initializer_range,
+            pad_token_id: hf.pad_token_id,
+            num_labels: config.num_labels()?,
+        })
     }
 
     fn to_hf(&self) -> Map<String, Value> {

@@ -11,6 +11,7 @@ use burn::prelude::*;
 
 use polarity_core::{ClassScorer, TokenBatch};
 use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, linear, linear_residual};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, run_layers};
@@ -135,35 +136,76 @@ fn sinusoidal_table<B: Backend>(positions: usize, dim: usize, device: &B::Device
     Tensor::from_data(TensorData::new(values, [positions, dim]), device)
 }
 
+/// transformers' `DistilBertConfig` as `config.json` spells it. The sizes are required (a checkpoint
+/// without them is not one this crate should guess); the rest default as in transformers.
+#[derive(Deserialize)]
+struct HfDistilBertConfig {
+    vocab_size: usize,
+    dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    hidden_dim: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "defaults::gelu")]
+    activation: String,
+    #[serde(default = "defaults::dropout")]
+    dropout: f64,
+    #[serde(default = "defaults::dropout")]
+    attention_dropout: f64,
+    #[serde(default = "defaults::seq_classif_dropout")]
+    seq_classif_dropout: f64,
+    #[serde(default = "defaults::initializer_range")]
+    initializer_range: f64,
+    #[serde(default)]
+    sinusoidal_pos_embds: bool,
+    #[serde(default)]
+    pad_token_id: usize,
+}
+
+/// transformers' `DistilBertConfig` defaults.
+mod defaults {
+    pub(super) fn gelu() -> String {
+        "gelu".into()
+    }
+    pub(super) fn dropout() -> f64 {
+        0.1
+    }
+    pub(super) fn seq_classif_dropout() -> f64 {
+        0.2
+    }
+    pub(super) fn initializer_range() -> f64 {
+        0.02
+    }
+}
+
 impl HfConfig for DistilBertConfig {
     const MODEL_TYPE: &'static str = "distilbert";
 
     fn from_hf(config: &HfConfigJson) -> Result<Self, EncoderError> {
         config.expect_model_type(Self::MODEL_TYPE)?;
-        let act_name = config.str_or("activation", "gelu")?;
-        let activation = Activation::from_hf_name(act_name)
-            .ok_or_else(|| config.invalid("activation", format!("{act_name:?} is not a supported activation")))?;
-        let dim = config.required_usize("dim")?;
-        let n_heads = config.required_usize("n_heads")?;
-        if n_heads == 0 || dim % n_heads != 0 {
-            return Err(config.invalid("n_heads", format!("{n_heads} does not divide dim {dim}")));
+        let hf: HfDistilBertConfig = config.deserialize()?;
+        let activation = Activation::from_hf_name(&hf.activation).ok_or_else(|| {
+            config.invalid("activation", format!("{:?} is not a supported activation", hf.activation))
+        })?;
+        if hf.n_heads == 0 || !hf.dim.is_multiple_of(hf.n_heads) {
+            return Err(config.invalid("n_heads", format!("{} does not divide dim {}", hf.n_heads, hf.dim)));
         }
-        Ok(DistilBertConfig::new(
-            config.required_usize("vocab_size")?,
-            dim,
-            config.required_usize("n_layers")?,
-            n_heads,
-            config.required_usize("hidden_dim")?,
-            config.required_usize("max_position_embeddings")?,
-        )
-        .with_activation(activation)
-        .with_dropout(config.f64_or("dropout", 0.1)?)
-        .with_attention_dropout(config.f64_or("attention_dropout", 0.1)?)
-        .with_seq_classif_dropout(config.f64_or("seq_classif_dropout", 0.2)?)
-        .with_initializer_range(config.f64_or("initializer_range", 0.02)?)
-        .with_sinusoidal_pos_embds(config.bool_or("sinusoidal_pos_embds", false)?)
-        .with_pad_token_id(config.usize_or("pad_token_id", 0)?)
-        .with_num_labels(config.num_labels()?))
+        Ok(DistilBertConfig {
+            vocab_size: hf.vocab_size,
+            dim: hf.dim,
+            n_layers: hf.n_layers,
+            n_heads: hf.n_heads,
+            hidden_dim: hf.hidden_dim,
+            max_position_embeddings: hf.max_position_embeddings,
+            activation,
+            dropout: hf.dropout,
+            attention_dropout: hf.attention_dropout,
+            seq_classif_dropout: hf.seq_classif_dropout,
+            initializer_range: hf.initializer_range,
+            sinusoidal_pos_embds: hf.sinusoidal_pos_embds,
+            pad_token_id: hf.pad_token_id,
+            num_labels: config.num_labels()?,
+        })
     }
 
     fn to_hf(&self) -> Map<String, Value> {

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use polarity_checkpoint::CheckpointError;
 use polarity_core::CoreError;
 use polarity_hub::HubError;
 use thiserror::Error;
@@ -67,72 +68,10 @@ pub enum EncoderError {
         model_type: String,
     },
 
-    /// The weights file is not a readable safetensors file.
-    #[error("{path} is not a valid safetensors file: {reason}")]
-    InvalidSafetensors {
-        /// The weights file.
-        path: PathBuf,
-        /// What the reader said.
-        reason: String,
-    },
-
-    /// The checkpoint lacks a tensor the model needs (and cannot freshly initialise).
-    #[error("{path} has no tensor {name:?} (the model expects shape {expected:?})")]
-    MissingTensor {
-        /// The weights file.
-        path: PathBuf,
-        /// The Hugging Face name of the tensor.
-        name: String,
-        /// The shape the model expects, in Hugging Face layout.
-        expected: Vec<usize>,
-    },
-
-    /// A tensor of the checkpoint has a different shape than the config implies.
-    #[error("tensor {name:?} in {path} has shape {found:?}, but the model expects {expected:?}")]
-    ShapeMismatch {
-        /// The weights file.
-        path: PathBuf,
-        /// The Hugging Face name of the tensor.
-        name: String,
-        /// The shape the model expects, in Hugging Face layout.
-        expected: Vec<usize>,
-        /// The shape stored in the checkpoint.
-        found: Vec<usize>,
-    },
-
-    /// The checkpoint has a tensor inside the model's own modules that the model does not have
-    /// (for example a 13th layer when the config says 12): the config and the weights disagree.
-    #[error(
-        "{path} has tensor {name:?} with shape {shape:?}, which the model (as its config.json describes it) does not have"
-    )]
-    UnexpectedTensor {
-        /// The weights file.
-        path: PathBuf,
-        /// The Hugging Face name of the tensor.
-        name: String,
-        /// Its shape in the checkpoint.
-        shape: Vec<usize>,
-    },
-
-    /// A tensor was found but could not be loaded (an unsupported dtype, unreadable data).
-    #[error("cannot load tensor {name:?} from {path}: {reason}")]
-    TensorLoad {
-        /// The weights file.
-        path: PathBuf,
-        /// The tensor (Hugging Face name where known).
-        name: String,
-        /// Why.
-        reason: String,
-    },
-
-    /// Writing a checkpoint failed.
-    #[error("cannot save the model to {path}: {reason}")]
-    Save {
-        /// The file or directory being written.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    /// A checkpoint could not be read, applied to the model or written: missing, unexpected or
+    /// mis-shaped tensors, unreadable safetensors files, failed saves (each naming the file and tensor).
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 
     /// Inputs the model cannot run on (too long, ids out of the vocabulary, inconsistent shapes).
     #[error("invalid input: {0}")]

@@ -1,21 +1,44 @@
 //! Reading and writing transformers' `config.json`.
 //!
 //! The architecture configs ([`BertConfig`](crate::bert::BertConfig),
-//! [`DistilBertConfig`](crate::distilbert::DistilBertConfig)) are burn `Config`s; this module maps them
-//! from and to the Hugging Face JSON, field by field, so that every missing or malformed field becomes
-//! an [`EncoderError`] naming it.
+//! [`DistilBertConfig`](crate::distilbert::DistilBertConfig)) are burn `Config`s; each architecture
+//! reads `config.json` through a `#[derive(Deserialize)]` struct with transformers' field names and
+//! defaults ([`HfConfigJson::deserialize`]), and writes it back field by field ([`HfConfig::to_hf`]).
+//! Errors name the file and the field: a missing required field is
+//! [`EncoderError::MissingConfigField`], a value of the wrong type [`EncoderError::InvalidConfigField`].
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
+use serde::{Deserialize, forward_to_deserialize_any};
 use serde_json::{Map, Value};
 
 use crate::EncoderError;
 
-/// A parsed `config.json`, with typed accessors that name the file and field in their errors.
+/// A parsed `config.json` and the file it came from.
 #[derive(Clone, Debug)]
 pub struct HfConfigJson {
     path: PathBuf,
     fields: Map<String, Value>,
+}
+
+/// The fields every transformers config may have that this crate reads the same way for every
+/// architecture.
+#[derive(Deserialize)]
+struct CommonFields {
+    #[serde(default)]
+    model_type: Option<String>,
+    /// Class names by index; its size is the number of labels when present.
+    #[serde(default)]
+    id2label: Option<Map<String, Value>>,
+    #[serde(default = "default_num_labels")]
+    num_labels: usize,
+}
+
+/// transformers' `PretrainedConfig` default.
+fn default_num_labels() -> usize {
+    2
 }
 
 impl HfConfigJson {
@@ -40,9 +63,22 @@ impl HfConfigJson {
         &self.path
     }
 
+    /// The config as `T`, a `#[derive(Deserialize)]` struct with transformers' field names. Fields that
+    /// are `null` count as absent (serde defaults apply), as in transformers; unknown fields are ignored.
+    ///
+    /// Errors: [`EncoderError::MissingConfigField`] for a required field that is absent, and
+    /// [`EncoderError::InvalidConfigField`] for a value of the wrong type, each naming the field.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, EncoderError> {
+        T::deserialize(Fields(&self.fields)).map_err(|error| match error {
+            FieldError::Missing(field) => EncoderError::MissingConfigField { path: self.path.clone(), field },
+            FieldError::Invalid { field, problem } => self.invalid(field, problem),
+            FieldError::Other(reason) => EncoderError::InvalidConfig { path: self.path.clone(), reason },
+        })
+    }
+
     /// `model_type` (`"bert"`, `"distilbert"`, ...), if present.
-    pub fn model_type(&self) -> Result<Option<&str>, EncoderError> {
-        self.optional_str("model_type")
+    pub fn model_type(&self) -> Result<Option<String>, EncoderError> {
+        Ok(self.deserialize::<CommonFields>()?.model_type)
     }
 
     /// Fails unless `model_type` is absent or equal to `expected`.
@@ -55,79 +91,16 @@ impl HfConfigJson {
         }
     }
 
-    /// A non-negative integer field that must be present.
-    pub fn required_usize(&self, field: &'static str) -> Result<usize, EncoderError> {
-        self.optional_usize(field)?.ok_or_else(|| EncoderError::MissingConfigField { path: self.path.clone(), field })
-    }
-
-    /// A non-negative integer field, or `default` when absent or `null`.
-    pub fn usize_or(&self, field: &'static str, default: usize) -> Result<usize, EncoderError> {
-        Ok(self.optional_usize(field)?.unwrap_or(default))
-    }
-
-    /// A number field, or `default` when absent or `null`.
-    pub fn f64_or(&self, field: &'static str, default: f64) -> Result<f64, EncoderError> {
-        Ok(self.optional_f64(field)?.unwrap_or(default))
-    }
-
-    /// A number field that may be absent or `null`.
-    pub fn optional_f64(&self, field: &'static str) -> Result<Option<f64>, EncoderError> {
-        match self.fields.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => value
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.invalid(field, format!("should be a number, found {}", json_kind(value)))),
-        }
-    }
-
-    /// A boolean field, or `default` when absent or `null`.
-    pub fn bool_or(&self, field: &'static str, default: bool) -> Result<bool, EncoderError> {
-        match self.fields.get(field) {
-            None | Some(Value::Null) => Ok(default),
-            Some(value) => value
-                .as_bool()
-                .ok_or_else(|| self.invalid(field, format!("should be a boolean, found {}", json_kind(value)))),
-        }
-    }
-
-    /// A string field, or `default` when absent or `null`.
-    pub fn str_or<'a>(&'a self, field: &'static str, default: &'a str) -> Result<&'a str, EncoderError> {
-        Ok(self.optional_str(field)?.unwrap_or(default))
-    }
-
-    /// The number of classes, as transformers derives it: the size of `id2label` when present,
-    /// else `num_labels`, else 2.
+    /// The number of classes, as transformers derives it: the size of `id2label` when present and not
+    /// empty, else `num_labels`, else 2.
     pub fn num_labels(&self) -> Result<usize, EncoderError> {
-        match self.fields.get("id2label") {
-            Some(Value::Object(labels)) if !labels.is_empty() => Ok(labels.len()),
-            Some(Value::Object(_)) | None | Some(Value::Null) => self.usize_or("num_labels", 2),
-            Some(other) => Err(self.invalid("id2label", format!("should be an object, found {}", json_kind(other)))),
-        }
+        let common = self.deserialize::<CommonFields>()?;
+        Ok(common.id2label.filter(|labels| !labels.is_empty()).map_or(common.num_labels, |labels| labels.len()))
     }
 
     /// An [`EncoderError::InvalidConfigField`] for `field`.
     pub fn invalid(&self, field: &'static str, problem: impl Into<String>) -> EncoderError {
         EncoderError::InvalidConfigField { path: self.path.clone(), field, problem: problem.into() }
-    }
-
-    fn optional_usize(&self, field: &'static str) -> Result<Option<usize>, EncoderError> {
-        match self.fields.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => value
-                .as_u64()
-                .and_then(|v| usize::try_from(v).ok())
-                .map(Some)
-                .ok_or_else(|| self.invalid(field, format!("should be a non-negative integer, found {value}"))),
-        }
-    }
-
-    fn optional_str(&self, field: &'static str) -> Result<Option<&str>, EncoderError> {
-        match self.fields.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(self.invalid(field, format!("should be a string, found {}", json_kind(other)))),
-        }
     }
 }
 
@@ -173,6 +146,97 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// A deserialisation error that keeps the field it is about (serde_json's own errors do not say which
+/// field of a struct failed).
+#[derive(Debug)]
+enum FieldError {
+    /// A required field is absent (or `null`).
+    Missing(&'static str),
+    /// A field's value has the wrong type or an invalid value.
+    Invalid { field: &'static str, problem: String },
+    /// Anything else.
+    Other(String),
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldError::Missing(field) => write!(f, "missing field {field:?}"),
+            FieldError::Invalid { field, problem } => write!(f, "field {field:?}: {problem}"),
+            FieldError::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+impl de::Error for FieldError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        FieldError::Other(msg.to_string())
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        FieldError::Missing(field)
+    }
+}
+
+/// The top-level JSON object as a serde deserializer that attributes value errors to their field.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl<'de, 'a: 'de> de::Deserializer<'de> for Fields<'a> {
+    type Error = FieldError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FieldError> {
+        self.deserialize_struct("", &[], visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, FieldError> {
+        // `null` is "not set" in transformers' configs: skipping it lets serde's defaults apply.
+        let entries = self.0.iter().filter(|(_, value)| !value.is_null());
+        visitor.visit_map(Entries { entries, fields, current: None })
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// The entries of the object, remembering the current key for error messages.
+struct Entries<'a, I> {
+    entries: I,
+    fields: &'static [&'static str],
+    current: Option<(&'a String, &'a Value)>,
+}
+
+impl<'de, 'a: 'de, I: Iterator<Item = (&'a String, &'a Value)>> MapAccess<'de> for Entries<'a, I> {
+    type Error = FieldError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, FieldError> {
+        let Some((key, value)) = self.entries.next() else { return Ok(None) };
+        self.current = Some((key, value));
+        seed.deserialize(key.as_str().into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, FieldError> {
+        let Some((key, value)) = self.current.take() else {
+            return Err(FieldError::Other("a value was read before its key".into()));
+        };
+        seed.deserialize(value).map_err(|error| {
+            // The struct's own spelling of the field is `'static`; an unknown field is never read.
+            match self.fields.iter().find(|field| **field == key.as_str()) {
+                Some(field) => FieldError::Invalid { field, problem: error.to_string() },
+                None => FieldError::Other(format!("field {key:?}: {error}")),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,24 +245,54 @@ mod tests {
         HfConfigJson::parse(text, Path::new("config.json")).unwrap()
     }
 
+    #[derive(Deserialize, Debug)]
+    struct Sizes {
+        hidden_size: usize,
+        #[serde(default = "default_eps")]
+        layer_norm_eps: f64,
+        #[serde(default)]
+        dropout: Option<f64>,
+    }
+
+    fn default_eps() -> f64 {
+        1e-12
+    }
+
     #[test]
-    fn accessors_name_the_field_in_errors() {
-        let c = config(r#"{"hidden_size": 32, "layer_norm_eps": "tiny", "num_labels": 3, "dropout": null}"#);
-        assert_eq!(c.required_usize("hidden_size").unwrap(), 32);
-        let missing = c.required_usize("vocab_size").unwrap_err();
-        assert!(matches!(missing, EncoderError::MissingConfigField { field: "vocab_size", .. }), "{missing}");
-        let invalid = c.f64_or("layer_norm_eps", 1e-12).unwrap_err();
-        assert!(invalid.to_string().contains("layer_norm_eps"), "{invalid}");
-        assert_eq!(c.f64_or("dropout", 0.1).unwrap(), 0.1);
+    fn fields_are_named_in_errors() {
+        let c =
+            config(r#"{"hidden_size": 32, "layer_norm_eps": null, "num_labels": 3, "dropout": null, "extra": [1]}"#);
+        let sizes: Sizes = c.deserialize().unwrap();
+        assert_eq!((sizes.hidden_size, sizes.layer_norm_eps, sizes.dropout), (32, 1e-12, None));
         assert_eq!(c.num_labels().unwrap(), 3);
-        assert!(c.required_usize("num_labels").is_ok());
-        assert!(config("{}").required_usize("hidden_size").is_err());
+
+        let missing = config(r#"{"layer_norm_eps": 1e-5}"#).deserialize::<Sizes>().unwrap_err();
+        assert!(matches!(missing, EncoderError::MissingConfigField { field: "hidden_size", .. }), "{missing}");
+        let null = config(r#"{"hidden_size": null}"#).deserialize::<Sizes>().unwrap_err();
+        assert!(matches!(null, EncoderError::MissingConfigField { field: "hidden_size", .. }), "{null}");
+
+        let invalid = config(r#"{"hidden_size": 32, "layer_norm_eps": "tiny"}"#).deserialize::<Sizes>().unwrap_err();
+        assert!(matches!(invalid, EncoderError::InvalidConfigField { field: "layer_norm_eps", .. }), "{invalid}");
+        let negative = config(r#"{"hidden_size": -1}"#).deserialize::<Sizes>().unwrap_err();
+        assert!(matches!(negative, EncoderError::InvalidConfigField { field: "hidden_size", .. }), "{negative}");
+        assert!(negative.to_string().contains("config.json"), "{negative}");
     }
 
     #[test]
     fn num_labels_follows_id2label_first() {
         assert_eq!(config(r#"{"id2label": {"0": "a", "1": "b", "2": "c"}, "num_labels": 2}"#).num_labels().unwrap(), 3);
+        assert_eq!(config(r#"{"id2label": {}, "num_labels": 4}"#).num_labels().unwrap(), 4);
         assert_eq!(config("{}").num_labels().unwrap(), 2);
+        let err = config(r#"{"id2label": [1]}"#).num_labels().unwrap_err();
+        assert!(matches!(err, EncoderError::InvalidConfigField { field: "id2label", .. }), "{err}");
+    }
+
+    #[test]
+    fn model_types_are_checked() {
+        assert_eq!(config(r#"{"model_type": "bert"}"#).model_type().unwrap().as_deref(), Some("bert"));
+        let err = config(r#"{"model_type": "bert"}"#).expect_model_type("distilbert").unwrap_err();
+        assert!(matches!(err, EncoderError::InvalidConfigField { field: "model_type", .. }), "{err}");
+        assert!(config(r#"{"model_type": 3}"#).model_type().is_err());
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub use common::Activation;
 pub use distilbert::{DistilBertConfig, DistilBertForSequenceClassification, DistilBertModel};
 pub use error::EncoderError;
 pub use hf_config::{HfConfig, HfConfigJson};
-pub use pretrained::{CONFIG_FILE, HfModel, LoadReport, ParameterNaming, WEIGHTS_FILE};
+pub use polarity_checkpoint::{CheckpointError, LoadReport, TensorInfo};
+pub use pretrained::{CONFIG_FILE, HfModel, ParameterNaming, WEIGHTS_FILE};
 
 /// What a bare encoder returns (transformers' `BaseModelOutputWithPooling`).
 #[derive(Clone, Debug)]
@@ -84,7 +85,7 @@ pub enum EncoderArchitecture {
 impl EncoderArchitecture {
     /// The architecture `config.json` describes, by its `model_type`.
     pub fn of(config: &HfConfigJson) -> Result<Self, EncoderError> {
-        match config.model_type()? {
+        match config.model_type()?.as_deref() {
             Some(BertConfig::MODEL_TYPE) => Ok(Self::Bert),
             Some(DistilBertConfig::MODEL_TYPE) => Ok(Self::DistilBert),
             Some(other) => Err(EncoderError::UnsupportedArchitecture {

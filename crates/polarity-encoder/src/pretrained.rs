@@ -1,17 +1,15 @@
 //! Loading from and saving to Hugging Face checkpoint directories (`config.json` + `model.safetensors`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use burn::module::{ModuleVisitor, Param, ParamId};
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
-use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
-use burn_store::{
-    BurnToPyTorchAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
-    SafetensorsStore, SafetensorsStoreError, TensorSnapshot,
-};
-use polarity_core::params::{EnumVariants, float_params};
+use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, SafetensorsStore};
+use polarity_checkpoint::{Checkpoint, CheckpointError, KeyMapping, LoadReport};
+use polarity_core::params::{EnumVariants, FloatParam, float_params};
 use polarity_hub::RepoSource;
 use serde_json::Value;
 
@@ -38,18 +36,6 @@ pub struct ParameterNaming {
     /// Modules (transformers' names, from this model's root) that a checkpoint may lack; they keep
     /// their fresh initialisation, as in transformers.
     pub(crate) optional_modules: &'static [&'static str],
-}
-
-/// What loading a checkpoint did, in transformers' tensor names.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LoadReport {
-    /// Tensors loaded from the checkpoint.
-    pub loaded: Vec<String>,
-    /// Parameters the checkpoint lacks, left freshly initialised (a new classification head).
-    pub initialised: Vec<String>,
-    /// Checkpoint tensors the model does not use: buffers such as `embeddings.position_ids`, and
-    /// heads of other tasks such as `cls.predictions.*`.
-    pub ignored: Vec<String>,
 }
 
 /// A model that reads and writes Hugging Face checkpoints.
@@ -111,8 +97,8 @@ pub trait HfModel<B: Backend>: Module<B> + Sized {
     /// Replaces the model's parameters with those of a transformers `model.safetensors`, or of all
     /// the shards of a sharded checkpoint (prefixed or bare names), checked as the
     /// [trait docs](HfModel) describe.
-    fn load_safetensors(mut self, files: &[PathBuf]) -> Result<(Self, LoadReport), EncoderError> {
-        let report = load_into(&mut self, files, &Self::naming())?;
+    fn load_safetensors(self, files: &[PathBuf]) -> Result<(Self, LoadReport), EncoderError> {
+        let (model, report) = load_into(self, files, &Self::naming())?;
         if !report.initialised.is_empty() {
             tracing::warn!(
                 checkpoint = ?files,
@@ -121,14 +107,14 @@ pub trait HfModel<B: Backend>: Module<B> + Sized {
                 report.initialised.len()
             );
         }
-        Ok((self, report))
+        Ok((model, report))
     }
 
     /// Writes a directory transformers loads unchanged: `config.json` (with `architectures`,
     /// `model_type` and the label maps), `model.safetensors` with transformers' names and layouts,
     /// and a copy of each of `tokenizer_files` (for example `tokenizer.json`, `vocab.txt`).
     fn save_pretrained(&self, dir: &Path, tokenizer_files: &[PathBuf]) -> Result<(), EncoderError> {
-        let save_error = |path: &Path, reason: String| EncoderError::Save { path: path.to_path_buf(), reason };
+        let save_error = |path: &Path, reason: String| CheckpointError::Save { path: path.to_path_buf(), reason };
         std::fs::create_dir_all(dir).map_err(|e| save_error(dir, e.to_string()))?;
 
         let mut config = self.config().to_hf();
@@ -187,28 +173,33 @@ fn expected_parameters<B: Backend, M: Module<B>>(model: &M, naming: &ParameterNa
     float_params::<B, M>(model, EnumVariants::Keep)
         .into_iter()
         .map(|param| {
-            let path = param.name();
-            let module_type = param.module_type().to_string();
-            let shape = param.shape;
-            let mut segments: Vec<&str> = path.split('.').collect();
-            let param = segments.pop().unwrap_or_default();
-            let transposed = module_type == "Struct:Linear" && param == "weight";
-            // burn's LayerNorm names its parameters like the original paper; PyTorch uses weight/bias.
-            let hf_param = match (module_type.as_str(), param) {
-                ("Struct:LayerNorm", "gamma") => "weight",
-                ("Struct:LayerNorm", "beta") => "bias",
-                _ => param,
-            };
-            let mut hf_segments: Vec<&str> = segments.iter().map(|s| hf_segment(naming, s)).collect();
-            hf_segments.push(hf_param);
-            let hf_name = hf_segments.join(".");
-            let mut hf_shape = shape;
+            let transposed = is_transposed(&param);
+            let mut hf_shape = param.shape.clone();
             if transposed {
                 hf_shape.reverse();
             }
-            ExpectedParameter { path, hf_name, hf_shape, transposed }
+            ExpectedParameter { path: param.name(), hf_name: hf_name(&param, naming), hf_shape, transposed }
         })
         .collect()
+}
+
+/// Whether our layout is the transpose of transformers' (`Linear` weights).
+fn is_transposed(param: &FloatParam) -> bool {
+    param.module_type() == "Struct:Linear" && param.path.last().is_some_and(|name| name == "weight")
+}
+
+/// transformers' name of a parameter (`bert.encoder.layer.0.attention.self.query.weight`).
+fn hf_name(param: &FloatParam, naming: &ParameterNaming) -> String {
+    let Some((name, segments)) = param.path.split_last() else { return String::new() };
+    // burn's LayerNorm names its parameters like the original paper; PyTorch uses weight/bias.
+    let hf_param = match (param.module_type(), name.as_str()) {
+        ("Struct:LayerNorm", "gamma") => "weight",
+        ("Struct:LayerNorm", "beta") => "bias",
+        (_, name) => name,
+    };
+    let mut hf_segments: Vec<&str> = segments.iter().map(|s| hf_segment(naming, s)).collect();
+    hf_segments.push(hf_param);
+    hf_segments.join(".")
 }
 
 fn hf_segment<'a>(naming: &ParameterNaming, segment: &'a str) -> &'a str {
@@ -242,129 +233,47 @@ fn is_buffer(name: &str) -> bool {
     name.ends_with("position_ids") || name.ends_with("token_type_ids")
 }
 
+/// How an encoder's parameters are spelled in transformers' checkpoints, and what [`HfModel`]'s
+/// loading tolerates.
+struct EncoderKeys<'a> {
+    naming: &'a ParameterNaming,
+    /// The first segments of the model's own parameter names: an unknown tensor under one of them
+    /// (a 13th layer) means the config and the weights disagree.
+    own_modules: HashSet<String>,
+}
+
+impl KeyMapping for EncoderKeys<'_> {
+    fn key_of(&self, param: &FloatParam) -> Option<String> {
+        Some(hf_name(param, self.naming))
+    }
+
+    fn normalise<'a>(&self, key: &'a str) -> Cow<'a, str> {
+        Cow::Owned(normalise_key(key, self.naming))
+    }
+
+    fn may_be_missing(&self, key: &str) -> bool {
+        self.naming
+            .optional_modules
+            .iter()
+            .any(|module| key.strip_prefix(module).is_some_and(|rest| rest.starts_with('.')))
+    }
+
+    fn may_be_unused(&self, key: &str) -> bool {
+        is_buffer(key) || !key.split('.').next().is_some_and(|first| self.own_modules.contains(first))
+    }
+}
+
 fn load_into<B: Backend, M: Module<B>>(
-    model: &mut M,
+    model: M,
     files: &[PathBuf],
     naming: &ParameterNaming,
-) -> Result<LoadReport, EncoderError> {
-    // Errors about the checkpoint as a whole name its file, or the shards' folder.
-    let checkpoint: PathBuf = match files {
-        [] => return Err(EncoderError::InvalidInput("no safetensors file to load".into())),
-        [file] => file.clone(),
-        [first, ..] => first.parent().map_or_else(|| first.clone(), Path::to_path_buf),
-    };
-    let mut tensors: Vec<(String, TensorSnapshot, &Path)> = Vec::new();
-    for path in files {
-        let mut store = SafetensorsStore::from_file(path);
-        let snapshots = store.get_all_snapshots().map_err(|e| match e {
-            SafetensorsStoreError::Io(source) => EncoderError::Io { path: path.clone(), source },
-            other => EncoderError::InvalidSafetensors { path: path.clone(), reason: other.to_string() },
-        })?;
-        tensors.extend(snapshots.iter().map(|(key, snapshot)| (key.clone(), snapshot.clone(), path.as_path())));
-    }
-
-    let expected = expected_parameters(model, naming);
-    let by_hf_name: HashMap<&str, &ExpectedParameter> = expected.iter().map(|p| (p.hf_name.as_str(), p)).collect();
-    let own_modules: HashSet<&str> = expected.iter().filter_map(|p| p.hf_name.split('.').next()).collect();
-
-    let mut report = LoadReport::default();
-    let mut snapshots = Vec::new();
-    let mut loaded: HashSet<&str> = HashSet::new();
-    let mut file_of: HashMap<&str, &Path> = HashMap::new();
-    for (key, snapshot, path) in &tensors {
-        let name = normalise_key(key, naming);
-        let found = snapshot.shape.to_vec();
-        match by_hf_name.get(name.as_str()) {
-            Some(param) if found != param.hf_shape => {
-                return Err(EncoderError::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    name: key.clone(),
-                    expected: param.hf_shape.clone(),
-                    found,
-                });
-            }
-            // A second key for the same parameter (`LayerNorm.gamma` beside `LayerNorm.weight`).
-            Some(param) if loaded.contains(param.hf_name.as_str()) => {
-                return Err(EncoderError::UnexpectedTensor {
-                    path: path.to_path_buf(),
-                    name: key.clone(),
-                    shape: found,
-                });
-            }
-            Some(param) => {
-                loaded.insert(param.hf_name.as_str());
-                file_of.insert(param.path.as_str(), path);
-                report.loaded.push(param.hf_name.clone());
-                // Re-key the lazy snapshot to our module path; the data is read only when applied.
-                snapshots.push(TensorSnapshot::from_closure(
-                    snapshot.clone_data_fn(),
-                    snapshot.dtype,
-                    snapshot.shape.clone(),
-                    param.path.split('.').map(str::to_string).collect(),
-                    Vec::new(),
-                    ParamId::new(),
-                ));
-            }
-            None if is_buffer(&name) => report.ignored.push(key.clone()),
-            None if name.split('.').next().is_some_and(|first| own_modules.contains(first)) => {
-                return Err(EncoderError::UnexpectedTensor {
-                    path: path.to_path_buf(),
-                    name: key.clone(),
-                    shape: found,
-                });
-            }
-            None => report.ignored.push(key.clone()),
-        }
-    }
-
-    let is_optional =
-        |hf_name: &str| naming.optional_modules.iter().any(|module| hf_name.starts_with(&format!("{module}.")));
-    for param in &expected {
-        if loaded.contains(param.hf_name.as_str()) {
-            continue;
-        }
-        if !is_optional(&param.hf_name) {
-            return Err(EncoderError::MissingTensor {
-                path: checkpoint.clone(),
-                name: param.hf_name.clone(),
-                expected: param.hf_shape.clone(),
-            });
-        }
-        report.initialised.push(param.hf_name.clone());
-    }
-
-    // burn-store transposes Linear weights back to [in, out] and casts to the model's float dtype.
-    let target_dtype = <B::FloatElem as burn::tensor::Element>::dtype();
-    let adapter = PyTorchToBurnAdapter.chain(CastFloats { target: target_dtype });
-    let result = model.apply(snapshots, None, Some(Box::new(adapter)), false);
-    let hf_name_of = |our_path: &str| {
-        expected.iter().find(|p| p.path == our_path).map_or_else(|| our_path.to_string(), |p| p.hf_name.clone())
-    };
-    // The shard a parameter came from, for error messages.
-    let file_holding =
-        |our_path: &str| file_of.get(our_path).map_or_else(|| checkpoint.clone(), |path| path.to_path_buf());
-    if let Some(error) = result.errors.first() {
-        let our_path = match error {
-            burn_store::ApplyError::ShapeMismatch { path, .. }
-            | burn_store::ApplyError::DTypeMismatch { path, .. }
-            | burn_store::ApplyError::AdapterError { path, .. }
-            | burn_store::ApplyError::LoadError { path, .. } => path,
-        };
-        return Err(EncoderError::TensorLoad {
-            path: file_holding(our_path),
-            name: hf_name_of(our_path),
-            reason: error.to_string(),
-        });
-    }
-    // Every parameter the checks above accepted as present must have been applied.
-    if let Some((our_path, _)) = result.missing.iter().find(|(p, _)| !is_optional(&hf_name_of(p))) {
-        return Err(EncoderError::TensorLoad {
-            path: file_holding(our_path),
-            name: hf_name_of(our_path),
-            reason: "matched in the checkpoint but not applied to the model".into(),
-        });
-    }
-    Ok(report)
+) -> Result<(M, LoadReport), EncoderError> {
+    let own_modules = expected_parameters(&model, naming)
+        .into_iter()
+        .filter_map(|p| p.hf_name.split('.').next().map(str::to_string))
+        .collect();
+    let keys = EncoderKeys { naming, own_modules };
+    Ok(Checkpoint::from_safetensors(files)?.load_into(model, &keys)?)
 }
 
 fn save_safetensors<B: Backend, M: Module<B>>(
@@ -372,7 +281,7 @@ fn save_safetensors<B: Backend, M: Module<B>>(
     path: &Path,
     naming: &ParameterNaming,
 ) -> Result<(), EncoderError> {
-    let save_error = |reason: String| EncoderError::Save { path: path.to_path_buf(), reason };
+    let save_error = |reason: String| CheckpointError::Save { path: path.to_path_buf(), reason };
     // Our segment names are identifiers, so they need no regex escaping.
     let remapper = naming.renamed_segments.iter().try_fold(KeyRemapper::new(), |remapper, (ours, theirs)| {
         remapper.add_pattern(format!(r"(^|\.){ours}(\.|$)"), format!("${{1}}{theirs}${{2}}"))
@@ -384,35 +293,7 @@ fn save_safetensors<B: Backend, M: Module<B>>(
         // transformers refuses safetensors files whose metadata `format` is not "pt".
         .metadata("format", "pt")
         .overwrite(true);
-    model.save_into(&mut store).map_err(|e| save_error(e.to_string()))
-}
-
-/// Casts floating-point checkpoint tensors (F16, BF16, F64) to the model's float dtype.
-#[derive(Clone)]
-struct CastFloats {
-    target: DType,
-}
-
-impl ModuleAdapter for CastFloats {
-    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
-        if !snapshot.dtype.is_float() || snapshot.dtype == self.target {
-            return snapshot.clone();
-        }
-        let data = snapshot.clone_data_fn();
-        let target = self.target;
-        TensorSnapshot::from_closure(
-            std::rc::Rc::new(move || Ok(data()?.convert_dtype(target))),
-            target,
-            snapshot.shape.clone(),
-            snapshot.path_stack.clone().unwrap_or_default(),
-            snapshot.container_stack.clone().unwrap_or_default(),
-            snapshot.tensor_id.unwrap_or_default(),
-        )
-    }
-
-    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
-        Box::new(self.clone())
-    }
+    Ok(model.save_into(&mut store).map_err(|e| save_error(e.to_string()))?)
 }
 
 /// Walks a model and reads each parameter's gradient, renamed and laid out as in transformers.

@@ -123,6 +123,9 @@ fn a_missing_tokenizer_file_is_a_save_error() {
     .unwrap();
     let out = tempfile::tempdir().unwrap();
     let err = model.save_pretrained(out.path(), &[out.path().join("no-such-tokenizer.json")]).unwrap_err();
-    assert!(matches!(err, polarity_encoder::EncoderError::Save { .. }), "{err}");
+    assert!(
+        matches!(err, polarity_encoder::EncoderError::Checkpoint(polarity_encoder::CheckpointError::Save { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("no-such-tokenizer.json"), "{err}");
 }

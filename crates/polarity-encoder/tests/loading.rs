@@ -9,8 +9,8 @@ use burn::tensor::{DType, TensorData};
 use common::{Cpu, fixture, fixture_dir, token_batch, values};
 use polarity_core::reference::{TensorCheck, Tolerance};
 use polarity_encoder::{
-    BertForSequenceClassification, BertModel, DistilBertForSequenceClassification, EncoderClassifier, EncoderError,
-    HfModel,
+    BertForSequenceClassification, BertModel, CheckpointError, DistilBertForSequenceClassification, EncoderClassifier,
+    EncoderError, HfModel, TensorInfo,
 };
 use polarity_hub::{HubError, RepoSource};
 use safetensors::{Dtype, SafeTensors};
@@ -106,11 +106,13 @@ fn tiny_bert_logits(model: &BertForSequenceClassification<Cpu>) -> Vec<f32> {
 fn a_missing_tensor_is_named_with_its_shape() {
     let dir = Checkpoint::of_fixture("tiny-bert-cls").remove("bert.encoder.layer.1.output.dense.weight").write();
     match load_bert(dir.path()) {
-        Err(EncoderError::MissingTensor { name, expected, .. }) => {
-            assert_eq!(name, "bert.encoder.layer.1.output.dense.weight");
-            assert_eq!(expected, [32, 64]);
+        Err(EncoderError::Checkpoint(CheckpointError::MissingTensors { tensors, .. })) => {
+            assert_eq!(
+                tensors,
+                [TensorInfo { name: "bert.encoder.layer.1.output.dense.weight".into(), shape: vec![32, 64] }]
+            );
         }
-        other => panic!("expected MissingTensor, got {other:?}"),
+        other => panic!("expected MissingTensors, got {other:?}"),
     }
 }
 
@@ -120,7 +122,7 @@ fn a_shape_mismatch_names_the_tensor_and_both_shapes() {
     let dir = Checkpoint::of_fixture("tiny-bert-cls").remove(name).insert_f32(name, &[63, 32]).write();
     let err = load_bert(dir.path()).unwrap_err();
     match &err {
-        EncoderError::ShapeMismatch { name: found_name, expected, found, .. } => {
+        EncoderError::Checkpoint(CheckpointError::ShapeMismatch { tensor: found_name, expected, found, .. }) => {
             assert_eq!(found_name, name);
             assert_eq!(expected, &[64, 32]);
             assert_eq!(found, &[63, 32]);
@@ -135,12 +137,15 @@ fn a_shape_mismatch_names_the_tensor_and_both_shapes() {
     let dir = Checkpoint::of_fixture("tiny-distilbert-cls").remove(name).insert_f32(name, &[64, 31]).write();
     let err = DistilBertForSequenceClassification::<Cpu>::from_pretrained(&local(dir.path()), &Default::default())
         .unwrap_err();
-    assert!(matches!(&err, EncoderError::ShapeMismatch { name: n, .. } if n == name), "{err}");
+    assert!(
+        matches!(&err, EncoderError::Checkpoint(CheckpointError::ShapeMismatch { tensor, .. }) if tensor == name),
+        "{err}"
+    );
     let dir = Checkpoint::of_fixture("tiny-bert-cls")
         .remove("classifier.weight")
         .insert_f32("classifier.weight", &[3, 32])
         .write();
-    assert!(matches!(load_bert(dir.path()), Err(EncoderError::ShapeMismatch { .. })));
+    assert!(matches!(load_bert(dir.path()), Err(EncoderError::Checkpoint(CheckpointError::ShapeMismatch { .. }))));
 }
 
 #[test]
@@ -186,11 +191,11 @@ fn a_corrupt_or_absent_weights_file_is_a_typed_error() {
     let mut bytes = std::fs::read(&weights).unwrap();
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&weights, &bytes).unwrap();
-    assert!(matches!(load_bert(dir.path()), Err(EncoderError::InvalidSafetensors { .. })));
+    assert!(matches!(load_bert(dir.path()), Err(EncoderError::Checkpoint(CheckpointError::InvalidSafetensors { .. }))));
 
     std::fs::write(&weights, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
     let err = load_bert(dir.path()).unwrap_err();
-    assert!(matches!(err, EncoderError::InvalidSafetensors { .. }), "{err}");
+    assert!(matches!(err, EncoderError::Checkpoint(CheckpointError::InvalidSafetensors { .. })), "{err}");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 
     std::fs::remove_file(&weights).unwrap();
@@ -202,10 +207,10 @@ fn an_extra_tensor_inside_the_model_is_an_error_but_other_heads_are_ignored() {
     let extra = "bert.encoder.layer.2.output.dense.bias";
     let dir = Checkpoint::of_fixture("tiny-bert-cls").insert_f32(extra, &[32]).write();
     match load_bert(dir.path()) {
-        Err(EncoderError::UnexpectedTensor { name, shape, .. }) => {
-            assert_eq!((name.as_str(), shape), (extra, vec![32]))
+        Err(EncoderError::Checkpoint(CheckpointError::UnexpectedTensors { tensors, .. })) => {
+            assert_eq!(tensors, [TensorInfo { name: extra.into(), shape: vec![32] }])
         }
-        other => panic!("expected UnexpectedTensor, got {other:?}"),
+        other => panic!("expected UnexpectedTensors, got {other:?}"),
     }
 
     let dir = Checkpoint::of_fixture("tiny-bert-cls")
@@ -248,7 +253,7 @@ fn a_checkpoint_without_a_head_gets_a_fresh_one() {
     let dir = Checkpoint::of_fixture("tiny-distilbert-cls").remove("distilbert.transformer.layer.1.").write();
     let err = DistilBertForSequenceClassification::<Cpu>::from_pretrained(&local(dir.path()), &Default::default())
         .unwrap_err();
-    assert!(matches!(err, EncoderError::MissingTensor { .. }), "{err}");
+    assert!(matches!(err, EncoderError::Checkpoint(CheckpointError::MissingTensors { .. })), "{err}");
 }
 
 #[test]

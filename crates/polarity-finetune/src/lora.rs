@@ -83,7 +83,9 @@ impl LoraFineTune {
         Self {
             model: model.into(),
             max_length: 256,
-            lora: LoraConfig::new(16, 32.0).with_lora_dropout(0.05),
+            lora: LoraConfig::new(16, 32.0)
+                .with_lora_dropout(0.05)
+                .with_target_modules(polarity_llama::LLAMA_DEFAULT_TARGET_MODULES.map(String::from).to_vec()),
             qlora: false,
             template: DEFAULT_TEMPLATE.to_string(),
             classify_by: ClassifyBy::LabelWords,

@@ -38,53 +38,10 @@ pub enum LlamaError {
     #[error("unsupported: {0}")]
     Unsupported(String),
 
-    /// The checkpoint lacks tensors the model needs.
-    #[error("{source_name}: missing tensor(s) {}", tensors.join(", "))]
-    MissingTensors {
-        /// The checkpoint (file or directory).
-        source_name: String,
-        /// The tensor names, as the checkpoint would spell them.
-        tensors: Vec<String>,
-    },
-    /// A checkpoint tensor whose shape differs from the model's parameter.
-    #[error("{source_name}: tensor {tensor} has shape {found:?}, the model expects {expected:?}")]
-    ShapeMismatch {
-        /// The checkpoint (file or directory).
-        source_name: String,
-        /// The tensor name, as the checkpoint spells it.
-        tensor: String,
-        /// The shape the model expects.
-        expected: Vec<usize>,
-        /// The shape in the checkpoint.
-        found: Vec<usize>,
-    },
-    /// Tensors in an adapter checkpoint that match no adapter of the model (loading them would
-    /// silently drop part of the adapter).
-    #[error("{source_name}: tensor(s) {} match no LoRA adapter of the model", tensors.join(", "))]
-    UnexpectedTensors {
-        /// The checkpoint (file or directory).
-        source_name: String,
-        /// The tensor names, as the checkpoint spells them.
-        tensors: Vec<String>,
-    },
-    /// A checkpoint tensor could not be read or converted.
-    #[error("{source_name}: cannot load tensor {tensor}: {reason}")]
-    TensorLoad {
-        /// The checkpoint (file or directory).
-        source_name: String,
-        /// The tensor name.
-        tensor: String,
-        /// Why.
-        reason: String,
-    },
-    /// A safetensors file could not be opened or parsed.
-    #[error("{path}: {reason}")]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// What burn-store or safetensors said.
-        reason: String,
-    },
+    /// A checkpoint could not be read, applied to the model or written: missing, unexpected or
+    /// mis-shaped tensors, unreadable safetensors files, failed saves (each naming the file and tensor).
+    #[error(transparent)]
+    Checkpoint(#[from] polarity_checkpoint::CheckpointError),
 
     /// A GGUF file ends before a value that its header announces.
     #[error("GGUF truncated: {what} needs {needed} byte(s) at offset {offset}, the file has {len}")]

@@ -684,7 +684,7 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], n_elements: usize) -> Resul
 
 /// Appends the values of the whole `ggml_type` blocks in `bytes` to `out` (a trailing partial block is
 /// ignored; [`dequantize`] checks sizes first). Generic over the sink so that
-/// [`QuantizedMatrix`](crate::quant::QuantizedMatrix) can decode rows straight into a preallocated slice.
+/// a quantised matrix can decode rows straight into a preallocated slice.
 pub(crate) fn decode_blocks(ggml_type: GgmlType, bytes: &[u8], out: &mut impl Extend<f32>) -> Result<(), LlamaError> {
     let block_bytes = ggml_type.block_bytes();
     let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();

@@ -1,17 +1,24 @@
 //! Llama causal language models in burn, for sentiment classification by prompting and LoRA tuning.
 //!
+//! - [`layers`]: generic layers that know no model: the frozen base of a projection ([`BaseLinear`]),
+//!   [`lora`] (PEFT-compatible LoRA adapters, [`LoraLinear`]) and [`quant`] (QLoRA's quantised frozen
+//!   base, NF4 or a GGUF file's own blocks, [`QuantizedLinear`]);
 //! - [`llama`]: the model ([`Llama`], configured by [`LlamaConfig`] from a Hugging Face `config.json`):
 //!   RMSNorm, SwiGLU, grouped-query attention, RoPE with `llama3` scaling, tied or untied embeddings,
-//!   causal + padding masks for right-padded batches;
-//! - checkpoints: Hugging Face safetensors, single or sharded, by hub id or directory
-//!   ([`Llama::from_pretrained`]), and llama.cpp GGUF files ([`Llama::from_gguf`], reader in [`gguf`]),
-//!   with the GGUF tokenizer rebuilt as a [`tokenizers::Tokenizer`] ([`LlamaTokenizer`]);
-//! - [`lora`]: PEFT-compatible LoRA adapters (attach, train only the adapters, save/load, merge);
-//! - [`quant`]: QLoRA, a frozen base kept quantised in memory (NF4, or the GGUF file's own blocks)
-//!   while the adapters train ([`Llama::quantize_frozen_base`], [`Llama::from_gguf_quantized`]);
+//!   causal + padding masks for right-padded batches; LoRA on its projections ([`Llama::with_lora`],
+//!   [`Llama::merge_lora`]) and its frozen base quantised ([`Llama::quantize_frozen_base`]);
+//! - [`checkpoint`]: Hugging Face safetensors, single or sharded, by hub id or directory
+//!   ([`Llama::from_pretrained`]), llama.cpp GGUF files ([`Llama::from_gguf`],
+//!   [`Llama::from_gguf_quantized`]; format reader in [`gguf`]), with the GGUF tokenizer rebuilt as a
+//!   [`tokenizers::Tokenizer`] ([`LlamaTokenizer`]), and PEFT adapters ([`Llama::load_lora`],
+//!   [`Llama::save_lora`]);
 //! - [`scoring`]: zero-shot classification, by the next-token logits of the label words
 //!   ([`LabelWords`]) or by greedy generation with answer parsing;
 //! - [`reference`]: comparison with PyTorch/transformers reference fixtures.
+//!
+//! Modules depend on each other in one direction: `error` and the format parser `gguf` at the bottom,
+//! then `layers`, `llama`, `checkpoint`, and scoring and prompts on top (training objectives live in
+//! polarity-finetune, above the trainer).
 //!
 //! ```no_run
 //! use burn::backend::NdArray;
@@ -36,24 +43,27 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 mod error;
 pub mod gguf;
+pub mod layers;
 pub mod llama;
-mod load;
-pub mod lora;
 mod prompt;
-pub mod quant;
 pub mod reference;
 pub mod scoring;
 mod tokenizer;
 
+pub use checkpoint::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, hf_name_of_gguf_tensor};
 pub use error::LlamaError;
-pub use llama::{IGNORE_INDEX, Llama, Llama3RopeScaling, LlamaConfig, causal_lm_loss};
-pub use load::hf_name_of_gguf_tensor;
-pub use lora::{BaseLinear, LoraAdapter, LoraConfig, LoraLinear};
-pub use prompt::PromptEncoder;
-pub use quant::{QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory};
-pub use scoring::{
-    GeneratedAnswers, LabelWords, generate_answers, generate_answers_for_ids, parse_answer, right_padded_batch,
+pub use layers::{
+    BaseLinear, LoraAdapter, LoraConfig, LoraLinear, QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory, lora,
+    quant,
 };
+pub use llama::{
+    IGNORE_INDEX, LLAMA_DEFAULT_TARGET_MODULES, LLAMA_TARGET_MODULES, Llama, Llama3RopeScaling, LlamaConfig,
+    causal_lm_loss,
+};
+pub use polarity_checkpoint::{CheckpointError, LoadReport, TensorInfo};
+pub use prompt::PromptEncoder;
+pub use scoring::{GeneratedAnswers, LabelWords, generate_answers, generate_answers_for_ids, parse_answer};
 pub use tokenizer::LlamaTokenizer;

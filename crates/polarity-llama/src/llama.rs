@@ -21,6 +21,11 @@
 //! Batches are right-padded: the attention of every query combines the causal mask with the padding
 //! mask of the keys, and positions are `0..seq_len` for every row, as transformers does when it is
 //! given an attention mask and no position ids.
+//!
+//! Read top to bottom: the configuration (from `config.json`), the modules, their forward passes,
+//! LoRA on the projections ([`Llama::with_lora`], [`Llama::merge_lora`]), QLoRA's quantised frozen
+//! base ([`Llama::quantize_frozen_base`]), greedy generation and the causal-LM loss. Checkpoints
+//! (safetensors, GGUF, PEFT adapters) are read and written by `crate::checkpoint`.
 
 use std::path::Path;
 
@@ -33,16 +38,24 @@ use burn::tensor::backend::AutodiffBackend;
 use polarity_kernels::autocast::matmul;
 use polarity_kernels::linear_with;
 use polarity_kernels::{AttentionHeads, AttentionMask, PackedSequences, attention};
+use polarity_tokenize::PaddingBatcher;
 use serde::Deserialize;
 
 use crate::LlamaError;
-use crate::lora::LoraLinear;
+use crate::layers::{BaseLinear, LoraAdapter, LoraConfig, LoraLinear, QuantizedLinear, WeightMemory};
 
 /// The standard deviation of random weights: transformers' default `initializer_range`.
 const INITIALIZER_STD: f64 = 0.02;
 
 /// The label value that [`causal_lm_loss`] ignores, as PyTorch's `CrossEntropyLoss` does.
 pub const IGNORE_INDEX: i64 = -100;
+
+/// The projections of a Llama layer that can carry a LoRA adapter, as PEFT names them.
+pub const LLAMA_TARGET_MODULES: [&str; 7] =
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// The projections that get adapters when a [`LoraConfig`] names none: PEFT's default for Llama.
+pub const LLAMA_DEFAULT_TARGET_MODULES: [&str; 2] = ["q_proj", "v_proj"];
 
 /// The `llama3` RoPE frequency scaling (Llama 3.1 and later): low frequencies are divided by `factor`,
 /// high ones kept, and the band between smoothly interpolated.
@@ -378,13 +391,6 @@ pub struct Llama<B: Backend> {
     pub lm_head: Option<Linear<B>>,
 }
 
-impl<B: AutodiffBackend> Llama<B> {
-    /// The same model on the inner backend (no autodiff, dropout off), for evaluation.
-    pub fn inference(&self) -> Llama<B::InnerBackend> {
-        self.valid()
-    }
-}
-
 /// `LlamaModel`: embeddings, decoder layers and the final norm.
 #[derive(Module, Debug)]
 pub struct LlamaModel<B: Backend> {
@@ -651,6 +657,177 @@ impl<B: Backend> RopeTables<B> {
     /// Rotates the heads of `[batch, seq_len, heads * head_dim]`: `x * cos + rotate_half(x) * sin`.
     pub fn apply(&self, x: Tensor<B, 3>, head_dim: usize) -> Tensor<B, 3> {
         polarity_kernels::rotary(x, self.cos.clone(), self.sin.clone(), head_dim)
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Freezes every parameter of the model and attaches fresh adapters to the projections that
+    /// `config` targets (PEFT's default, [`LLAMA_DEFAULT_TARGET_MODULES`], when it names none), in every
+    /// layer. Only the adapters are trainable afterwards. Works the same on a quantised base (QLoRA:
+    /// [`Llama::quantize_frozen_base`], [`Llama::from_gguf_quantized`]); the adapters are created on the
+    /// device of the token embeddings.
+    pub fn with_lora(self, config: &LoraConfig) -> Result<Self, LlamaError> {
+        let config = config.clone().with_default_targets(&LLAMA_DEFAULT_TARGET_MODULES);
+        config.validate(&LLAMA_TARGET_MODULES)?;
+        if !self.lora_adapters().is_empty() {
+            return Err(LlamaError::InvalidConfig("the model already has LoRA adapters (merge them first)".into()));
+        }
+        let device = self.model.embed_tokens.weight.lazy_device();
+        let Llama { model, lm_head } = self.no_grad();
+        let layers = model
+            .layers
+            .into_iter()
+            .map(|layer| {
+                layer.try_map_projections(|name, projection| {
+                    Ok::<_, LlamaError>(if config.targets(name) {
+                        projection.with_new_adapter(&config, &device)
+                    } else {
+                        projection
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Llama { model: LlamaModel { layers, ..model }, lm_head })
+    }
+
+    /// The model with every adapter merged into its base weights (and removed). A quantised base with
+    /// an adapter becomes a dense f32 base (see [`LoraLinear::merged`]).
+    pub fn merge_lora(self) -> Self {
+        let Llama { model, lm_head } = self;
+        let layers = model
+            .layers
+            .into_iter()
+            .map(|layer| {
+                match layer.try_map_projections(|_, projection| Ok::<_, std::convert::Infallible>(projection.merged()))
+                {
+                    Ok(layer) => layer,
+                    Err(never) => match never {},
+                }
+            })
+            .collect();
+        Llama { model: LlamaModel { layers, ..model }, lm_head }
+    }
+
+    /// The adapters of the model with the module names PEFT gives them
+    /// (`model.layers.0.self_attn.q_proj`), in layer order.
+    pub fn lora_adapters(&self) -> Vec<(String, &LoraAdapter<B>)> {
+        let mut adapters = Vec::new();
+        for (index, layer) in self.model.layers.iter().enumerate() {
+            for (name, projection) in layer.projections() {
+                if let Some(adapter) = &projection.adapter {
+                    adapters.push((format!("model.layers.{index}.{name}"), adapter));
+                }
+            }
+        }
+        adapters
+    }
+
+    /// QLoRA's base: every dense projection (`q/k/v/o_proj`, `gate/up/down_proj`) of every layer
+    /// quantised to NF4 and frozen; embeddings, norms and `lm_head` stay f32 (bitsandbytes QLoRA
+    /// quantises only the linear layers of the decoder). Projections already quantised are kept,
+    /// adapters too. Attach adapters afterwards with [`Llama::with_lora`]; only they train.
+    ///
+    /// Errors: [`LlamaError::QuantBlockSize`] when a projection's `in_features` is not a multiple of 64.
+    pub fn quantize_frozen_base(self) -> Result<Self, LlamaError> {
+        let Llama { model, lm_head } = self;
+        let layers = model
+            .layers
+            .into_iter()
+            .map(|layer| {
+                layer.try_map_projections(|_, mut projection| {
+                    projection.base_layer = match projection.base_layer {
+                        BaseLinear::Dense(layer) => BaseLinear::Quantized(QuantizedLinear::quantize_nf4(layer)?),
+                        quantized => quantized,
+                    };
+                    Ok::<_, LlamaError>(projection)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Llama { model: LlamaModel { layers, ..model }, lm_head })
+    }
+
+    /// The memory held by the weights: dense parameters, quantised matrices, and what those would take
+    /// as f32. Lazily initialised parameters are counted at their shape, without being drawn.
+    pub fn weight_memory(&self) -> WeightMemory {
+        let mut memory = WeightMemory::of_dense_params(self);
+        for layer in &self.model.layers {
+            for (_, projection) in layer.projections() {
+                if let BaseLinear::Quantized(quantized) = &projection.base_layer {
+                    memory.add_quantized(&quantized.matrix);
+                }
+            }
+        }
+        memory
+    }
+
+    /// Whether any projection's frozen base is quantised.
+    pub fn has_quantized_base(&self) -> bool {
+        self.model
+            .layers
+            .iter()
+            .any(|layer| layer.projections().iter().any(|(_, p)| matches!(p.base_layer, BaseLinear::Quantized(_))))
+    }
+
+    /// Greedy decoding of up to `max_new_tokens` tokens after each prompt, batched (one forward pass per
+    /// step for all unfinished rows). A row stops after `stop_token`. Returns the new tokens of each row.
+    ///
+    /// There is no key/value cache: each step recomputes the whole prefix, which is fine for the few
+    /// tokens of an answer but quadratic for long generations. Empty prompts generate nothing.
+    pub fn generate_greedy(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        stop_token: Option<u32>,
+        device: &B::Device,
+    ) -> Vec<Vec<u32>> {
+        let mut rows: Vec<Vec<u32>> = prompts.to_vec();
+        let mut generated = vec![Vec::new(); prompts.len()];
+        let mut active: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].is_empty()).collect();
+        // Right padding with id 0, as label-word scoring pads prompts.
+        let batcher = PaddingBatcher::new(0);
+        for _ in 0..max_new_tokens {
+            if active.is_empty() {
+                break;
+            }
+            let batch_rows: Vec<&[u32]> = active.iter().map(|&i| rows[i].as_slice()).collect();
+            let batch = batcher.pad_ids::<B, _>(&batch_rows, device);
+            let next = self.last_token_logits(batch.input_ids, batch.attention_mask).argmax(1);
+            let next: Vec<i64> = next.into_data().convert::<i64>().into_vec().unwrap_or_default();
+            let mut still_active = Vec::with_capacity(active.len());
+            for (&row, &token) in active.iter().zip(&next) {
+                let token = u32::try_from(token).unwrap_or(0);
+                rows[row].push(token);
+                generated[row].push(token);
+                if Some(token) != stop_token {
+                    still_active.push(row);
+                }
+            }
+            active = still_active;
+        }
+        generated
+    }
+}
+
+impl<B: AutodiffBackend> Llama<B> {
+    /// The same model on the inner backend (no autodiff, dropout off), for evaluation.
+    pub fn inference(&self) -> Llama<B::InnerBackend> {
+        self.valid()
+    }
+
+    /// The gradients of the adapter weights after `loss.backward()`, named as PEFT's parameters
+    /// without the `base_model.model.` prefix (`model.layers.0.self_attn.q_proj.lora_A.weight`), with
+    /// their PyTorch shapes (`[r, in]` for `lora_A`, `[out, r]` for `lora_B`). Adapters that took no
+    /// part in the loss have no gradient and are left out.
+    pub fn lora_gradients(&self, grads: &B::Gradients) -> Vec<(String, TensorData)> {
+        let mut gradients = Vec::new();
+        for (name, adapter) in self.lora_adapters() {
+            for (matrix, linear) in [("lora_A", &adapter.lora_a), ("lora_B", &adapter.lora_b)] {
+                if let Some(grad) = linear.weight.val().grad(grads) {
+                    gradients.push((format!("{name}.{matrix}.weight"), grad.transpose().into_data()));
+                }
+            }
+        }
+        gradients
     }
 }
 

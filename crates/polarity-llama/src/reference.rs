@@ -20,7 +20,9 @@ use polarity_core::reference::{Fixture, TensorCheck, Tolerance};
 use polarity_hub::{RepoKind, RepoSource};
 use serde_json::Value;
 
-use crate::{LabelWords, Llama, LlamaError, LlamaTokenizer, causal_lm_loss, right_padded_batch};
+use polarity_tokenize::PaddingBatcher;
+
+use crate::{LabelWords, Llama, LlamaError, LlamaTokenizer, causal_lm_loss};
 
 /// The `meta.json` kind of a LoRA fixture.
 pub const LORA_KIND: &str = "causal-lm-lora";
@@ -235,7 +237,7 @@ fn verify_prompts<B: Backend>(
         checks.push(TensorCheck::exact("label_token_ids", &ours, &[negative, positive]));
     }
 
-    let batch = right_padded_batch::<B>(&encoded, 0, device);
+    let batch = PaddingBatcher::new(0).pad_ids::<B, _>(&encoded, device);
     let last_logits = model.last_token_logits(batch.input_ids, batch.attention_mask);
     let label_scores = label_words.select(last_logits.clone());
     checks.push(compare(

@@ -9,7 +9,8 @@
 //!   answers naming neither label (or both) are counted as unparseable.
 
 use burn::prelude::*;
-use polarity_core::{Sentiment, TokenBatch};
+use polarity_core::Sentiment;
+use polarity_tokenize::PaddingBatcher;
 
 use crate::{Llama, LlamaError, LlamaTokenizer};
 
@@ -52,66 +53,8 @@ impl LabelWords {
 
     /// Class scores `[batch, 2]` of tokenized prompts (right-padded into one batch, one forward pass).
     pub fn scores<B: Backend>(&self, model: &Llama<B>, prompts: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2> {
-        let batch = right_padded_batch::<B>(prompts, 0, device);
+        let batch = PaddingBatcher::new(0).pad_ids::<B, _>(prompts, device);
         self.select(model.last_token_logits(batch.input_ids, batch.attention_mask))
-    }
-}
-
-/// Right-pads token id rows with `pad_id` into a [`TokenBatch`] (`[rows, longest row]`).
-pub fn right_padded_batch<B: Backend>(rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> TokenBatch<B> {
-    let seq_len = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(rows.len() * seq_len);
-    let mut mask = Vec::with_capacity(rows.len() * seq_len);
-    for row in rows {
-        ids.extend(row.iter().map(|&id| i64::from(id)));
-        ids.extend(std::iter::repeat_n(i64::from(pad_id), seq_len - row.len()));
-        mask.extend(std::iter::repeat_n(1i64, row.len()));
-        mask.extend(std::iter::repeat_n(0i64, seq_len - row.len()));
-    }
-    let shape = [rows.len(), seq_len];
-    TokenBatch {
-        input_ids: Tensor::from_data(TensorData::new(ids, shape), device),
-        attention_mask: Tensor::from_data(TensorData::new(mask, shape), device),
-        token_type_ids: Tensor::zeros(shape, device),
-    }
-}
-
-impl<B: Backend> Llama<B> {
-    /// Greedy decoding of up to `max_new_tokens` tokens after each prompt, batched (one forward pass per
-    /// step for all unfinished rows). A row stops after `stop_token`. Returns the new tokens of each row.
-    ///
-    /// There is no key/value cache: each step recomputes the whole prefix, which is fine for the few
-    /// tokens of an answer but quadratic for long generations. Empty prompts generate nothing.
-    pub fn generate_greedy(
-        &self,
-        prompts: &[Vec<u32>],
-        max_new_tokens: usize,
-        stop_token: Option<u32>,
-        device: &B::Device,
-    ) -> Vec<Vec<u32>> {
-        let mut rows: Vec<Vec<u32>> = prompts.to_vec();
-        let mut generated = vec![Vec::new(); prompts.len()];
-        let mut active: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].is_empty()).collect();
-        for _ in 0..max_new_tokens {
-            if active.is_empty() {
-                break;
-            }
-            let batch_rows: Vec<Vec<u32>> = active.iter().map(|&i| rows[i].clone()).collect();
-            let batch = right_padded_batch::<B>(&batch_rows, 0, device);
-            let next = self.last_token_logits(batch.input_ids, batch.attention_mask).argmax(1);
-            let next: Vec<i64> = next.into_data().convert::<i64>().into_vec().unwrap_or_default();
-            let mut still_active = Vec::with_capacity(active.len());
-            for (&row, &token) in active.iter().zip(&next) {
-                let token = u32::try_from(token).unwrap_or(0);
-                rows[row].push(token);
-                generated[row].push(token);
-                if Some(token) != stop_token {
-                    still_active.push(row);
-                }
-            }
-            active = still_active;
-        }
-        generated
     }
 }
 

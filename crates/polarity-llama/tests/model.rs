@@ -3,7 +3,8 @@
 
 use burn::backend::NdArray;
 use burn::prelude::*;
-use polarity_llama::{IGNORE_INDEX, LlamaConfig, LlamaError, causal_lm_loss, right_padded_batch};
+use polarity_llama::{IGNORE_INDEX, LlamaConfig, LlamaError, causal_lm_loss};
+use polarity_tokenize::PaddingBatcher;
 
 type Cpu = NdArray<f32>;
 
@@ -125,9 +126,9 @@ fn check_padding_does_not_change_the_real_positions<B: Backend>() {
         let model = random_model_on::<B>(heads, kv_heads, tied);
         let short = vec![3u32, 14, 15, 9];
         let long = vec![2u32, 7, 1, 8, 2, 8, 18];
-        let alone = right_padded_batch::<B>(std::slice::from_ref(&short), 0, &device);
+        let alone = PaddingBatcher::new(0).pad_ids::<B, _>(std::slice::from_ref(&short), &device);
         let alone = floats(model.forward(alone.input_ids, Some(alone.attention_mask)));
-        let batch = right_padded_batch::<B>(&[long.clone(), short.clone()], 0, &device);
+        let batch = PaddingBatcher::new(0).pad_ids::<B, _>(&[long.clone(), short.clone()], &device);
         let together = model.forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()));
         assert_eq!(together.dims(), [2, 7, 50]);
         let row = floats(together.clone().slice([1..2, 0..4]));
@@ -153,8 +154,8 @@ fn padding_does_not_change_the_real_positions() {
 fn attention_is_causal() {
     let model = random_model(4, 2, true);
     let device = Default::default();
-    let prefix = right_padded_batch::<Cpu>(&[vec![5, 6, 7]], 0, &device);
-    let extended = right_padded_batch::<Cpu>(&[vec![5, 6, 7, 40, 41]], 0, &device);
+    let prefix = PaddingBatcher::new(0).pad_ids::<Cpu, _>(&[vec![5, 6, 7]], &device);
+    let extended = PaddingBatcher::new(0).pad_ids::<Cpu, _>(&[vec![5, 6, 7, 40, 41]], &device);
     let prefix = model.forward(prefix.input_ids, None).into_data().to_vec::<f32>().unwrap();
     let extended = model.forward(extended.input_ids, None).into_data().to_vec::<f32>().unwrap();
     let max_diff = prefix.iter().zip(&extended[..prefix.len()]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);

@@ -9,7 +9,8 @@ use burn::backend::Flex;
 use polarity_core::Sentiment;
 use polarity_core::reference::Fixture;
 use polarity_llama::gguf::GgufFile;
-use polarity_llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, parse_answer, right_padded_batch};
+use polarity_llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, parse_answer};
+use polarity_tokenize::PaddingBatcher;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/smollm2-zero-shot");
 const GGUF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -112,7 +113,7 @@ fn batched_generation_answers_like_one_prompt_at_a_time() {
     }
     // Label-word scoring gathers the label words' logits after each row's last real token.
     let label_words = LabelWords::from_tokenizer(tokenizer).unwrap();
-    let batch = right_padded_batch::<Cpu>(&encoded, 0, &device);
+    let batch = PaddingBatcher::new(0).pad_ids::<Cpu, _>(&encoded, &device);
     let scores = label_words.scores(model, &encoded, &device).into_data().to_vec::<f32>().unwrap();
     let logits = model.last_token_logits(batch.input_ids, batch.attention_mask).into_data().to_vec::<f32>().unwrap();
     let vocab = logits.len() / 2;

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use polarity_core::reference::{Fixture, TensorCheck, Tolerance};
 use polarity_hub::RepoSource;
 use polarity_llama::reference::{GRADIENT_TOLERANCE, LOGITS_TOLERANCE, LOSS_TOLERANCE};
-use polarity_llama::{Llama, LlamaConfig, LlamaError, LoraConfig, causal_lm_loss};
+use polarity_llama::{CheckpointError, Llama, LlamaConfig, LlamaError, LoraConfig, TensorInfo, causal_lm_loss};
 
 use common::inputs;
 
@@ -215,7 +215,12 @@ fn a_missing_tensor_is_an_error_naming_it() {
     let err =
         Llama::<Cpu>::from_pretrained(&RepoSource::Local(dir.path().to_path_buf()), &Default::default()).unwrap_err();
     match &err {
-        LlamaError::MissingTensors { tensors, .. } => assert_eq!(tensors, &["model.layers.1.mlp.up_proj.weight"]),
+        LlamaError::Checkpoint(CheckpointError::MissingTensors { tensors, .. }) => {
+            assert_eq!(
+                tensors,
+                &[TensorInfo { name: "model.layers.1.mlp.up_proj.weight".into(), shape: vec![128, 64] }]
+            )
+        }
         other => panic!("expected MissingTensors, got {other:?}"),
     }
     assert!(err.to_string().contains("model.layers.1.mlp.up_proj.weight"), "{err}");
@@ -234,7 +239,7 @@ fn a_shape_mismatch_is_an_error_naming_tensor_and_shapes() {
     let err =
         Llama::<Cpu>::from_pretrained(&RepoSource::Local(dir.path().to_path_buf()), &Default::default()).unwrap_err();
     match err {
-        LlamaError::ShapeMismatch { tensor, expected, found, .. } => {
+        LlamaError::Checkpoint(CheckpointError::ShapeMismatch { tensor, expected, found, .. }) => {
             assert_eq!(tensor, "model.layers.0.self_attn.k_proj.weight");
             assert_eq!(expected, vec![32, 64]);
             assert_eq!(found, vec![31, 64]);
@@ -270,9 +275,9 @@ fn adapter_files_with_foreign_tensors_are_rejected() {
         .unwrap();
     let err = load_base::<Cpu>().load_lora(&RepoSource::Local(dir.path().to_path_buf())).unwrap_err();
     match err {
-        LlamaError::UnexpectedTensors { tensors, .. } => {
+        LlamaError::Checkpoint(CheckpointError::UnexpectedTensors { tensors, .. }) => {
             assert_eq!(tensors.len(), 4);
-            assert!(tensors.iter().all(|t| t.contains("v_proj")), "{tensors:?}");
+            assert!(tensors.iter().all(|t| t.name.contains("v_proj")), "{tensors:?}");
         }
         other => panic!("expected UnexpectedTensors, got {other:?}"),
     }

@@ -33,17 +33,30 @@ impl PaddingBatcher {
 
     /// The padded `[batch, longest]` tensors of `rows`.
     pub fn pad<B: Backend>(&self, rows: &[&TokenIds], device: &Device<B>) -> TokenBatch<B> {
-        let batch = rows.len();
-        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        self.pad_rows(rows.iter().map(|row| (row.ids.as_slice(), Some(row.type_ids.as_slice()))), rows.len(), device)
+    }
+
+    /// The padded `[batch, longest]` tensors of bare id rows (a causal LM's prompts): every type id 0.
+    pub fn pad_ids<B: Backend, R: AsRef<[u32]>>(&self, rows: &[R], device: &Device<B>) -> TokenBatch<B> {
+        self.pad_rows(rows.iter().map(|row| (row.as_ref(), None)), rows.len(), device)
+    }
+
+    fn pad_rows<'a, B: Backend>(
+        &self,
+        rows: impl Iterator<Item = (&'a [u32], Option<&'a [u32]>)> + Clone,
+        batch: usize,
+        device: &Device<B>,
+    ) -> TokenBatch<B> {
+        let longest = rows.clone().map(|(ids, _)| ids.len()).max().unwrap_or(0);
         let mut input_ids = vec![self.pad_id as i64; batch * longest];
         let mut attention_mask = vec![0i64; batch * longest];
         let mut token_type_ids = vec![0i64; batch * longest];
-        for (row, tokens) in rows.iter().enumerate() {
+        for (row, (ids, type_ids)) in rows.enumerate() {
             let start = row * longest;
-            for (offset, (&id, &type_id)) in tokens.ids.iter().zip(&tokens.type_ids).enumerate() {
+            for (offset, &id) in ids.iter().enumerate() {
                 input_ids[start + offset] = id as i64;
                 attention_mask[start + offset] = 1;
-                token_type_ids[start + offset] = type_id as i64;
+                token_type_ids[start + offset] = type_ids.and_then(|types| types.get(offset)).map_or(0, |&t| t as i64);
             }
         }
         let tensor =

@@ -16,9 +16,10 @@
 //!   the optional bias. Its forward pass dequantises the weight into a fresh tensor
 //!   ([`Tensor::from_data`], an untracked constant under autodiff, so no gradient reaches it) and
 //!   multiplies.
-//! - On [`Llama`]: [`Llama::quantize_frozen_base`] (NF4 for every projection, embeddings/norms/head
-//!   stay f32 as in bitsandbytes QLoRA), [`Llama::from_gguf_quantized`] (in `load.rs`, sharing the
-//!   GGUF path of [`Llama::from_gguf`]) and [`Llama::weight_memory`].
+//! - [`WeightMemory`]: where a model's weight memory goes, dense parameters against quantised matrices.
+//!
+//! This module knows no model: the Llama side (quantising a model's frozen base, loading GGUF
+//! projections quantised) is `Llama::quantize_frozen_base` and `Llama::from_gguf_quantized`.
 //!
 //! The trade is memory for time: every forward pass decodes every quantised projection it uses, in
 //! parallel on rayon's threads. For SmolLM2-135M's 106M projection weights on 2 (shared) cores that is
@@ -58,8 +59,6 @@ use rayon::prelude::*;
 
 use crate::LlamaError;
 use crate::gguf::{self, GgmlType, rope_unpermuted_row_order};
-use crate::llama::{Llama, LlamaModel};
-use crate::lora::BaseLinear;
 
 /// Values per NF4 block (bitsandbytes' default `blocksize` for 4-bit weights, as in QLoRA).
 pub const NF4_BLOCK_SIZE: usize = 64;
@@ -629,6 +628,23 @@ impl fmt::Display for WeightMemory {
     }
 }
 
+impl WeightMemory {
+    /// The dense parameters of `module`, counted at their shape without drawing lazily initialised ones
+    /// (quantised matrices are not parameters: add them with [`add_quantized`](Self::add_quantized)).
+    pub fn of_dense_params<B: Backend, M: Module<B>>(module: &M) -> Self {
+        let mut dense = DenseBytes::default();
+        module.visit(&mut dense);
+        WeightMemory { dense_bytes: dense.bytes, dense_params: dense.params, ..Default::default() }
+    }
+
+    /// Counts one quantised matrix.
+    pub fn add_quantized(&mut self, matrix: &QuantizedMatrix) {
+        self.quantized_bytes += matrix.stored_bytes();
+        self.quantized_f32_bytes += matrix.dense_f32_bytes();
+        self.quantized_matrices += 1;
+    }
+}
+
 /// Sums the dense parameters of a module without materialising lazily initialised ones.
 #[derive(Default)]
 struct DenseBytes {
@@ -643,57 +659,5 @@ impl<B: Backend> ModuleVisitor<B> for DenseBytes {
             if param.is_initialized() { param.val().dtype().size() } else { std::mem::size_of::<B::FloatElem>() };
         self.params += values;
         self.bytes += values * element_bytes;
-    }
-}
-
-impl<B: Backend> Llama<B> {
-    /// QLoRA's base: every dense projection (`q/k/v/o_proj`, `gate/up/down_proj`) of every layer
-    /// quantised to NF4 and frozen; embeddings, norms and `lm_head` stay f32 (bitsandbytes QLoRA
-    /// quantises only the linear layers of the decoder). Projections already quantised are kept,
-    /// adapters too. Attach adapters afterwards with [`Llama::with_lora`]; only they train.
-    ///
-    /// Errors: [`LlamaError::QuantBlockSize`] when a projection's `in_features` is not a multiple of 64.
-    pub fn quantize_frozen_base(self) -> Result<Self, LlamaError> {
-        let Llama { model, lm_head } = self;
-        let layers = model
-            .layers
-            .into_iter()
-            .map(|layer| {
-                layer.try_map_projections(|_, mut projection| {
-                    projection.base_layer = match projection.base_layer {
-                        BaseLinear::Dense(layer) => BaseLinear::Quantized(QuantizedLinear::quantize_nf4(layer)?),
-                        quantized => quantized,
-                    };
-                    Ok::<_, LlamaError>(projection)
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Llama { model: LlamaModel { layers, ..model }, lm_head })
-    }
-
-    /// The memory held by the weights: dense parameters, quantised matrices, and what those would take
-    /// as f32. Lazily initialised parameters are counted at their shape, without being drawn.
-    pub fn weight_memory(&self) -> WeightMemory {
-        let mut dense = DenseBytes::default();
-        self.visit(&mut dense);
-        let mut memory = WeightMemory { dense_bytes: dense.bytes, dense_params: dense.params, ..Default::default() };
-        for layer in &self.model.layers {
-            for (_, projection) in layer.projections() {
-                if let BaseLinear::Quantized(quantized) = &projection.base_layer {
-                    memory.quantized_bytes += quantized.matrix.stored_bytes();
-                    memory.quantized_f32_bytes += quantized.matrix.dense_f32_bytes();
-                    memory.quantized_matrices += 1;
-                }
-            }
-        }
-        memory
-    }
-
-    /// Whether any projection's frozen base is quantised.
-    pub fn has_quantized_base(&self) -> bool {
-        self.model
-            .layers
-            .iter()
-            .any(|layer| layer.projections().iter().any(|(_, p)| matches!(p.base_layer, BaseLinear::Quantized(_))))
     }
 }
