@@ -1,9 +1,9 @@
 //! Mixed precision: matrix products in half precision, everything else in f32, the weights kept in
 //! f32 (PyTorch's `torch.autocast`, what HF Trainer's `bf16=True` / `fp16=True` run under).
 //!
-//! Inside [`autocast`]`(Some(dtype), ..)` the products of [`linear`](crate::linear) and [`matmul`] (every linear
-//! layer of polarity's models, the tied Llama head, the composed attention's two products) cast
-//! their operands to `dtype`, multiply, and cast the result back to the input's type. Norms,
+//! Inside [`autocast`]`(Some(dtype), ..)` the products of `polarity_kernels::linear` and [`matmul`]
+//! (every linear layer of polarity's models, the tied Llama head, the composed attention's two
+//! products) cast their operands to `dtype`, multiply, and cast the result back to the input's type. Norms,
 //! softmax, activations, residual sums and the loss stay in f32, and since the parameters stay f32
 //! their gradients and the optimiser state do too (burn's autodiff casts a gradient back through
 //! each cast). On a GPU with tensor cores (burn-cuda) the half-precision products are what is

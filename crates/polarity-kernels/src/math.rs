@@ -1,5 +1,5 @@
 //! Scalar formulas written without branches, so that a loop applying them to a slice compiles to
-//! SIMD code (the kernels in [`cpu`](crate::cpu) are compiled once per instruction set).
+//! SIMD code (the kernels in `ops/` are compiled once per instruction set).
 //!
 //! libm's `expf` and `erff`, which burn-flex calls per element, are exact to an ulp but branchy, so
 //! they never vectorise; these trade a few ulps for 8 or 16 lanes per instruction.

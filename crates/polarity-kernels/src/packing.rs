@@ -10,7 +10,8 @@
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 
-use crate::{AttentionMask, flex};
+use crate::dispatch::{Path, path_of};
+use crate::ops::attention::AttentionMask;
 
 /// The real tokens of a right-padded `[batch, seq]` batch, packed one sequence after another.
 ///
@@ -79,7 +80,7 @@ impl<B: Backend> PackedSequences<B> {
     /// padded layout (their attention would need a `[total, total]` bias), and training keeps it so
     /// that dropout draws the same masks as on the padded batch.
     pub fn for_inference(attention_mask: &Tensor<B, 2, Int>, hidden: &Tensor<B, 3>) -> Option<Self> {
-        if !flex::accepts(hidden) {
+        if path_of(hidden) != Path::FlexInference {
             return None;
         }
         Self::new(attention_mask)

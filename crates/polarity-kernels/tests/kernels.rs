@@ -1,12 +1,15 @@
 //! The fused kernels (burn-flex, float32) against the same operations composed from burn's ops.
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::nn::DropoutConfig;
 use burn::prelude::*;
-use burn::tensor::{Distribution, Tolerance};
-use polarity_kernels::{AttentionHeads, AttentionMask, PackedSequences, composed};
+use burn::tensor::{DType, Distribution, Tolerance};
+use polarity_kernels::{AttentionHeads, AttentionMask, PackedSequences, Path, composed, math, path_of};
 
 type Fast = Flex;
+/// Training on the CPU default with burn's non-default checkpoint strategy.
+type Balanced = Autodiff<Flex, BalancedCheckpointing>;
 
 /// The tests seed burn's process-wide generators: run them one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -301,6 +304,10 @@ fn fused_layer_norm_matches_burns_values_and_gradients() {
     }
     let inputs = [&x, &gamma, &beta, &weights];
     let fast = run::<Train>(inputs);
+    // Another checkpoint strategy runs the same fused node: the same bits.
+    for (fast, balanced) in fast.iter().zip(run::<Balanced>(inputs)) {
+        assert_eq!(fast.to_data(), balanced.into_data());
+    }
     let reference = run::<Reference>(inputs);
     for (name, (fast, reference)) in ["output", "x", "gamma", "beta"].iter().zip(fast.into_iter().zip(reference)) {
         let (fast, reference) = (fast.into_data(), reference.into_data());
@@ -551,4 +558,46 @@ fn inference_layer_norm_normalises_in_place_without_touching_shared_inputs() {
     let normalized = polarity_kernels::layer_norm(x.clone(), gamma, Some(beta), 1e-12);
     assert_close(to_ndarray(normalized.into_data()), expected, 2e-5);
     assert_close(to_ndarray(x.into_data()), to_ndarray(before), 0.0);
+}
+
+#[test]
+fn the_dispatch_picks_one_path_per_backend_and_float_type() {
+    assert_eq!(Path::of::<Flex>(DType::F32), Path::FlexInference);
+    assert_eq!(Path::of::<Autodiff<Flex>>(DType::F32), Path::FlexAutodiff);
+    assert_eq!(Path::of::<Balanced>(DType::F32), Path::FlexAutodiff);
+    assert_eq!(Path::of::<NdArray>(DType::F32), Path::Composed);
+    assert_eq!(Path::of::<Autodiff<NdArray>>(DType::F32), Path::Composed);
+    assert_eq!(Path::of::<Flex>(DType::F16), Path::Composed);
+    assert_eq!(Path::of::<Balanced>(DType::BF16), Path::Composed);
+}
+
+/// Under `BalancedCheckpointing` the GELU is still the fused node (its values are the kernel's
+/// polynomial GELU bit for bit, its gradient the fused backward's formula), between memory-bound ops
+/// that the strategy recomputes, and its gradients are the composed graph's.
+#[test]
+fn balanced_checkpointing_keeps_the_fused_gelu_and_its_gradients() {
+    let _serial = serial();
+    let x = random::<Balanced, 2>([37, 300], 61).require_grad();
+    let weights = random::<Balanced, 2>([37, 300], 62);
+    assert_eq!(path_of(&x), Path::FlexAutodiff);
+    // One input node per graph: a backward pass frees its graph, which the other would still need.
+    let input = || x.clone().mul_scalar(2.0);
+    let (fast, reference) = (polarity_kernels::gelu(input()), composed::gelu(input()));
+    let values = |t: &Tensor<Balanced, 2>| t.to_data().to_vec::<f32>().unwrap();
+    let kernel: Vec<f32> = values(&input()).into_iter().map(math::gelu).collect();
+    assert_eq!(values(&fast), kernel);
+    assert_ne!(values(&reference), kernel, "the check must tell the paths apart");
+    assert_close(fast.clone(), reference.clone(), 1e-6);
+
+    let gradient = |output: Tensor<Balanced, 2>| x.grad(&(output * weights.clone()).sum().backward()).unwrap();
+    let (fast, reference) = (gradient(fast), gradient(reference));
+    // d/dx (gelu(2x) w) = w gelu'(2x) 2, in the fused backward's order.
+    let expected: Vec<f32> = values(&input())
+        .into_iter()
+        .zip(values(&weights))
+        .map(|(input, weight)| weight * math::gelu_derivative(input) * 2.0)
+        .collect();
+    assert_eq!(fast.to_data().to_vec::<f32>().unwrap(), expected);
+    // Twice `fused_gelu_gradients_match_the_composed_graph`'s tolerance: the chain rule doubles the gradient.
+    assert_close(fast, reference, 2e-6);
 }

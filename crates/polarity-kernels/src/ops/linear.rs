@@ -1,0 +1,301 @@
+//! Linear layers: every product of polarity's models goes through here, so that autocast and the CPU
+//! default's fused path apply to all of them.
+//!
+//! On burn-flex (float32, no autodiff: inference on the CPU default) a linear layer is one GEMM that
+//! accumulates into its output buffer, which starts as the bias rows or as the residual it is added
+//! to: no zero fill and no separate passes for the bias and the residual, which burn's `linear` (a
+//! product, then a broadcast add) and a following `+ residual` each make over the whole activation.
+//!
+//! [`frozen_linear`] is the product by a frozen, decoded-on-demand matrix as one autodiff node (QLoRA).
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::nn::{Dropout, Linear};
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn_flex::Flex;
+use rayon::prelude::*;
+
+use crate::autocast::cast_target;
+use crate::autodiff::{finish, fused_node, into_autodiff, into_tensor};
+use crate::dispatch::{Op, Path};
+use crate::flex::{self, new_flex};
+use crate::ops::dropout;
+use crate::product::{StridedMatrix, product_with};
+use crate::threading::CHUNK;
+
+static LINEAR: Op = Op::new("linear");
+static FROZEN_LINEAR: Op = Op::new("frozen_linear");
+
+/// burn's `linear(x, weight, bias)` (`weight` is `[in, out]`), computed in the autocast type when
+/// autocast is on; the result has `x`'s type.
+pub fn linear_with<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    match cast_target(dtype) {
+        Some(target) => {
+            let bias = bias.map(|bias| bias.cast(target));
+            burn::tensor::module::linear(x.cast(target), weight.cast(target), bias).cast(dtype)
+        }
+        None if fits_linear(&x, &weight, bias.as_ref(), None) => fused_linear(x, weight, bias, None),
+        None => burn::tensor::module::linear(x, weight, bias),
+    }
+}
+
+/// `layer.forward(x)` as one 2-D product over all rows of `x` (see [`on_rows`]), under autocast.
+pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    on_rows(x, |rows| linear_with(rows, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val())))
+}
+
+/// Applies a row-wise matrix function to `x` with its leading dimensions folded into one:
+/// `[..., in] -> [rows, in] -> f -> [rows, out] -> [..., out]`.
+///
+/// A linear layer on `[batch, seq, in]` is then one `[batch * seq, in] x [in, out]` product instead of a
+/// batch of `[seq, in]` products: CPU backends re-pack the shared weight for every product of a batch,
+/// and a single large product parallelises better.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::prelude::*;
+/// use polarity_kernels::on_rows;
+///
+/// let x = Tensor::<Flex, 3>::ones([2, 3, 4], &Default::default());
+/// let y = on_rows(x, |rows| rows.sum_dim(1)); // [6, 4] -> [6, 1]
+/// assert_eq!(y.dims(), [2, 3, 1]);
+/// ```
+pub fn on_rows<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = f(x.reshape([rows, dims[D - 1]]));
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
+
+/// `dropout(layer.forward(x)) + residual` (no dropout for `None`), the sub-layer output of a
+/// transformer block; on burn-flex without autodiff (dropout is then the identity) the product
+/// accumulates straight into the residual's buffer.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::nn::{DropoutConfig, LinearConfig};
+/// use burn::prelude::*;
+///
+/// let device = Default::default();
+/// let layer = LinearConfig::new(4, 3).init::<Flex>(&device);
+/// let dropout = DropoutConfig::new(0.1).init();
+/// let (x, residual) = (Tensor::<Flex, 3>::ones([2, 5, 4], &device), Tensor::<Flex, 3>::ones([2, 5, 3], &device));
+/// let fused = polarity_kernels::linear_residual(&layer, Some(&dropout), x.clone(), residual.clone());
+/// let composed = layer.forward(x) + residual;
+/// fused.into_data().assert_approx_eq::<f32>(&composed.into_data(), burn::tensor::Tolerance::absolute(1e-5));
+/// ```
+pub fn linear_residual<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    dropout: Option<&Dropout>,
+    x: Tensor<B, D>,
+    residual: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()));
+    // Autocast off for `x`'s type: the same rule as `linear_with`'s fused path.
+    if cast_target(x.dtype()).is_none() && fits_linear(&x, &weight, bias.as_ref(), Some(&residual)) {
+        return fused_linear(x, weight, bias, Some(residual));
+    }
+    let projected = linear(layer, x);
+    match dropout {
+        Some(dropout) => dropout::dropout(dropout, projected) + residual,
+        None => projected + residual,
+    }
+}
+
+/// Whether [`linear`] takes `x` (`[..., k]`), `weight` (`[k, n]`), `bias` (`[n]`) and `residual`
+/// (`x`'s shape with `n` last): float32 burn-flex tensors of matching shapes, without autodiff.
+fn fits_linear<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+    residual: Option<&Tensor<B, D>>,
+) -> bool {
+    let (dims, [k, n]) = (x.dims(), weight.dims());
+    let mut output_dims = dims;
+    output_dims[D - 1] = n;
+    let fits = dims[D - 1] == k
+        && k > 0
+        && bias.is_none_or(|bias| bias.dims() == [n])
+        && residual.is_none_or(|residual| residual.dims() == output_dims);
+    let dtypes =
+        [x.dtype(), weight.dtype()].into_iter().chain(bias.map(Tensor::dtype)).chain(residual.map(Tensor::dtype));
+    // Under autodiff burn's linear is the graph: there is no fused node for it.
+    fits && LINEAR.path::<B>(dtypes) == Path::FlexInference
+}
+
+/// `x weight + bias + residual` as one GEMM on float32 burn-flex tensors (shapes as [`fits_linear`]
+/// checked). The output starts as the residual (in its own buffer when no other tensor shares it) or
+/// as the bias rows, and the product accumulates into it; the weight is read through its strides.
+fn fused_linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    residual: Option<Tensor<B, D>>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let [k, n] = weight.dims();
+    dims[D - 1] = n;
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let (x, weight) = (flex::into_flex(x), flex::as_flex(weight));
+    let bias = bias.map(flex::into_flex);
+    let bias = bias.as_ref().map(|bias| bias.storage::<f32>());
+    let mut output = match residual {
+        Some(residual) => {
+            let mut output = flex::into_flex(residual);
+            if let Some(bias) = bias {
+                add_to_rows(output.storage_mut(), bias);
+            }
+            output
+        }
+        None => {
+            let values = match bias {
+                Some(bias) => repeat_rows(bias, rows),
+                None => vec![0.0; rows * n],
+            };
+            new_flex(values, dims.into())
+        }
+    };
+    let [row_stride, col_stride] = [0, 1].map(|axis| weight.layout().strides()[axis]);
+    let matrix = StridedMatrix {
+        data: weight.storage(),
+        offset: weight.layout().start_offset(),
+        rows: k,
+        cols: n,
+        row_stride,
+        col_stride,
+    };
+    add_product(x.storage(), matrix, output.storage_mut());
+    flex::from_flex(output)
+}
+
+/// `rows` copies of `row`, one after the other, written on all cores (no zero fill first).
+fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
+    let width = row.len();
+    let mut values = Vec::with_capacity(rows * width);
+    if let Some(rows_per_task) = CHUNK.checked_div(width).map(|rows| rows.max(1)) {
+        values.spare_capacity_mut()[..rows * width].par_chunks_mut(rows_per_task * width).for_each(|block| {
+            for out in block.chunks_exact_mut(width) {
+                out.iter_mut().zip(row).for_each(|(slot, value)| {
+                    slot.write(*value);
+                });
+            }
+        });
+    }
+    // SAFETY: the loop above initialised all `rows * width` elements (each block is a whole number of
+    // rows), and the capacity is at least that.
+    unsafe { values.set_len(rows * width) };
+    values
+}
+
+/// `row` added to every `row.len()`-wide row of `values`, on all cores.
+fn add_to_rows(values: &mut [f32], row: &[f32]) {
+    let width = row.len();
+    assert!(width > 0 && values.len().is_multiple_of(width));
+    values.par_chunks_mut((CHUNK / width).max(1) * width).for_each(|block| {
+        for out in block.chunks_exact_mut(width) {
+            out.iter_mut().zip(row).for_each(|(y, b)| *y += b);
+        }
+    });
+}
+
+/// Products below this many multiply-adds run on one thread (burn-flex's threshold too).
+const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// `output += input x weight` for row-major `input: [rows, k]`, a `[k, n]` weight and row-major
+/// `output: [rows, n]`, on all cores. The output comes in holding the bias rows or the residual, so a
+/// linear layer needs neither a zero fill nor separate passes adding them.
+fn add_product(input: &[f32], weight: StridedMatrix, output: &mut [f32]) {
+    let (k, n) = (weight.rows, weight.cols);
+    assert!(weight.in_bounds() && k > 0 && input.len().is_multiple_of(k));
+    let rows = input.len() / k;
+    assert_eq!(output.len(), rows * n);
+    let parallelism =
+        if rows * k * n >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: `input` and `output` are row-major with the asserted lengths, `weight` is in bounds, and
+    // `output` is a unique borrow, so it aliases neither input.
+    unsafe {
+        product_with(
+            [rows, k, n],
+            (output.as_mut_ptr(), n as isize, 1),
+            (input.as_ptr(), k as isize, 1),
+            (weight.data.as_ptr().wrapping_add(weight.offset), weight.row_stride, weight.col_stride),
+            1.0,
+            true,
+            parallelism,
+        )
+    }
+}
+
+/// A frozen matrix decoded on demand, such as a quantised weight (see [`frozen_linear`]).
+pub trait FrozenMatrix: Send + Sync + std::fmt::Debug + 'static {
+    /// `[rows, cols]` of the decoded matrix (`[out_features, in_features]` for a linear layer).
+    fn dims(&self) -> [usize; 2];
+    /// The decoded values, row-major.
+    fn decode(&self) -> Vec<f32>;
+    /// The decoded transpose (`[cols, rows]`), row-major.
+    fn decode_transposed(&self) -> Vec<f32>;
+    /// Whether a product with `input_rows` input rows should multiply by the contiguous transpose
+    /// ([`decode_transposed`](Self::decode_transposed)) rather than by a transposed view of the
+    /// row-major matrix (the cheaper layout depends on the decoder and the row count).
+    fn prefers_transposed(&self, _input_rows: usize) -> bool {
+        false
+    }
+}
+
+#[derive(Debug)]
+struct FrozenLinear;
+
+impl Backward<Flex, 1> for FrozenLinear {
+    type State = Arc<dyn FrozenMatrix>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad_output = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(grads.consume::<Flex>(&ops.node)));
+        let [input_node] = ops.parents;
+        if let Some(node) = input_node {
+            // d x = d y M: the matrix is decoded again here rather than kept from the forward pass.
+            let grad_input = grad_output.matmul(decoded(ops.state.as_ref()));
+            grads.register::<Flex>(node.id, grad_input.into_primitive().tensor());
+        }
+    }
+}
+
+fn decoded(matrix: &dyn FrozenMatrix) -> Tensor<Flex, 2> {
+    Tensor::from_data(burn::tensor::TensorData::new(matrix.decode(), matrix.dims()), &Default::default())
+}
+
+/// `x M^T` (`[rows, cols_of_M] -> [rows, rows_of_M]`, a bias-free linear layer) with a frozen `M`
+/// that the autodiff graph does not keep: under autodiff over burn-flex, `M` is decoded for the
+/// product, dropped, and decoded again in the backward pass. This is what lets QLoRA training hold the
+/// base weights quantised between the forward and the backward pass: burn's own matmul would keep
+/// every decoded f32 matrix alive until the backward pass reached it.
+///
+/// Returns `Err(x)` on other backends (or without autodiff), where the caller's usual product applies.
+pub fn frozen_linear<B: Backend>(x: Tensor<B, 2>, matrix: Arc<dyn FrozenMatrix>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if x.dims()[1] != matrix.dims()[1] || FROZEN_LINEAR.path::<B>([x.dtype()]) != Path::FlexAutodiff {
+        return Err(x);
+    }
+    let x = into_autodiff(x);
+    let input = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(x.primitive.clone()));
+    let [rows, cols] = matrix.dims();
+    let weight = if matrix.prefers_transposed(input.dims()[0]) {
+        Tensor::from_data(burn::tensor::TensorData::new(matrix.decode_transposed(), [cols, rows]), &Default::default())
+    } else {
+        decoded(matrix.as_ref()).transpose()
+    };
+    let output = input.matmul(weight).into_primitive().tensor();
+    let prepared = fused_node(FrozenLinear, [&x]);
+    Ok(into_tensor(finish(prepared, || matrix, output)))
+}
