@@ -100,7 +100,8 @@ pub trait HfModel<B: Backend>: Module<B> + Sized {
     fn load_safetensors(self, files: &[PathBuf]) -> Result<(Self, LoadReport), EncoderError> {
         let (model, report) = load_into(self, files, &Self::naming())?;
         if !report.initialised.is_empty() {
-            tracing::warn!(
+            // Expected for a bare encoder given a new classification head: information, not a warning.
+            tracing::info!(
                 checkpoint = ?files,
                 tensors = ?report.initialised,
                 "{} tensors are not in the checkpoint and keep their fresh initialisation",
