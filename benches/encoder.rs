@@ -10,7 +10,9 @@
 //! - `forward`: inference, no autodiff. MiniLM (`sentence-transformers/all-MiniLM-L6-v2`, real weights
 //!   from the hub cache, fresh classification head) at batch 32, sequence 128, 256 and 512; BERT-base and
 //!   DistilBERT shapes with random weights (configs built here with the real hyper-parameters) at
-//!   batch 8, sequence 128.
+//!   batch 8, sequence 128. `minilm/{backend}/reference_b32_max256` is MiniLM on the first batch of the
+//!   encoders' reference inference workload (`polarity::bench::Workload::encoder_reference`: balanced,
+//!   seeded test reviews, batch 32, truncated at 256).
 //! - `train_step`: one MiniLM training step at batch 16, sequence 256 on `Autodiff<backend>`: forward
 //!   with dropout, cross-entropy, backward, and an AdamW step through burn's optimizer.
 //! - `gemm`: one `[512, 768] x [768, 768]` matmul, the shape of a hidden-size projection, in FLOP/s.
@@ -34,11 +36,12 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use polarity::TokenBatch;
+use polarity::bench::{Selection, Workload};
 use polarity::data::{ImdbDataset, Split, hub};
 use polarity::hub::{RepoKind, RepoSource};
 use polarity::tokenize::{Encode, HfTokenizer, PaddingBatcher, TokenizedExample};
 use polarity::train::{CrossEntropyObjective, Objective};
+use polarity::{Example, TokenBatch};
 use polarity_encoder::{BertConfig, DistilBertConfig, EncoderClassifier};
 
 const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -56,10 +59,22 @@ fn imdb_test() -> &'static ImdbDataset {
 /// `batch` real reviews, half negative (rows from 0), half positive (rows from 12,500), tokenized and
 /// truncated at `max_length`, and their padding id.
 fn reviews(batch: usize, max_length: usize) -> (Vec<TokenizedExample>, u32) {
-    let examples = imdb_test().examples();
-    let negatives = examples.len() / 2;
-    let rows: Vec<usize> = (0..batch / 2).chain(negatives..negatives + batch - batch / 2).collect();
-    let texts: Vec<&str> = rows.iter().map(|&i| examples[i].text.as_str()).collect();
+    let selection = Selection::FirstOfEachLabel.pick(imdb_test(), batch).expect("IMDB test split holds the rows");
+    tokenized(selection.examples(), max_length)
+}
+
+/// The first batch of the encoders' reference inference workload, tokenized as the workload says, and its
+/// padding id.
+fn reference_batch() -> (Vec<TokenizedExample>, u32) {
+    let workload = Workload::encoder_reference();
+    let selection = workload.draw_from(imdb_test()).expect("IMDB test split holds the reference reviews");
+    tokenized(&selection.examples()[..workload.batch_size], workload.max_length)
+}
+
+/// `examples` tokenized with MiniLM's tokenizer truncating at `max_length`, and the padding id.
+fn tokenized(examples: &[Example], max_length: usize) -> (Vec<TokenizedExample>, u32) {
+    let batch = examples.len();
+    let texts: Vec<&str> = examples.iter().map(|example| example.text.as_str()).collect();
     let tokenizer = HfTokenizer::from_pretrained(MINILM, max_length).expect("MiniLM tokenizer in the hub cache");
     let tokens = tokenizer.encode_batch(&texts).expect("IMDB reviews encode");
     let lengths: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
@@ -71,14 +86,17 @@ fn reviews(batch: usize, max_length: usize) -> (Vec<TokenizedExample>, u32) {
         lengths.iter().max().unwrap(),
         100.0 * (b * s - real) as f64 / (b * s) as f64,
     );
-    let examples =
-        tokens.into_iter().zip(&rows).map(|(tokens, &i)| TokenizedExample { tokens, label: examples[i].label });
+    let examples = tokens.into_iter().zip(examples).map(|(tokens, e)| TokenizedExample { tokens, label: e.label });
     (examples.collect(), tokenizer.pad_id())
 }
 
 /// [`reviews`] padded into one batch, as the trainer and evaluation pad them.
 fn review_batch<B: Backend>(batch: usize, max_length: usize, device: &B::Device) -> TokenBatch<B> {
-    let (examples, pad_id) = reviews(batch, max_length);
+    padded(reviews(batch, max_length), device)
+}
+
+/// Tokenized examples padded into one batch with their padding id.
+fn padded<B: Backend>((examples, pad_id): (Vec<TokenizedExample>, u32), device: &B::Device) -> TokenBatch<B> {
     PaddingBatcher::new(pad_id).pad(&examples.iter().map(|e| &e.tokens).collect::<Vec<_>>(), device)
 }
 
@@ -120,6 +138,9 @@ fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
         let batch = review_batch::<B>(32, seq, &device);
         bench_forward(&mut group, &format!("minilm/{backend}/b32_s{seq}"), &model, batch);
     }
+    let reference = Workload::encoder_reference();
+    let name = format!("minilm/{backend}/reference_b{}_max{}", reference.batch_size, reference.max_length);
+    bench_forward(&mut group, &name, &model, padded(reference_batch(), &device));
     drop(model);
     let batch = review_batch::<B>(8, 128, &device);
     bench_forward(&mut group, &format!("bert_base_random/{backend}/b8_s128"), &bert_base::<B>(&device), batch.clone());

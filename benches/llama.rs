@@ -15,6 +15,9 @@
 //!     (dequantised to f32 on load; the group is skipped with a message if the file is absent), on
 //!     IMDB prompts at batch 8, sequence 128; with `POLARITY_BENCH_LONG_PROMPTS=1` also at real prompt
 //!     lengths (`b8_max512`: 8 prompts of at most 512 tokens, padded to the longest; minutes);
+//!     `reference_b8_max256` is the first label-scoring batch of the causal LM's reference inference
+//!     workload (`polarity::bench::Workload::causal_lm_reference`: balanced, seeded test reviews in prompts
+//!     of at most 256 tokens, batch 8), padded to its longest prompt;
 //!   - a tiny random Llama with the `tiny-llama` fixture's configuration (vocab 512, hidden 64, 2 layers,
 //!     4 query / 2 key-value heads, llama3 RoPE) at batch 8, sequence 128;
 //!   - Meta-Llama-3-8B-Instruct's configuration cut to one decoder layer, random weights (embeddings,
@@ -52,8 +55,10 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use polarity::Sentiment;
 use polarity::backend::CpuBackend;
+use polarity::bench::{Selection, Workload};
 use polarity::data::{ImdbDataset, Split, hub};
 use polarity::finetune::CausalLmObjective;
+use polarity::llama::gguf::GgufFile;
 use polarity::llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, LoraConfig, PromptEncoder};
 use polarity::tokenize::{Encode, PromptTemplate, TokenIds, TokenizedExample};
 use polarity::train::{BatchScorer, Objective};
@@ -110,8 +115,34 @@ fn tiny_model<B: Backend>(device: &B::Device) -> Llama<B> {
 /// `batch` reviews, half negative (IMDB test rows from 0), half positive (rows from 12,500), with their
 /// labels.
 fn reviews(batch: usize) -> (Vec<String>, Vec<Sentiment>) {
+    let labels: Vec<Sentiment> =
+        (0..batch).map(|i| if i >= batch / 2 { Sentiment::Positive } else { Sentiment::Negative }).collect();
+    match imdb_test() {
+        Some(test) => {
+            let selection = Selection::FirstOfEachLabel.pick(test, batch).expect("IMDB test split holds the rows");
+            (selection.texts().into_iter().map(String::from).collect(), selection.reviews.labels())
+        }
+        None => (vec![SYNTHETIC_REVIEW.repeat(4); batch], labels),
+    }
+}
+
+/// The first label-scoring batch of the causal LM's reference inference workload: its reviews and labels,
+/// and its maximum prompt length (`None` without the IMDB split).
+fn reference_reviews() -> Option<(Vec<String>, Vec<Sentiment>, usize)> {
+    let workload = Workload::causal_lm_reference();
+    let selection = workload.draw_from(imdb_test().as_ref()?).expect("IMDB test split holds the reference reviews");
+    let first = &selection.examples()[..workload.batch_size];
+    Some((
+        first.iter().map(|example| example.text.clone()).collect(),
+        first.iter().map(|example| example.label).collect(),
+        workload.max_length,
+    ))
+}
+
+/// The IMDB test split, or `None` (with a message) when it is not in the hub cache.
+fn imdb_test() -> &'static Option<ImdbDataset> {
     static TEST: OnceLock<Option<ImdbDataset>> = OnceLock::new();
-    let test = TEST.get_or_init(|| match hub::load_split(hub::IMDB_REPO, Split::Test) {
+    TEST.get_or_init(|| match hub::load_split(hub::IMDB_REPO, Split::Test) {
         Ok(test) => Some(test),
         Err(error) => {
             eprintln!(
@@ -119,18 +150,7 @@ fn reviews(batch: usize) -> (Vec<String>, Vec<Sentiment>) {
             );
             None
         }
-    });
-    let labels: Vec<Sentiment> =
-        (0..batch).map(|i| if i >= batch / 2 { Sentiment::Positive } else { Sentiment::Negative }).collect();
-    let texts = match test {
-        Some(test) => {
-            let examples = test.examples();
-            let negatives = examples.len() / 2;
-            (0..batch / 2).chain(negatives..negatives + batch - batch / 2).map(|i| examples[i].text.clone()).collect()
-        }
-        None => vec![SYNTHETIC_REVIEW.repeat(4); batch],
-    };
-    (texts, labels)
+    })
 }
 
 /// `batch` IMDB prompts of at most `max_length` tokens as the recipes encode them (`PromptEncoder`), and
@@ -141,6 +161,18 @@ fn prompt_batch(
     max_length: usize,
 ) -> (Vec<TokenizedExample>, CausalLmObjective) {
     let (texts, labels) = reviews(batch);
+    prompts_of(tokenizer, &texts, labels, max_length)
+}
+
+/// `texts` as IMDB prompts of at most `max_length` tokens (`PromptEncoder`) with their `labels`, and the
+/// objective that scores and trains on them.
+fn prompts_of(
+    tokenizer: &LlamaTokenizer,
+    texts: &[String],
+    labels: Vec<Sentiment>,
+    max_length: usize,
+) -> (Vec<TokenizedExample>, CausalLmObjective) {
+    let batch = texts.len();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let encoder =
         PromptEncoder::new(tokenizer.clone(), PromptTemplate::default(), max_length).expect("the template fits");
@@ -220,6 +252,18 @@ fn forward(c: &mut Criterion) {
             let tokens = padded_tokens(&examples);
             bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_max512", tokens, 60, || {
                 (model, examples, objective)
+            });
+        }
+        if let Some((texts, labels, max_length)) = reference_reviews() {
+            // The prompts are built before measuring (the throughput depends on the padded length); the
+            // model only when the line runs.
+            let gguf = GgufFile::open(smollm2_path()).expect("SmolLM2 GGUF reads");
+            let tokenizer = LlamaTokenizer::from_gguf(&gguf).expect("SmolLM2's tokenizer");
+            drop(gguf);
+            let (examples, objective) = prompts_of(&tokenizer, &texts, labels, max_length);
+            let name = format!("smollm2/flex/reference_b{}_max{max_length}", examples.len());
+            bench_forward::<CpuBackend>(&mut group, &name, padded_tokens(&examples), 30, || {
+                (load_smollm2(&device).0, examples, objective)
             });
         }
     } else {

@@ -19,7 +19,9 @@
 //! | [`llama`] | `polarity-llama` | Llama causal LMs, GGUF, LoRA adapters, label-word scoring |
 //! | [`train`] | `polarity-train` | fine-tuning with per-epoch evaluation and resumable checkpoints |
 //! | [`finetune`] | `polarity-finetune` | the recipes: `EncoderFineTune`, `LoraFineTune`, run reports |
+//! | [`bench`] | `polarity-bench` | the benchmark harness: throughput, latency percentiles, memory, hardware record, reference workloads |
 
+pub use polarity_bench as bench;
 pub use polarity_core::*;
 pub use polarity_data as data;
 pub use polarity_encoder as encoder;

@@ -1,0 +1,87 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a benchmark could not run or be recorded.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// Nothing to measure (no examples, no texts, no durations).
+    #[error("nothing to measure: {what} is empty")]
+    EmptyInput {
+        /// What was empty.
+        what: &'static str,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting {field} = {value}: {reason}")]
+    InvalidSetting {
+        /// The setting's name.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The model or its scorer failed, or returned scores that cannot be read.
+    #[error(transparent)]
+    Train(Box<polarity_train::TrainError>),
+    /// A model returned class scores of the wrong shape, or scores that cannot be read back.
+    #[error("class scores: {0}")]
+    Scores(String),
+    /// A causal LM failed to generate or decode.
+    #[error(transparent)]
+    Llama(Box<polarity_llama::LlamaError>),
+    /// A classifier's `predict` failed.
+    #[error("classifier: {0}")]
+    Classifier(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A classifier returned a different number of predictions than texts.
+    #[error("the classifier returned {predictions} predictions for {texts} texts")]
+    PredictionCount {
+        /// Texts given.
+        texts: usize,
+        /// Predictions returned.
+        predictions: usize,
+    },
+    /// The dataset of a workload could not be read or subset.
+    #[error("dataset {dataset}")]
+    Data {
+        /// The hub id or directory of the dataset.
+        dataset: String,
+        /// The cause.
+        #[source]
+        source: Box<polarity_data::DataError>,
+    },
+    /// The metrics could not be computed.
+    #[error(transparent)]
+    Metrics(#[from] polarity_metrics::MetricsError),
+    /// A report could not be written.
+    #[error("writing {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<polarity_train::TrainError> for BenchError {
+    fn from(error: polarity_train::TrainError) -> Self {
+        Self::Train(Box::new(error))
+    }
+}
+
+impl From<polarity_llama::LlamaError> for BenchError {
+    fn from(error: polarity_llama::LlamaError) -> Self {
+        Self::Llama(Box::new(error))
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`, creating its folder.
+pub(crate) fn write_json<T: serde::Serialize>(value: &T, path: &std::path::Path) -> Result<(), BenchError> {
+    let write_error = |source| BenchError::Write { path: path.to_path_buf(), source };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(write_error)?;
+    }
+    let json = serde_json::to_string_pretty(value).map_err(|e| write_error(e.into()))?;
+    std::fs::write(path, json + "\n").map_err(write_error)
+}
