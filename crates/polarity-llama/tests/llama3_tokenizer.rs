@@ -1,12 +1,14 @@
 //! The Llama-3 tokenizer from both of its sources, Meta-Llama-3-8B-Instruct's `tokenizer.json` by hub
 //! id and llama.cpp's vocabulary-only GGUF (`tokenizer.ggml.pre` = `llama-bpe`), against llama.cpp's
-//! own tokenizer test vectors and against each other on IMDB prompts.
+//! own tokenizer test vectors and against each other on IMDB prompts; the `tokenizer-ids` fixture kind.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use polarity_data::{Split, hub};
 use polarity_hub::{RepoKind, RepoSource};
 use polarity_llama::gguf::{GgufFile, GgufValue};
+use polarity_llama::reference::{TOKEN_IDS_KIND, verify, verify_token_ids};
 use polarity_llama::{GgufPreTokenizer, LLAMA3_SPLIT_REGEX, LlamaError, LlamaTokenizer};
 use polarity_tokenize::PromptTemplate;
 
@@ -204,4 +206,56 @@ fn an_unknown_pre_tokenizer_is_refused_with_its_name_and_file() {
         other => panic!("expected GgufUnknownPreTokenizer, got {other:?}"),
     }
     assert!(message.contains("llama-bpX") && message.contains("unknown-pre.gguf"), "{message}");
+}
+
+/// A `tokenizer-ids` fixture of the llama.cpp cases, `gguf` given relative to the shared directory.
+fn write_fixture(dir: &Path, add_special_tokens: bool, corrupt: bool) {
+    let mut cases: Vec<serde_json::Value> = llama_cpp_cases()
+        .into_iter()
+        .map(|(text, mut ids)| {
+            if add_special_tokens {
+                ids.insert(0, BEGIN_OF_TEXT);
+            }
+            serde_json::json!({ "text": text, "ids": ids })
+        })
+        .collect();
+    if corrupt {
+        cases[11]["ids"][1] = 1.into();
+    }
+    let meta = serde_json::json!({
+        "kind": TOKEN_IDS_KIND,
+        "tokenizer": LLAMA3,
+        "gguf": "models/ggml-vocab-llama-bpe.gguf",
+        "add_special_tokens": add_special_tokens,
+        "cases": cases,
+    });
+    std::fs::write(dir.join("meta.json"), serde_json::to_string_pretty(&meta).unwrap()).unwrap();
+}
+
+#[test]
+fn a_tokenizer_ids_fixture_passes_for_both_sources() {
+    use_shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path(), false, false);
+    // Through the dispatch that verify_reference uses: no reference.safetensors is needed.
+    let checks = verify(dir.path(), None).unwrap();
+    let lines: Vec<String> = checks.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["tokenizer_json 0.000e0 0e0 ok", "gguf 0.000e0 0e0 ok"]);
+}
+
+#[test]
+fn a_wrong_id_fails_each_source_with_error_one() {
+    use_shared_cache();
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path(), true, true);
+    let checks = verify_token_ids(dir.path(), None).unwrap();
+    let lines: Vec<String> = checks.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["tokenizer_json 1.000e0 0e0 FAIL", "gguf 1.000e0 0e0 FAIL"]);
+
+    // A GGUF that is not there is named, with the places it was looked for.
+    let meta_path = dir.path().join("meta.json");
+    let meta = std::fs::read_to_string(&meta_path).unwrap().replace("ggml-vocab-llama-bpe.gguf", "missing.gguf");
+    std::fs::write(&meta_path, meta).unwrap();
+    let error = verify_token_ids(dir.path(), None).unwrap_err().to_string();
+    assert!(error.contains("missing.gguf") && error.contains("tried"), "{error}");
 }
