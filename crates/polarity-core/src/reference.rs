@@ -1,7 +1,8 @@
 //! Reading reference fixtures (PyTorch + transformers outputs) and comparing tensors against them.
 //!
 //! A fixture is a directory with a `meta.json` (its `kind` says what was computed) and a
-//! `reference.safetensors` with the inputs and expected outputs. Model crates run their model on the
+//! `reference.safetensors` with the inputs and expected outputs (kinds whose references fit in
+//! `meta.json`, such as token ids, need no safetensors: [`Fixture::open_meta`]). Model crates run their model on the
 //! inputs and report one [`TensorCheck`] per compared tensor; `examples/verify_reference.rs` prints them.
 
 use std::collections::HashMap;
@@ -100,13 +101,8 @@ pub struct Fixture {
 impl Fixture {
     /// Reads `dir/meta.json` and `dir/reference.safetensors`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, CoreError> {
-        let dir = dir.as_ref().to_path_buf();
+        let Self { dir, meta, .. } = Self::open_meta(dir)?;
         let bad = |what: String| CoreError::Fixture { dir: dir.clone(), what };
-        let meta_path = dir.join("meta.json");
-        let meta_text = std::fs::read_to_string(&meta_path)
-            .map_err(|e| bad(format!("cannot read {}: {e}", meta_path.display())))?;
-        let meta: serde_json::Value =
-            serde_json::from_str(&meta_text).map_err(|e| bad(format!("meta.json is not JSON: {e}")))?;
         let tensors_path = dir.join("reference.safetensors");
         let bytes =
             std::fs::read(&tensors_path).map_err(|e| bad(format!("cannot read {}: {e}", tensors_path.display())))?;
@@ -129,6 +125,19 @@ impl Fixture {
             tensors.insert(name, ReferenceTensor { shape: view.shape().to_vec(), data });
         }
         Ok(Self { dir, meta, tensors })
+    }
+
+    /// Reads only `dir/meta.json`: enough to dispatch on [`kind`](Self::kind), and all there is to
+    /// fixtures whose references live in `meta.json` itself (token ids). The fixture has no tensors.
+    pub fn open_meta(dir: impl AsRef<Path>) -> Result<Self, CoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let bad = |what: String| CoreError::Fixture { dir: dir.clone(), what };
+        let meta_path = dir.join("meta.json");
+        let meta_text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", meta_path.display())))?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&meta_text).map_err(|e| bad(format!("meta.json is not JSON: {e}")))?;
+        Ok(Self { dir, meta, tensors: HashMap::new() })
     }
 
     /// The `kind` field of `meta.json`.

@@ -98,6 +98,17 @@ pub enum LlamaError {
         /// What the file has.
         found: String,
     },
+    /// A GGUF tokenizer whose pre-tokenizer (`tokenizer.ggml.pre`) polarity does not implement. It is
+    /// refused rather than split with some other regex, which would give plausible but wrong ids.
+    #[error("{file}: GGUF tokenizer.ggml.pre = {pre:?} is not a pre-tokenizer polarity implements (known: {known})")]
+    GgufUnknownPreTokenizer {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
+        /// The value of `tokenizer.ggml.pre`.
+        pre: String,
+        /// The values that are implemented, comma-separated.
+        known: String,
+    },
     /// A structurally invalid GGUF file (bad sizes, offsets, alignment, strings, ...).
     #[error("invalid GGUF file: {0}")]
     GgufInvalid(String),

@@ -18,7 +18,7 @@
 //! [`LlamaError`], never a panic or an oversized allocation.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::{bf16, f16};
@@ -363,6 +363,9 @@ pub struct GgufFile {
     pub tensors: Vec<GgufTensorInfo>,
     /// The alignment of tensor data.
     pub alignment: u64,
+    /// The file it was read from ([`open`](Self::open)); `None` for [`from_bytes`](Self::from_bytes).
+    /// Errors about the file's contents name it.
+    pub path: Option<PathBuf>,
     data_start: usize,
     bytes: Arc<Vec<u8>>,
 }
@@ -395,11 +398,14 @@ impl GgufTensor {
 }
 
 impl GgufFile {
-    /// Reads and parses a GGUF file.
+    /// Reads and parses a GGUF file. Only the header is interpreted: a file without tensors (a
+    /// vocabulary-only GGUF, as llama.cpp ships for its tokenizer tests) opens like any other.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LlamaError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| LlamaError::io(path, e))?;
-        Self::from_bytes(bytes)
+        let mut file = Self::from_bytes(bytes)?;
+        file.path = Some(path.to_path_buf());
+        Ok(file)
     }
 
     /// Parses GGUF bytes.
@@ -487,7 +493,7 @@ impl GgufFile {
         }
         let data_start = usize::try_from(data_start)
             .map_err(|_| LlamaError::GgufInvalid("data section offset does not fit in memory".into()))?;
-        Ok(GgufFile { version, metadata, tensors: infos, alignment, data_start, bytes: Arc::new(bytes) })
+        Ok(GgufFile { version, metadata, tensors: infos, alignment, path: None, data_start, bytes: Arc::new(bytes) })
     }
 
     /// A metadata value.
@@ -523,6 +529,11 @@ impl GgufFile {
             None => Ok(None),
             Some(value) => value.as_f64().map(Some).ok_or_else(|| wrong_type(key, "a float", value)),
         }
+    }
+
+    /// The file's name for messages: its path, or `<GGUF bytes>` when it was parsed from memory.
+    pub fn display_name(&self) -> String {
+        self.path.as_ref().map_or_else(|| "<GGUF bytes>".to_string(), |path| path.display().to_string())
     }
 
     /// A required string.

@@ -66,4 +66,4 @@ pub use llama::{
 pub use polarity_checkpoint::{CheckpointError, LoadReport, TensorInfo};
 pub use prompt::PromptEncoder;
 pub use scoring::{GeneratedAnswers, LabelWords, generate_answers, generate_answers_for_ids, parse_answer};
-pub use tokenizer::LlamaTokenizer;
+pub use tokenizer::{GgufPreTokenizer, LLAMA3_SPLIT_REGEX, LlamaTokenizer};

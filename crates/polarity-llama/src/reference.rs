@@ -1,12 +1,20 @@
 //! Verification against PyTorch + transformers reference fixtures (see `shared/fixtures`).
 //!
-//! Two fixture kinds are handled, for any Llama configuration in those formats:
+//! Three fixture kinds are handled, for any Llama configuration in those formats:
 //!
 //! - `causal-lm-lora`: a Hugging Face model directory and a PEFT adapter; compares the base logits,
 //!   the logits with the adapter, the logits after merging it, the answer-only loss and the adapter
 //!   gradients of that loss;
 //! - `causal-lm-prompts`: a GGUF file (or a Hugging Face checkpoint) and prompts; compares the prompt
-//!   token ids, the next-token logits after each prompt, the label-word scores and a greedy continuation.
+//!   token ids, the next-token logits after each prompt, the label-word scores and a greedy continuation;
+//! - `tokenizer-ids`: texts and their reference token ids, all in `meta.json` (no
+//!   `reference.safetensors`), checked against a `tokenizer.json` and optionally a GGUF vocabulary
+//!   ([`verify_token_ids`]).
+//!
+//! Paths in `meta.json` that are not absolute are looked up, in order, in the fixture directory, in
+//! the shared directory that holds the fixture (`shared/fixtures/NAME` -> `shared`), in the parent
+//! of `$HF_HOME` (the shared directory holds `hf/` beside `models/`), and in `../shared` from the
+//! working directory (the project's convention); the first that exists is used.
 //!
 //! [`verify`] runs on [`polarity_core::backend::DefaultBackend`] (the CPU, or CUDA with the `cuda`
 //! feature), [`verify_on`] on any backend; gradients use burn's autodiff on top of it.
@@ -28,6 +36,8 @@ use crate::{LabelWords, Llama, LlamaError, LlamaTokenizer, causal_lm_loss};
 pub const LORA_KIND: &str = "causal-lm-lora";
 /// The `meta.json` kind of a prompts fixture.
 pub const PROMPTS_KIND: &str = "causal-lm-prompts";
+/// The `meta.json` kind of a token-ids fixture.
+pub const TOKEN_IDS_KIND: &str = "tokenizer-ids";
 
 /// Logits of small float32 models: transformers and burn agree to about 1e-5.
 pub const LOGITS_TOLERANCE: f64 = 1e-4;
@@ -41,7 +51,7 @@ pub const PROMPT_LOGITS_TOLERANCE: f64 = 1e-3;
 /// Runs the model a fixture describes on the default backend and compares every reference tensor.
 ///
 /// `model_override` replaces the fixture's model: a directory or hub id of a Hugging Face checkpoint,
-/// or (for `causal-lm-prompts`) a `.gguf` file.
+/// or (for `causal-lm-prompts`) a `.gguf` file; for `tokenizer-ids` it replaces the `tokenizer`.
 pub fn verify(fixture_dir: &Path, model_override: Option<&str>) -> Result<Vec<TensorCheck>, LlamaError> {
     verify_on::<DefaultBackend>(fixture_dir, model_override, &default_device()?)
 }
@@ -52,6 +62,9 @@ pub fn verify_on<B: Backend>(
     model_override: Option<&str>,
     device: &B::Device,
 ) -> Result<Vec<TensorCheck>, LlamaError> {
+    if Fixture::open_meta(fixture_dir)?.kind()? == TOKEN_IDS_KIND {
+        return verify_token_ids(fixture_dir, model_override);
+    }
     let fixture = Fixture::open(fixture_dir)?;
     match fixture.kind()? {
         LORA_KIND => verify_lora::<B>(&fixture, model_override, device),
@@ -72,17 +85,22 @@ fn meta_str<'a>(fixture: &'a Fixture, key: &str) -> Result<&'a str, LlamaError> 
         .ok_or_else(|| fixture_error(fixture, format!("meta.json has no string {key:?}")))
 }
 
-/// A path from meta.json: relative to the fixture directory, else to the shared root two levels up
-/// (`shared/fixtures/NAME` -> `shared`), which is how `model_path` is written.
+/// Where a relative path from meta.json may be, in the order of the module documentation.
+fn path_candidates(fixture: &Fixture, relative: &str) -> Vec<PathBuf> {
+    let mut bases = vec![fixture.dir.clone()];
+    bases.extend(fixture.dir.parent().and_then(Path::parent).map(Path::to_path_buf));
+    bases.extend(std::env::var_os("HF_HOME").and_then(|home| PathBuf::from(home).parent().map(Path::to_path_buf)));
+    bases.push(PathBuf::from("../shared"));
+    bases.iter().map(|base| base.join(relative)).collect()
+}
+
+/// A path from meta.json: the first of [`path_candidates`] that exists, else its place in the
+/// fixture directory (whose absence the caller reports).
 fn fixture_path(fixture: &Fixture, relative: &str) -> PathBuf {
-    let in_fixture = fixture.dir.join(relative);
-    if in_fixture.exists() {
-        return in_fixture;
-    }
-    match fixture.dir.parent().and_then(Path::parent) {
-        Some(shared) if shared.join(relative).exists() => shared.join(relative),
-        _ => in_fixture,
-    }
+    path_candidates(fixture, relative)
+        .into_iter()
+        .find(|path| path.exists())
+        .unwrap_or_else(|| fixture.dir.join(relative))
 }
 
 fn int_tensor<B: Backend, const D: usize>(
@@ -275,4 +293,82 @@ fn verify_prompts<B: Backend>(
         checks.push(TensorCheck::exact("greedy_ids", &ours, reference));
     }
     Ok(checks)
+}
+
+/// The `meta.json` of a `tokenizer-ids` fixture.
+#[derive(serde::Deserialize)]
+struct TokenIdsMeta {
+    /// A hub id, a model directory or a `tokenizer.json` file.
+    tokenizer: String,
+    /// A GGUF file with the same vocabulary, relative to the shared directory.
+    #[serde(default)]
+    gguf: Option<String>,
+    /// Whether the reference ids include the special tokens the tokenizer adds (BOS).
+    add_special_tokens: bool,
+    cases: Vec<TokenIdsCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenIdsCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// Checks a `tokenizer-ids` fixture: its `meta.json` is
+/// `{"kind": "tokenizer-ids", "tokenizer": <hub id or path>, "gguf": <path, optional>,
+/// "add_special_tokens": bool, "cases": [{"text": ..., "ids": [...]}]}`.
+///
+/// Each case is tokenized by the `tokenizer.json` of `tokenizer` (or of `tokenizer_override`) and,
+/// when `gguf` is given, by [`LlamaTokenizer::from_gguf`] on that file; `add_special_tokens` decides
+/// whether BOS is prepended ([`LlamaTokenizer::encode_with`]). Returns one check per source,
+/// `tokenizer_json` then `gguf`, whose error is the number of cases whose ids differ (tolerance 0).
+/// Relative paths are resolved as the module documentation says.
+pub fn verify_token_ids(fixture_dir: &Path, tokenizer_override: Option<&str>) -> Result<Vec<TensorCheck>, LlamaError> {
+    let fixture = Fixture::open_meta(fixture_dir)?;
+    let meta: TokenIdsMeta = serde_json::from_value(fixture.meta.clone())
+        .map_err(|e| fixture_error(&fixture, format!("meta.json is not a tokenizer-ids fixture: {e}")))?;
+    if meta.cases.is_empty() {
+        return Err(fixture_error(&fixture, "meta.json has no cases"));
+    }
+    let spec = tokenizer_override.unwrap_or(&meta.tokenizer);
+    let mut sources = vec![("tokenizer_json", tokenizer_from_spec(&fixture, spec)?)];
+    if let Some(gguf) = &meta.gguf {
+        let path = if Path::new(gguf).is_absolute() { PathBuf::from(gguf) } else { fixture_path(&fixture, gguf) };
+        if !path.is_file() {
+            let tried: Vec<String> =
+                path_candidates(&fixture, gguf).iter().map(|path| path.display().to_string()).collect();
+            return Err(fixture_error(&fixture, format!("gguf {gguf:?} not found (tried {})", tried.join(", "))));
+        }
+        sources.push(("gguf", LlamaTokenizer::from_gguf(&crate::gguf::GgufFile::open(&path)?)?));
+    }
+    let mut checks = Vec::with_capacity(sources.len());
+    for (name, tokenizer) in sources {
+        let mut differing = 0usize;
+        for case in &meta.cases {
+            let ids = tokenizer.encode_with(&case.text, meta.add_special_tokens)?;
+            if ids != case.ids {
+                tracing::info!(source = name, text = case.text, ?ids, expected = ?case.ids, "token ids differ");
+                differing += 1;
+            }
+        }
+        checks.push(TensorCheck {
+            name: name.to_string(),
+            max_abs_err: differing as f64,
+            tolerance: 0.0,
+            mode: Tolerance::Absolute,
+            ok: differing == 0,
+        });
+    }
+    Ok(checks)
+}
+
+/// The tokenizer of a `tokenizer` entry: a `tokenizer.json` file, a model directory (either as given
+/// or found like other fixture paths), else a hub id.
+fn tokenizer_from_spec(fixture: &Fixture, spec: &str) -> Result<LlamaTokenizer, LlamaError> {
+    let local = [PathBuf::from(spec), fixture_path(fixture, spec)].into_iter().find(|path| path.exists());
+    match local {
+        Some(file) if file.is_file() => LlamaTokenizer::from_file(&file),
+        Some(dir) => LlamaTokenizer::from_pretrained(&RepoSource::Local(dir)),
+        None => LlamaTokenizer::from_pretrained(&RepoSource::hub(spec, RepoKind::Model)),
+    }
 }

@@ -87,6 +87,20 @@ fn gguf_tokenizer_reproduces_the_prompt_ids() {
 }
 
 #[test]
+fn the_smollm_pre_tokenizer_isolates_numeric_characters_as_llama_cpp_does() {
+    let gguf = GgufFile::open(GGUF).unwrap();
+    assert_eq!(gguf.str("tokenizer.ggml.pre").unwrap(), "smollm");
+    let tokenizer = LlamaTokenizer::from_gguf(&gguf).unwrap();
+    let tokens = |text: &str| -> Vec<String> {
+        let ids = tokenizer.encode(text).unwrap();
+        ids.iter().map(|&id| tokenizer.inner().id_to_token(id).unwrap()).collect()
+    };
+    // From an IMDB review; GPT-2's split alone (transformers' GGUF converter) gives "ĠÂ", "½".
+    assert_eq!(tokens(" about ½ mile"), ["Ġabout", "Ġ", "Â½", "Ġmile"]);
+    assert_eq!(tokens(" rated 10/10"), ["Ġrated", "Ġ", "1", "0", "/", "1", "0"]);
+}
+
+#[test]
 fn verify_matches_transformers_logits_label_scores_and_greedy_continuation() {
     let start = Instant::now();
     let checks = polarity_llama::reference::verify_on::<Cpu>(Path::new(FIXTURE), None, &Default::default()).unwrap();
