@@ -183,10 +183,12 @@ impl EncoderFineTune {
             tokenized.mean_train_tokens(),
             self.max_length
         );
-        let parameters = model.num_params();
+        // Counted after training: `num_params` materialises lazy parameters, and a fresh head drawn here would
+        // take other random numbers than the ones the trainer's seeded first step gives it.
         let outcome = self.train(model, &tokenizer, &tokenized.train, Some(tokenized.selection()), device)?;
         let training = outcome.summary();
         let model = outcome.model.valid();
+        let parameters = model.num_params();
         let scorer = CrossEntropyObjective::new(tokenizer.pad_id());
         let evaluation = evaluate_by_scores(
             &scorer,

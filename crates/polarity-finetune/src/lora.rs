@@ -179,8 +179,11 @@ impl LoraFineTune {
         device: &B::Device,
     ) -> Result<TrainOutcome<Llama<B>>, FinetuneError> {
         let model = base.with_lora(&self.lora).map_err(|e| self.llama_error(e))?;
+        // Counting materialises the adapters' lazy lora_A here, from the recipe's seeded stream, before the
+        // trainer reseeds its first step: the draw the LoRA runs have always used.
+        let trainable = trainable_parameters(&model);
         tracing::info!(
-            "LoRA r={} alpha={} dropout={} on {}; {} epochs of {} examples",
+            "LoRA r={} alpha={} dropout={} on {} ({trainable} trainable parameters); {} epochs of {} examples",
             self.lora.r,
             self.lora.lora_alpha,
             self.lora.lora_dropout,
@@ -299,8 +302,7 @@ impl LoraFineTune {
         };
         let outcome = self.train(base, &objective, train, tokenized.validation.as_deref(), device)?;
         let training = outcome.summary();
-        let trainable_parameters: usize =
-            outcome.model.lora_adapters().iter().map(|(_, adapter)| adapter.num_params()).sum();
+        let trainable_parameters = trainable_parameters(&outcome.model);
         let model = outcome.model.valid();
         tracing::info!("evaluating the tuned model on {} test prompts", test.len());
         let evaluation = self.evaluate(&model, &tokenizer, &objective, test, device)?;
@@ -348,6 +350,11 @@ impl LoraFineTune {
     ) -> Result<(), FinetuneError> {
         classifier.model.save_lora(dir, &self.lora, Some(&self.model)).map_err(|e| self.llama_error(e))
     }
+}
+
+/// Parameters of `model`'s LoRA adapters.
+fn trainable_parameters<B: Backend>(model: &Llama<B>) -> usize {
+    model.lora_adapters().iter().map(|(_, adapter)| adapter.num_params()).sum()
 }
 
 impl FineTuner for LoraFineTune {
