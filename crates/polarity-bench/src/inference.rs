@@ -5,9 +5,10 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
-use polarity_core::{Classifier, Sentiment};
+use polarity_core::Classifier;
+use polarity_finetune::AnswerTally;
 use polarity_llama::{Llama, LlamaTokenizer, generate_answers_for_ids};
-use polarity_metrics::{ClassificationReport, ConfusionMatrix};
+use polarity_metrics::ClassificationReport;
 use polarity_tokenize::TokenizedExample;
 use polarity_train::BatchScorer;
 use serde::{Deserialize, Serialize};
@@ -142,26 +143,23 @@ impl InferenceBench {
             });
         }
         let prompts: Vec<Vec<u32>> = data.iter().map(|item| item.tokens.ids.clone()).collect();
-        let mut matrix = ConfusionMatrix::default();
-        let mut unparseable = 0;
+        let mut tally = AnswerTally::default();
         let timings = self.run(data.len(), "the tokenized prompts", |range, repeat| {
             let answers = generate_answers_for_ids(model, tokenizer, &prompts[range.clone()], max_new_tokens, device)?;
             if repeat == Some(0) {
-                unparseable += answers.unparseable;
-                for (item, answer) in data[range].iter().zip(answers.answers) {
-                    let wrong = match item.label {
-                        Sentiment::Positive => Sentiment::Negative,
-                        Sentiment::Negative => Sentiment::Positive,
-                    };
-                    matrix.push(item.label, answer.unwrap_or(wrong));
-                }
+                tally.add(&data[range], &answers);
             }
             Ok(())
         })?;
         let (tokens, padded) = self.token_counts(data);
         let measurement =
             timings.into_measurement(self, MeasuredPath::Generation, data.len(), Some(tokens), Some(padded));
-        Ok(GenerationMeasurement { measurement, max_new_tokens, report: matrix.report(), unparseable })
+        Ok(GenerationMeasurement {
+            measurement,
+            max_new_tokens,
+            report: tally.matrix.report(),
+            unparseable: tally.unparseable,
+        })
     }
 
     /// Real and padded tokens of one pass over `data` in this bench's batches.

@@ -6,7 +6,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use polarity_core::{Precision, Sentiment};
 use polarity_kernels::autocast::autocast;
-use polarity_llama::{Llama, LlamaTokenizer, generate_answers_for_ids};
+use polarity_llama::{GeneratedAnswers, Llama, LlamaTokenizer, generate_answers_for_ids};
 use polarity_metrics::{ClassificationReport, ConfusionMatrix};
 use polarity_tokenize::TokenizedExample;
 use polarity_train::BatchScorer;
@@ -125,26 +125,42 @@ pub fn evaluate_by_generation<B: Backend>(
     }
     let llama_error = |source| FinetuneError::Llama { model: "generation".into(), source: Box::new(source) };
     let started = Instant::now();
-    let mut matrix = ConfusionMatrix::default();
-    let mut unparseable = 0;
+    let mut tally = AnswerTally::default();
     autocast(precision.compute_dtype(), || -> Result<(), FinetuneError> {
         for chunk in data.chunks(batch_size.max(1)) {
             let prompts: Vec<Vec<u32>> = chunk.iter().map(|item| item.tokens.ids.clone()).collect();
             let answers =
                 generate_answers_for_ids(model, tokenizer, &prompts, max_new_tokens, device).map_err(llama_error)?;
-            unparseable += answers.unparseable;
-            for (item, answer) in chunk.iter().zip(answers.answers) {
-                let wrong = match item.label {
-                    Sentiment::Positive => Sentiment::Negative,
-                    Sentiment::Negative => Sentiment::Positive,
-                };
-                matrix.push(item.label, answer.unwrap_or(wrong));
-            }
+            tally.add(chunk, &answers);
         }
         Ok(())
     })?;
     let mut evaluation =
-        EvaluationReport::new(EvalMethod::Generation, matrix.report(), data, started.elapsed().as_secs_f64());
-    evaluation.unparseable = Some(unparseable);
+        EvaluationReport::new(EvalMethod::Generation, tally.matrix.report(), data, started.elapsed().as_secs_f64());
+    evaluation.unparseable = Some(tally.unparseable);
     Ok(evaluation)
+}
+
+/// Generated answers scored against their prompts' gold labels: an answer naming no single label counts as
+/// wrong, never as one of the classes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnswerTally {
+    /// Gold labels against the parsed answers (unparseable ones as the wrong label).
+    pub matrix: ConfusionMatrix,
+    /// Answers naming neither label, or both.
+    pub unparseable: usize,
+}
+
+impl AnswerTally {
+    /// Adds the `answers` generated for `prompts` (in the same order).
+    pub fn add(&mut self, prompts: &[TokenizedExample], answers: &GeneratedAnswers) {
+        self.unparseable += answers.unparseable;
+        for (item, answer) in prompts.iter().zip(&answers.answers) {
+            let wrong = match item.label {
+                Sentiment::Positive => Sentiment::Negative,
+                Sentiment::Negative => Sentiment::Positive,
+            };
+            self.matrix.push(item.label, answer.unwrap_or(wrong));
+        }
+    }
 }

@@ -81,7 +81,8 @@ pub use data::{DataConfig, ExperimentData};
 pub use encoder::{EncoderFineTune, EncoderTextClassifier};
 pub use error::FinetuneError;
 pub use evaluate::{
-    ClassifyBy, EvalMethod, EvaluationReport, REFERENCE_MAX_NEW_TOKENS, evaluate_by_generation, evaluate_by_scores,
+    AnswerTally, ClassifyBy, EvalMethod, EvaluationReport, REFERENCE_MAX_NEW_TOKENS, evaluate_by_generation,
+    evaluate_by_scores,
 };
 pub use lora::{LoraFineTune, LoraTextClassifier};
 pub use objective::{CausalLmObjective, answer_loss};
