@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::TokenizedData;
 use crate::evaluate::{EvalMethod, evaluate_by_scores};
-use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, peak_rss_bytes};
+use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, WeightInit, peak_rss_bytes};
 use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend};
 
 /// A fine-tuned encoder with its tokenizer: a text [`Classifier`](polarity_core::Classifier) (argmax of
@@ -46,6 +46,9 @@ pub struct EncoderFineTune {
     pub model: String,
     /// Reviews are truncated to this many tokens, special tokens included.
     pub max_length: usize,
+    /// Where the starting weights come from (the checkpoint's by default).
+    #[serde(default)]
+    pub init: WeightInit,
     /// Optimiser, schedule, batches, epochs, precision, checkpoints.
     pub trainer: TrainerConfig,
 }
@@ -56,12 +59,18 @@ impl EncoderFineTune {
     /// best epoch (by accuracy) kept, seed 42.
     pub fn new(model: impl Into<String>) -> Self {
         let trainer = TrainerConfig::default().with_batch_size(16).with_eval_batch_size(64);
-        Self { model: model.into(), max_length: 256, trainer }
+        Self { model: model.into(), max_length: 256, init: WeightInit::Pretrained, trainer }
     }
 
     /// Sets the maximum length in tokens.
     pub fn with_max_length(mut self, max_length: usize) -> Self {
         self.max_length = max_length;
+        self
+    }
+
+    /// Sets where the starting weights come from.
+    pub fn with_init(mut self, init: WeightInit) -> Self {
+        self.init = init;
         self
     }
 
@@ -205,6 +214,7 @@ impl EncoderFineTune {
             data: tokenized.report(data, None),
             model: ModelReport {
                 source: self.model.clone(),
+                init: self.init,
                 architecture,
                 backend: backend.to_string(),
                 precision: self.trainer.precision,

@@ -86,7 +86,9 @@ pub use evaluate::{
 };
 pub use lora::{LoraFineTune, LoraTextClassifier};
 pub use objective::{CausalLmObjective, answer_loss};
-pub use report::{DataReport, ModelReport, RecipeConfig, RunReport, Timings, WeightMemoryReport, peak_rss_bytes};
+pub use report::{
+    DataReport, ModelReport, RecipeConfig, RunReport, Timings, WeightInit, WeightMemoryReport, peak_rss_bytes,
+};
 
 /// The backend a recipe's classifier runs inference on by default: [`TrainBackend`] without autodiff.
 pub type InferenceBackend = <TrainBackend as AutodiffBackend>::InnerBackend;

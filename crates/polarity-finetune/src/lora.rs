@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::TokenizedData;
 use crate::evaluate::{ClassifyBy, EvalMethod, EvaluationReport, evaluate_by_generation, evaluate_by_scores};
 use crate::objective::CausalLmObjective;
-use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, WeightMemoryReport, peak_rss_bytes};
+use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, WeightInit, WeightMemoryReport, peak_rss_bytes};
 use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend};
 
 /// A tuned causal LM with its prompt encoder: a text [`Classifier`](polarity_core::Classifier) that
@@ -50,6 +50,9 @@ pub struct LoraFineTune {
     /// Maximum prompt length in tokens; only the review is shortened to fit, never the instruction or the
     /// answer cue.
     pub max_length: usize,
+    /// Where the starting weights come from (the checkpoint's by default).
+    #[serde(default)]
+    pub init: WeightInit,
     /// Rank, alpha, dropout and target projections of the adapters.
     pub lora: LoraConfig,
     /// Keep the frozen base quantised in memory (QLoRA).
@@ -83,6 +86,7 @@ impl LoraFineTune {
         Self {
             model: model.into(),
             max_length: 256,
+            init: WeightInit::Pretrained,
             lora: LoraConfig::new(16, 32.0)
                 .with_lora_dropout(0.05)
                 .with_target_modules(polarity_llama::LLAMA_DEFAULT_TARGET_MODULES.map(String::from).to_vec()),
@@ -121,6 +125,12 @@ impl LoraFineTune {
     /// Sets whether [`run`](Self::run) evaluates the base model first.
     pub fn with_zero_shot(mut self, zero_shot: bool) -> Self {
         self.zero_shot = zero_shot;
+        self
+    }
+
+    /// Sets where the starting weights come from.
+    pub fn with_init(mut self, init: WeightInit) -> Self {
+        self.init = init;
         self
     }
 
@@ -312,6 +322,7 @@ impl LoraFineTune {
             data: tokenized.report(data, Some(shortened)),
             model: ModelReport {
                 source: self.model.clone(),
+                init: self.init,
                 architecture: "llama".into(),
                 backend: backend.to_string(),
                 precision: self.trainer.precision,

@@ -36,11 +36,42 @@ pub struct DataReport {
     pub shortened: Option<[usize; 2]>,
 }
 
+/// Where a recipe's starting weights come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightInit {
+    /// The checkpoint's weights; weights that are missing are an error, never replaced by random ones.
+    #[default]
+    Pretrained,
+    /// Seeded random weights of the shape the model's `config.json` describes: measures speed and memory at
+    /// a model's real shape where its weights are not available. Accuracy of such a model means nothing.
+    Random,
+}
+
+impl WeightInit {
+    /// `pretrained` or `random`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightInit::Pretrained => "pretrained",
+            WeightInit::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for WeightInit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The model a run trained.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelReport {
     /// Hub id, directory or GGUF file.
     pub source: String,
+    /// Where the starting weights came from.
+    #[serde(default)]
+    pub init: WeightInit,
     /// `bert`, `distilbert` or `llama`.
     pub architecture: String,
     /// The burn backend (`flex (cpu)`, `cuda`, ...).
