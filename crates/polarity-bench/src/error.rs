@@ -53,6 +53,28 @@ pub enum BenchError {
     /// The metrics could not be computed.
     #[error(transparent)]
     Metrics(#[from] polarity_metrics::MetricsError),
+    /// A recipe could not run (loading, tokenizing, training or evaluating a model).
+    #[error(transparent)]
+    Recipe(Box<polarity_finetune::FinetuneError>),
+    /// A row name that cannot be a file name.
+    #[error("invalid row name {0:?}: use letters, digits, '-', '_' and '.'")]
+    InvalidRowName(String),
+    /// A model `compare` cannot make a row of.
+    #[error("model {model} cannot be a row: {reason}")]
+    UnsupportedModel {
+        /// The hub id, directory or file.
+        model: String,
+        /// Why.
+        reason: String,
+    },
+    /// A results file could not be read or does not hold what it should.
+    #[error("reading {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A report could not be written.
     #[error("writing {path}")]
     Write {
@@ -67,6 +89,12 @@ pub enum BenchError {
 impl From<polarity_train::TrainError> for BenchError {
     fn from(error: polarity_train::TrainError) -> Self {
         Self::Train(Box::new(error))
+    }
+}
+
+impl From<polarity_finetune::FinetuneError> for BenchError {
+    fn from(error: polarity_finetune::FinetuneError) -> Self {
+        Self::Recipe(Box::new(error))
     }
 }
 

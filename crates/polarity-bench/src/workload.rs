@@ -79,6 +79,11 @@ impl Selection {
     }
 }
 
+/// The ids of `picked`, reviews of `split` chosen by `selection`.
+pub(crate) fn review_ids(split: &ImdbDataset, selection: Selection, picked: &[Example]) -> ReviewIds {
+    ReviewIds { source: split.name().to_string(), selection, rows: rows_of(split, picked) }
+}
+
 /// The row of `split` each of `picked` came from. Identical reviews (IMDB repeats a few) map to distinct
 /// rows holding the same text and label, so a script reading these rows gets the same inputs.
 fn rows_of(split: &ImdbDataset, picked: &[Example]) -> Vec<usize> {

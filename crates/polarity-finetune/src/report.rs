@@ -10,7 +10,7 @@ use crate::evaluate::EvaluationReport;
 use crate::{DataConfig, EncoderFineTune, FinetuneError, LoraFineTune};
 
 /// The recipe a report came from, with every setting it ran with.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum RecipeConfig {
     /// Full fine-tuning of an encoder classifier.
