@@ -36,6 +36,8 @@ enum PresetArg {
     Default,
     /// A few minutes on a 2-core CPU: MiniLM, SmolLM2 and DistilBERT (random weights) on small subsets.
     Quick,
+    /// The reference models at GPU sizes with random weights (scripts/gpu-check.sh).
+    Gpu,
     /// The reference setup (25k/25k, reference hyper-parameters) for a GPU machine with the weights.
     Reference,
 }
@@ -117,6 +119,7 @@ fn run() -> anyhow::Result<()> {
     let preset = match args.preset {
         PresetArg::Default => "default",
         PresetArg::Quick => "quick",
+        PresetArg::Gpu => "gpu",
         PresetArg::Reference => "reference",
     };
     let reference: Option<ReferenceResults> = args.reference.as_deref().map(read_json).transpose()?;
@@ -172,6 +175,7 @@ fn plan(args: &Args) -> anyhow::Result<Vec<RowSpec>> {
     let preset = match args.preset {
         PresetArg::Default => Preset::Default,
         PresetArg::Quick => Preset::Quick,
+        PresetArg::Gpu => Preset::Gpu,
         PresetArg::Reference => Preset::Reference,
     };
     let options = PresetOptions { shared_dir: args.shared.clone(), max_length: args.max_length, ..Default::default() };

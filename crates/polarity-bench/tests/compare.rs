@@ -118,7 +118,7 @@ fn random_rows_never_show_an_accuracy() {
 
 #[test]
 fn the_presets_rows_are_valid() {
-    for preset in [Preset::Default, Preset::Quick, Preset::Reference] {
+    for preset in [Preset::Default, Preset::Quick, Preset::Gpu, Preset::Reference] {
         for row in preset.rows(&PresetOptions::default()) {
             row.validate().unwrap();
         }

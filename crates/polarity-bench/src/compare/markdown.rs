@@ -231,7 +231,7 @@ fn row_details(md: &mut String, row: &RowReport) {
             let _ = writeln!(
                 md,
                 "- accuracy {accuracy:.4}, macro-F1 {f1:.4} ({}); confusion (rows gold negative/positive) {:?}",
-                row.accuracy.how, run.evaluation.report.confusion
+                row.accuracy.how, run.evaluation.report.confusion.counts
             );
         }
         _ => {

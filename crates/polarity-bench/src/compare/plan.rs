@@ -206,6 +206,11 @@ pub enum Preset {
     /// SmolLM2-135M QLoRA on 64 / 64 prompts of at most 96 tokens, DistilBERT at its real shape with random
     /// weights.
     Quick,
+    /// The reference models at GPU sizes with random weights, for a few minutes on a GPU without the
+    /// weights (`scripts/gpu-check.sh`): BERT-base and DistilBERT at length 256, batch 64 (16 optimiser
+    /// steps, 2,048 reviews scored), and Llama-3-8B-Instruct as QLoRA (8 prompts of at most 256 tokens,
+    /// batch 1 x accumulation 4; 16 prompts scored at batch 8); bf16 products in `cuda` builds.
+    Gpu,
     /// Exactly the reference setup, for a GPU machine with the weights (hub access or a filled cache):
     /// 25k/25k reviews, BERT-base and DistilBERT fully fine-tuned (lr 2e-5, batch 16, 3 epochs, best epoch
     /// kept), Llama-3-8B-Instruct QLoRA (r 16, alpha 32, dropout 0.05 on q_proj + v_proj, lr 2e-4, batch 1 x
@@ -249,6 +254,7 @@ impl Preset {
         match self {
             Preset::Default => default_rows(options),
             Preset::Quick => quick_rows(options),
+            Preset::Gpu => gpu_rows(options),
             Preset::Reference => reference_rows(options),
         }
     }
@@ -269,6 +275,8 @@ impl Preset {
             (Preset::Default | Preset::Quick, ModelFamily::CausalLm, WeightInit::Random) => random_causal_lm(model),
             (Preset::Reference, ModelFamily::Encoder, _) => reference_encoder(model, options),
             (Preset::Reference, ModelFamily::CausalLm, _) => reference_causal_lm(model, options),
+            (Preset::Gpu, ModelFamily::Encoder, _) => gpu_encoder(model, options),
+            (Preset::Gpu, ModelFamily::CausalLm, _) => gpu_causal_lm(model, options),
         };
         row.name = name;
         set_init(&mut row.recipe, init);
@@ -448,6 +456,35 @@ fn quick_rows(options: &PresetOptions) -> Vec<RowSpec> {
     let mut smollm2_row = shrink(smollm2_like(&smollm2), 64, 64, 96);
     smollm2_row.name = "smollm2-135m-instruct-lora".into();
     vec![shrink(minilm_like(MINILM_L6), 256, 256, 128), smollm2_row, random_encoder(DISTILBERT_BASE_UNCASED)]
+}
+
+fn gpu_encoder(model: &str, options: &PresetOptions) -> RowSpec {
+    let mut recipe = EncoderFineTune::new(model).with_init(WeightInit::Random);
+    recipe.trainer =
+        recipe.trainer.with_epochs(1).with_batch_size(64).with_eval_batch_size(256).with_precision(options.precision);
+    RowSpec {
+        name: row_name(model, ModelFamily::Encoder),
+        recipe: RecipeConfig::Encoder(recipe),
+        data: DataConfig::imdb(1024, 2048),
+        inference: InferenceSpec::new(2048, 256),
+    }
+}
+
+fn gpu_causal_lm(model: &str, options: &PresetOptions) -> RowSpec {
+    let mut recipe = LoraFineTune::new(model).with_qlora(true).with_init(WeightInit::Random).with_zero_shot(false);
+    recipe.trainer = recipe.trainer.with_grad_accum(4).with_precision(options.precision);
+    RowSpec {
+        name: row_name(model, ModelFamily::CausalLm),
+        recipe: RecipeConfig::Lora(recipe),
+        data: DataConfig::imdb(8, 16),
+        inference: InferenceSpec::new(16, 8),
+    }
+}
+
+fn gpu_rows(options: &PresetOptions) -> Vec<RowSpec> {
+    let mut llama = gpu_causal_lm(LLAMA3_8B_INSTRUCT, options);
+    llama.name = "meta-llama-3-8b-instruct-qlora".into();
+    vec![gpu_encoder(BERT_BASE_UNCASED, options), gpu_encoder(DISTILBERT_BASE_UNCASED, options), llama]
 }
 
 fn reference_rows(options: &PresetOptions) -> Vec<RowSpec> {
