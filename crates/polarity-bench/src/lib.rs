@@ -66,7 +66,6 @@
 
 #![warn(missing_docs)]
 
-mod chart;
 pub mod compare;
 mod error;
 mod hardware;
@@ -74,7 +73,6 @@ mod inference;
 mod timing;
 mod workload;
 
-pub use chart::{ChartPoint, write_chart};
 pub use error::BenchError;
 pub use hardware::{BURN_VERSION, GIT_COMMIT, HardwareRecord, RUSTC_VERSION, SimdLevel, device_memory_bytes};
 pub use inference::{GenerationMeasurement, InferenceBench, InferenceMeasurement, MeasuredPath};

@@ -3,7 +3,8 @@
 
 use polarity_bench::HardwareRecord;
 use polarity_bench::compare::{
-    InferenceSpec, NO_WEIGHTS, Preset, PresetOptions, ResultsDir, RowOutcome, RowSpec, run_row,
+    InferenceSpec, NO_WEIGHTS, Preset, PresetOptions, ReferenceResults, ReferenceRow, ResultsDir, RowOutcome, RowSpec,
+    run_row,
 };
 use polarity_core::Precision;
 use polarity_data::{Split, hub};
@@ -110,10 +111,23 @@ fn random_rows_never_show_an_accuracy() {
     results.save_plan(std::slice::from_ref(&row)).unwrap();
     results.save_row(&RowOutcome::Finished(Box::new(report))).unwrap();
     let hardware = HardwareRecord::detect("flex (cpu)", Precision::F32);
-    let markdown = results.gather("test", &[row], hardware, None).unwrap().to_markdown();
+    let mut reference = ReferenceResults { tool: "transformers".into(), ..Default::default() };
+    let ours = report_speed(&results, &row);
+    reference.rows.insert(
+        row.name.clone(),
+        ReferenceRow { inference_samples_per_second: Some(ours / 2.0), ..Default::default() },
+    );
+    let markdown = results.gather("test", &[row], hardware, Some(reference)).unwrap().to_markdown();
     let table_row = markdown.lines().find(|line| line.starts_with("| sentence-transformers")).unwrap();
     assert!(table_row.contains(NO_WEIGHTS), "{table_row}");
     assert!(table_row.contains("| random |"), "{table_row}");
+    assert!(table_row.contains(", 2.00x)"), "PyTorch's number and the ratio beside ours: {table_row}");
+}
+
+/// The saved row's inference samples/s.
+fn report_speed(results: &ResultsDir, row: &RowSpec) -> f64 {
+    let outcome = results.finished_row(row).unwrap().unwrap();
+    outcome.finished().unwrap().inference_samples_per_second.value.unwrap()
 }
 
 #[test]
