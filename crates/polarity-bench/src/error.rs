@@ -75,6 +75,27 @@ pub enum BenchError {
         /// What is wrong.
         reason: String,
     },
+    /// A point of the comparison chart cannot be drawn (a speed that is not finite and positive, an accuracy
+    /// outside `[0, 1]`).
+    #[error("chart point {label:?}: {field} = {value}: {reason}")]
+    InvalidChartPoint {
+        /// The point's label.
+        label: String,
+        /// The field at fault.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The comparison chart could not be drawn or encoded.
+    #[error("drawing the {format} chart: {message}")]
+    Chart {
+        /// What was being drawn: "SVG", "PNG" or "font".
+        format: &'static str,
+        /// plotters' or the PNG encoder's message.
+        message: String,
+    },
     /// A report could not be written.
     #[error("writing {path}")]
     Write {
@@ -106,10 +127,16 @@ impl From<polarity_llama::LlamaError> for BenchError {
 
 /// Writes `value` as pretty JSON to `path`, creating its folder.
 pub(crate) fn write_json<T: serde::Serialize>(value: &T, path: &std::path::Path) -> Result<(), BenchError> {
+    let json = serde_json::to_string_pretty(value)
+        .map_err(|e| BenchError::Write { path: path.to_path_buf(), source: e.into() })?;
+    write_file(path, (json + "\n").as_bytes())
+}
+
+/// Writes `contents` to `path`, creating its folder.
+pub(crate) fn write_file(path: &std::path::Path, contents: &[u8]) -> Result<(), BenchError> {
     let write_error = |source| BenchError::Write { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(write_error)?;
     }
-    let json = serde_json::to_string_pretty(value).map_err(|e| write_error(e.into()))?;
-    std::fs::write(path, json + "\n").map_err(write_error)
+    std::fs::write(path, contents).map_err(write_error)
 }

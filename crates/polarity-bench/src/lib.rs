@@ -17,6 +17,10 @@
 //!   scoring at batch 8, generation at batch 1 with at most 4 new tokens). A workload draws its reviews
 //!   ([`Workload::draw`]) and records their row numbers ([`ReviewIds`]) so a PyTorch script can take the
 //!   same ones.
+//! - [`write_chart`] draws the comparison chart of model rows ([`ChartPoint`]: label, samples/s, accuracy)
+//!   as SVG and PNG: accuracy against samples/s on a log axis, rows without a measured accuracy (random
+//!   weights) on a band of their own. Its text uses a bundled font (DejaVu Sans), so the PNG renders on a
+//!   machine without fonts.
 //!
 //! Every result type is `Serialize + Deserialize`; errors are one enum, [`BenchError`].
 //!
@@ -66,6 +70,7 @@
 
 #![warn(missing_docs)]
 
+mod chart;
 pub mod compare;
 mod error;
 mod hardware;
@@ -73,6 +78,7 @@ mod inference;
 mod timing;
 mod workload;
 
+pub use chart::{CHART_SIZE, ChartPoint, render_png, render_svg, write_chart};
 pub use error::BenchError;
 pub use hardware::{BURN_VERSION, GIT_COMMIT, HardwareRecord, RUSTC_VERSION, SimdLevel, device_memory_bytes};
 pub use inference::{GenerationMeasurement, InferenceBench, InferenceMeasurement, MeasuredPath};
