@@ -12,7 +12,9 @@
 //!
 //! A bare encoder checkpoint (for example `sentence-transformers/all-MiniLM-L6-v2`) loads as a
 //! classifier with a freshly initialised head, exactly as transformers does; seed the backend
-//! (`B::seed`) for a reproducible head.
+//! (`B::seed`) for a reproducible head. [`EncoderClassifier::from_config_random`] builds a classifier
+//! from `config.json` alone, every weight random, for measurements at a model's real shape where its
+//! weights are not available.
 //!
 //! ```no_run
 //! use burn::backend::NdArray;
@@ -131,26 +133,68 @@ impl<B: Backend> EncoderClassifier<B> {
         without_dropout: bool,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), EncoderError> {
-        match EncoderArchitecture::of(config)? {
+        match Self::fresh(config, without_dropout, device)? {
+            Self::Bert(model) => {
+                let (model, report) = model.load_safetensors(weights)?;
+                Ok((Self::Bert(model), report))
+            }
+            Self::DistilBert(model) => {
+                let (model, report) = model.load_safetensors(weights)?;
+                Ok((Self::DistilBert(model), report))
+            }
+        }
+    }
+
+    /// The classifier `config` describes with random weights, as transformers'
+    /// `*ForSequenceClassification` is built from a config alone: every weight drawn from
+    /// `N(0, initializer_range)` (the padding token's embedding row zero; DistilBERT's fixed sinusoids
+    /// where `sinusoidal_pos_embds` asks for them), biases zero, layer norms the identity. No weights
+    /// file is read. Seed the backend (`B::seed`) for reproducible weights; they are
+    /// drawn when a parameter is first used.
+    ///
+    /// The report lists every parameter as freshly initialised and none as loaded.
+    ///
+    /// ```
+    /// use burn::backend::NdArray;
+    /// use polarity_encoder::{EncoderClassifier, HfConfigJson};
+    ///
+    /// let config = r#"{"model_type": "distilbert", "vocab_size": 100, "dim": 8, "n_layers": 1, "n_heads": 2,
+    ///                  "hidden_dim": 16, "max_position_embeddings": 32}"#;
+    /// let config = HfConfigJson::parse(config, "config.json".as_ref())?;
+    /// let (model, report) = EncoderClassifier::<NdArray>::from_config_random(&config, &Default::default())?;
+    /// assert!(report.loaded.is_empty());
+    /// assert_eq!(report.initialised.len(), model.hf_parameters().len());
+    /// # Ok::<(), polarity_encoder::EncoderError>(())
+    /// ```
+    pub fn from_config_random(config: &HfConfigJson, device: &B::Device) -> Result<(Self, LoadReport), EncoderError> {
+        let model = Self::fresh(config, false, device)?;
+        let initialised: Vec<String> = model.hf_parameters().into_iter().map(|(name, _)| name).collect();
+        tracing::info!(
+            config = %config.path().display(),
+            "{} tensors freshly initialised from config.json alone (no weights read)",
+            initialised.len()
+        );
+        Ok((model, LoadReport { initialised, ..LoadReport::default() }))
+    }
+
+    /// The classifier `config` describes, freshly initialised.
+    fn fresh(config: &HfConfigJson, without_dropout: bool, device: &B::Device) -> Result<Self, EncoderError> {
+        Ok(match EncoderArchitecture::of(config)? {
             EncoderArchitecture::Bert => {
                 let mut config = BertConfig::from_hf(config)?;
                 if without_dropout {
                     config = config.without_dropout();
                 }
-                let (model, report) =
-                    BertForSequenceClassification::from_config(&config, device).load_safetensors(weights)?;
-                Ok((Self::Bert(model), report))
+                Self::Bert(BertForSequenceClassification::from_config(&config, device))
             }
             EncoderArchitecture::DistilBert => {
                 let mut config = DistilBertConfig::from_hf(config)?;
                 if without_dropout {
                     config = config.without_dropout();
                 }
-                let (model, report) =
-                    DistilBertForSequenceClassification::from_config(&config, device).load_safetensors(weights)?;
-                Ok((Self::DistilBert(model), report))
+                Self::DistilBert(DistilBertForSequenceClassification::from_config(&config, device))
             }
-        }
+        })
     }
 
     /// Which architecture this is.

@@ -12,7 +12,7 @@ use polarity_encoder::{
     BertForSequenceClassification, BertModel, CheckpointError, DistilBertForSequenceClassification, EncoderClassifier,
     EncoderError, HfModel, TensorInfo,
 };
-use polarity_hub::{HubError, RepoSource};
+use polarity_hub::{HubError, RepoSource, WeightsSearch};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -199,7 +199,12 @@ fn a_corrupt_or_absent_weights_file_is_a_typed_error() {
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 
     std::fs::remove_file(&weights).unwrap();
-    assert!(matches!(load_bert(dir.path()), Err(EncoderError::Hub(HubError::MissingLocalFile { .. }))));
+    let err = load_bert(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, EncoderError::Hub(HubError::NoWeights { searched: WeightsSearch::Directory(_), .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("neither model.safetensors nor model.safetensors.index.json"), "{err}");
 }
 
 #[test]

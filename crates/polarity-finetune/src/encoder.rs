@@ -8,8 +8,8 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
-use polarity_encoder::{EncoderClassifier, LoadReport};
-use polarity_hub::{RepoKind, RepoSource};
+use polarity_encoder::{CONFIG_FILE, EncoderClassifier, EncoderError, HfConfigJson, LoadReport};
+use polarity_hub::{HubError, RepoKind, RepoSource};
 use polarity_tokenize::{Encode, HfTokenizer, TokenizedExample};
 use polarity_train::{CrossEntropyObjective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, tokenize_examples};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,13 @@ pub type EncoderTextClassifier<B> = TextClassifier<B, EncoderClassifier<B>, HfTo
 /// `*ForSequenceClassification` with HF Trainer): every parameter trains, a bare encoder gets a fresh
 /// classification head seeded by the trainer's seed.
 ///
+/// [`init`](Self::init) says where the starting weights come from: the checkpoint's
+/// ([`WeightInit::Pretrained`], the default; a model without weights is [`FinetuneError::NoWeights`],
+/// never random weights), or seeded random weights of the shape `config.json` describes
+/// ([`WeightInit::Random`]: no weights file is read, for speed and memory measurements at a model's real
+/// shape, e.g. BERT-base where only its config and tokenizer are at hand). The run's
+/// [`ModelReport`] records which, and how many tensors were loaded (0 with random weights).
+///
 /// ```no_run
 /// use polarity_core::{Classifier, FineTuner};
 /// use polarity_finetune::{DataConfig, EncoderFineTune};
@@ -41,12 +48,14 @@ pub type EncoderTextClassifier<B> = TextClassifier<B, EncoderClassifier<B>, HfTo
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncoderFineTune {
-    /// Hub id (resolved through the hub cache first) or local directory with `config.json`,
-    /// `model.safetensors` (or shards) and `tokenizer.json`.
+    /// Hub id (resolved through the hub cache first; legacy ids such as `bert-base-uncased` name their
+    /// organisation's repository) or local directory with `config.json`, `tokenizer.json` and, unless
+    /// [`init`](Self::init) is random, `model.safetensors` (or shards).
     pub model: String,
     /// Reviews are truncated to this many tokens, special tokens included.
     pub max_length: usize,
-    /// Where the starting weights come from (the checkpoint's by default).
+    /// Where the starting weights come from: the checkpoint's (the default), or random ones of the shape
+    /// `config.json` describes.
     #[serde(default)]
     pub init: WeightInit,
     /// Optimiser, schedule, batches, epochs, precision, checkpoints.
@@ -84,8 +93,13 @@ impl EncoderFineTune {
         RepoSource::parse(&self.model, RepoKind::Model)
     }
 
-    fn encoder_error(&self, source: polarity_encoder::EncoderError) -> FinetuneError {
-        FinetuneError::Encoder { model: self.model.clone(), source: Box::new(source) }
+    fn encoder_error(&self, source: EncoderError) -> FinetuneError {
+        match source {
+            EncoderError::Hub(source @ HubError::NoWeights { .. }) => {
+                FinetuneError::NoWeights { model: self.model.clone(), source: Box::new(source) }
+            }
+            source => FinetuneError::Encoder { model: self.model.clone(), source: Box::new(source) },
+        }
     }
 
     /// The model's tokenizer, truncating to [`max_length`](Self::max_length).
@@ -93,9 +107,23 @@ impl EncoderFineTune {
         Ok(HfTokenizer::from_pretrained(&self.model, self.max_length)?)
     }
 
-    /// The classifier as loaded (before training), and what the checkpoint held.
+    /// The classifier before training, and where its tensors came from.
+    ///
+    /// With [`WeightInit::Pretrained`] the checkpoint's weights (a bare encoder's new head freshly
+    /// initialised); a model without weights is [`FinetuneError::NoWeights`]. With [`WeightInit::Random`]
+    /// the classifier `config.json` describes, every tensor drawn from the backend's random generator (no
+    /// weights file is read; the report lists every tensor as initialised, none as loaded).
     pub fn load<B: Backend>(&self, device: &B::Device) -> Result<(EncoderClassifier<B>, LoadReport), FinetuneError> {
-        EncoderClassifier::from_pretrained_with_report(&self.source(), device).map_err(|e| self.encoder_error(e))
+        let source = self.source();
+        let loaded = match self.init {
+            WeightInit::Pretrained => EncoderClassifier::from_pretrained_with_report(&source, device),
+            WeightInit::Random => source
+                .file(CONFIG_FILE)
+                .map_err(EncoderError::from)
+                .and_then(|path| HfConfigJson::read(&path))
+                .and_then(|config| EncoderClassifier::from_config_random(&config, device)),
+        };
+        loaded.map_err(|e| self.encoder_error(e))
     }
 
     fn validate(&self) -> Result<(), FinetuneError> {

@@ -24,6 +24,20 @@ pub enum FinetuneError {
         #[source]
         source: Box<polarity_hub::HubError>,
     },
+    /// A model to fine-tune from its pretrained weights has none (no `model.safetensors` or sharded index
+    /// where it was looked for). Recipes never fall back to random weights; a run at the model's shape
+    /// without them asks for [`WeightInit::Random`](crate::WeightInit::Random).
+    #[error(
+        "model {model} has no pretrained weights; init: random (WeightInit::Random) builds it from its config.json \
+         with seeded random weights instead, for speed and memory measurements only"
+    )]
+    NoWeights {
+        /// The hub id or directory of the model, as the recipe names it.
+        model: String,
+        /// Where the weights were looked for ([`HubError::NoWeights`](polarity_hub::HubError::NoWeights)).
+        #[source]
+        source: Box<polarity_hub::HubError>,
+    },
     /// The tokenizer could not be loaded, or a text could not be encoded.
     #[error(transparent)]
     Tokenize(Box<polarity_tokenize::TokenizeError>),

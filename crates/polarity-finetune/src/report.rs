@@ -40,11 +40,18 @@ pub struct DataReport {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WeightInit {
-    /// The checkpoint's weights; weights that are missing are an error, never replaced by random ones.
+    /// The checkpoint's weights; weights that are missing are an error
+    /// ([`FinetuneError::NoWeights`](crate::FinetuneError::NoWeights) for an encoder), never replaced by
+    /// random ones.
     #[default]
     Pretrained,
     /// Seeded random weights of the shape the model's `config.json` describes: measures speed and memory at
     /// a model's real shape where its weights are not available. Accuracy of such a model means nothing.
+    ///
+    /// [`EncoderFineTune`](crate::EncoderFineTune) builds the classifier from `config.json` alone, as
+    /// transformers' `*ForSequenceClassification` is built from a config (weights `N(0,
+    /// initializer_range)`, biases zero, layer norms the identity), seeded by the trainer's seed; it reads
+    /// no weights file and reports 0 tensors loaded.
     Random,
 }
 
@@ -84,7 +91,8 @@ pub struct ModelReport {
     pub trainable_parameters: usize,
     /// Checkpoint tensors loaded, where the loader reports them.
     pub tensors_loaded: Option<usize>,
-    /// Parameters the checkpoint did not have, freshly initialised (an encoder's new classification head).
+    /// Parameters the checkpoint did not have, freshly initialised (an encoder's new classification head;
+    /// every parameter with [`WeightInit::Random`]).
     pub tensors_initialised: Vec<String>,
     /// Causal LMs: bytes of the weights in memory.
     pub weight_memory: Option<WeightMemoryReport>,

@@ -6,6 +6,10 @@
 //! only when it is missing from the cache and `HF_HUB_OFFLINE` is not set. That way the same code path
 //! serves a laptop on the network and an air-gapped CI machine with a pre-filled cache.
 //!
+//! The legacy one-segment ids of the canonical models the hub moved into organisations
+//! (`bert-base-uncased`, `distilbert-base-uncased`, `gpt2`, ...) resolve to their current ids
+//! (`google-bert/bert-base-uncased`, ...) without asking the network; see [`LEGACY_MODEL_IDS`].
+//!
 //! ```no_run
 //! use polarity_hub::{RepoKind, RepoSource};
 //!
@@ -61,9 +65,48 @@ pub enum HubError {
         /// What the download said.
         reason: String,
     },
+    /// A model has no safetensors weights where they were looked for: neither `model.safetensors` nor a
+    /// sharded checkpoint's `model.safetensors.index.json`.
+    #[error("no weights for {model}: neither model.safetensors nor model.safetensors.index.json is {searched}")]
+    NoWeights {
+        /// The model: its hub id (`@revision` unless `main`) or directory.
+        model: String,
+        /// Where the two files were looked for.
+        searched: WeightsSearch,
+    },
     /// A sharded checkpoint's `model.safetensors.index.json` is unreadable or malformed.
     #[error(transparent)]
     InvalidIndex(#[from] InvalidIndex),
+}
+
+/// Where [`RepoSource::safetensors_files`] looked for a model's weights without finding them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightsSearch {
+    /// A local directory.
+    Directory(PathBuf),
+    /// The hub cache, with `HF_HUB_OFFLINE` set (nothing was downloaded).
+    OfflineCache(PathBuf),
+    /// The hub cache, then the hub itself.
+    CacheAndDownload {
+        /// The hub cache directory that was searched.
+        cache: PathBuf,
+        /// What each download attempt said, one `file: reason` per file.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for WeightsSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsSearch::Directory(dir) => write!(f, "in the directory {}", dir.display()),
+            WeightsSearch::OfflineCache(cache) => {
+                write!(f, "in the hub cache at {} (offline: HF_HUB_OFFLINE is set)", cache.display())
+            }
+            WeightsSearch::CacheAndDownload { cache, reason } => {
+                write!(f, "in the hub cache at {} and downloading failed ({reason})", cache.display())
+            }
+        }
+    }
 }
 
 /// A sharded checkpoint's index is unreadable or malformed.
@@ -112,7 +155,7 @@ pub enum RepoSource {
 
 impl RepoSource {
     /// A local directory when `spec` names an existing directory (or looks like a path), else a hub id
-    /// at revision `main`.
+    /// at revision `main`, as [`hub`](Self::hub) resolves it.
     pub fn parse(spec: &str, kind: RepoKind) -> Self {
         let path = Path::new(spec);
         let looks_like_path = spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~');
@@ -123,8 +166,22 @@ impl RepoSource {
         }
     }
 
-    /// A hub repository at revision `main`.
+    /// A hub repository at revision `main`. A legacy model id of [`LEGACY_MODEL_IDS`] becomes its
+    /// canonical id (`bert-base-uncased` is `google-bert/bert-base-uncased`), as the hub redirects it,
+    /// unless the hub cache holds the model under the legacy id only.
+    ///
+    /// ```
+    /// use polarity_hub::{RepoKind, RepoSource};
+    ///
+    /// let source = RepoSource::hub("distilbert-base-uncased", RepoKind::Model);
+    /// // distilbert/distilbert-base-uncased, unless the cache holds models--distilbert-base-uncased only.
+    /// println!("{source}");
+    /// ```
     pub fn hub(repo_id: &str, kind: RepoKind) -> Self {
+        let repo_id = match (kind, canonical_model_id(repo_id)) {
+            (RepoKind::Model, Some(canonical)) if !prefers_legacy_folder(repo_id, canonical) => canonical,
+            _ => repo_id,
+        };
         RepoSource::Hub { repo_id: repo_id.to_string(), kind, revision: "main".to_string() }
     }
 
@@ -163,11 +220,17 @@ impl RepoSource {
     /// The safetensors files of a model checkpoint: `model.safetensors`, or the shards that
     /// `model.safetensors.index.json` lists (large checkpoints such as Llama-3-8B come in shards), in
     /// file-name order. Cached files are preferred, so an offline hub cache needs only one of the two.
+    ///
+    /// A model with neither file (in its directory, in the hub cache offline, or on the hub) is
+    /// [`HubError::NoWeights`], saying where both were looked for.
     pub fn safetensors_files(&self) -> Result<Vec<PathBuf>, HubError> {
-        let sharded = self.has_cached(SAFETENSORS_INDEX_FILE)
-            || (!self.has_cached(SAFETENSORS_FILE) && self.file(SAFETENSORS_FILE).is_err());
-        if !sharded {
-            return Ok(vec![self.file(SAFETENSORS_FILE)?]);
+        if !self.has_cached(SAFETENSORS_INDEX_FILE) {
+            if self.has_cached(SAFETENSORS_FILE) {
+                return Ok(vec![self.file(SAFETENSORS_FILE)?]);
+            }
+            if let Some(single) = self.fetch_uncached_weights()? {
+                return Ok(vec![single]);
+            }
         }
         let index_path = self.file(SAFETENSORS_INDEX_FILE)?;
         let invalid = |reason: String| HubError::from(InvalidIndex { path: index_path.clone(), reason });
@@ -190,6 +253,88 @@ impl RepoSource {
         shards.sort_unstable();
         shards.into_iter().map(|shard| self.file(shard)).collect()
     }
+
+    /// Neither weights file is cached: downloads `model.safetensors` (`Some`), or else the index of a sharded
+    /// checkpoint (`None`: the index is cached now), or says where there are no weights.
+    fn fetch_uncached_weights(&self) -> Result<Option<PathBuf>, HubError> {
+        let no_weights = |searched| HubError::NoWeights { model: self.to_string(), searched };
+        if let RepoSource::Local(dir) = self {
+            return Err(no_weights(WeightsSearch::Directory(dir.clone())));
+        }
+        let cache = hub_cache().path().clone();
+        if offline() {
+            return Err(no_weights(WeightsSearch::OfflineCache(cache)));
+        }
+        let single_error = match self.file(SAFETENSORS_FILE) {
+            Ok(path) => return Ok(Some(path)),
+            Err(error) => error,
+        };
+        let index_error = match self.file(SAFETENSORS_INDEX_FILE) {
+            Ok(_) => return Ok(None),
+            Err(error) => error,
+        };
+        let reason = format!(
+            "{SAFETENSORS_FILE}: {}; {SAFETENSORS_INDEX_FILE}: {}",
+            download_reason(&single_error),
+            download_reason(&index_error)
+        );
+        Err(no_weights(WeightsSearch::CacheAndDownload { cache, reason }))
+    }
+}
+
+/// What a failed download said (the whole error for any other failure).
+fn download_reason(error: &HubError) -> String {
+    match error {
+        HubError::Download { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Legacy one-segment model ids and the canonical ids the hub redirects them to, since it moved these
+/// models into their authors' organisations (`google-bert`, `distilbert`, `FacebookAI`,
+/// `openai-community`, `google-t5`). [`RepoSource::hub`] and [`RepoSource::parse`] apply it.
+pub const LEGACY_MODEL_IDS: &[(&str, &str)] = &[
+    ("bert-base-uncased", "google-bert/bert-base-uncased"),
+    ("bert-base-cased", "google-bert/bert-base-cased"),
+    ("bert-large-uncased", "google-bert/bert-large-uncased"),
+    ("bert-large-cased", "google-bert/bert-large-cased"),
+    ("bert-base-multilingual-uncased", "google-bert/bert-base-multilingual-uncased"),
+    ("bert-base-multilingual-cased", "google-bert/bert-base-multilingual-cased"),
+    ("bert-base-chinese", "google-bert/bert-base-chinese"),
+    ("distilbert-base-uncased", "distilbert/distilbert-base-uncased"),
+    ("distilbert-base-cased", "distilbert/distilbert-base-cased"),
+    ("distilbert-base-uncased-finetuned-sst-2-english", "distilbert/distilbert-base-uncased-finetuned-sst-2-english"),
+    ("distilbert-base-multilingual-cased", "distilbert/distilbert-base-multilingual-cased"),
+    ("distilroberta-base", "distilbert/distilroberta-base"),
+    ("distilgpt2", "distilbert/distilgpt2"),
+    ("roberta-base", "FacebookAI/roberta-base"),
+    ("roberta-large", "FacebookAI/roberta-large"),
+    ("xlm-roberta-base", "FacebookAI/xlm-roberta-base"),
+    ("xlm-roberta-large", "FacebookAI/xlm-roberta-large"),
+    ("gpt2", "openai-community/gpt2"),
+    ("gpt2-medium", "openai-community/gpt2-medium"),
+    ("gpt2-large", "openai-community/gpt2-large"),
+    ("gpt2-xl", "openai-community/gpt2-xl"),
+    ("t5-small", "google-t5/t5-small"),
+    ("t5-base", "google-t5/t5-base"),
+    ("t5-large", "google-t5/t5-large"),
+];
+
+/// The canonical id of a legacy model id of [`LEGACY_MODEL_IDS`], or `None` for any other id.
+///
+/// ```
+/// assert_eq!(polarity_hub::canonical_model_id("bert-base-uncased"), Some("google-bert/bert-base-uncased"));
+/// assert_eq!(polarity_hub::canonical_model_id("google-bert/bert-base-uncased"), None);
+/// ```
+pub fn canonical_model_id(repo_id: &str) -> Option<&'static str> {
+    LEGACY_MODEL_IDS.iter().find(|(legacy, _)| *legacy == repo_id).map(|(_, canonical)| *canonical)
+}
+
+/// Whether the hub cache holds a model under its legacy id but not under its canonical one.
+fn prefers_legacy_folder(legacy: &str, canonical: &str) -> bool {
+    let cache = hub_cache();
+    let cached = |id: &str| cache.path().join(Repo::model(id.to_string()).folder_name()).is_dir();
+    cached(legacy) && !cached(canonical)
 }
 
 impl std::fmt::Display for RepoSource {
@@ -276,5 +421,35 @@ mod tests {
         assert_eq!(source, RepoSource::hub("stanfordnlp/imdb", RepoKind::Dataset));
         assert_eq!(source.to_string(), "stanfordnlp/imdb");
         assert!(matches!(RepoSource::parse("./no/such/dir", RepoKind::Model), RepoSource::Local(_)));
+    }
+
+    #[test]
+    fn a_directory_without_weights_is_no_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let err = RepoSource::Local(dir.path().to_path_buf()).safetensors_files().unwrap_err();
+        assert!(
+            matches!(&err, HubError::NoWeights { searched: WeightsSearch::Directory(d), .. } if d == dir.path()),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("model.safetensors nor model.safetensors.index.json"), "{message}");
+        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn legacy_ids_map_to_organisation_ids() {
+        assert_eq!(canonical_model_id("bert-base-uncased"), Some("google-bert/bert-base-uncased"));
+        assert_eq!(canonical_model_id("distilbert-base-uncased"), Some("distilbert/distilbert-base-uncased"));
+        assert_eq!(canonical_model_id("gpt2"), Some("openai-community/gpt2"));
+        assert_eq!(canonical_model_id("sentence-transformers/all-MiniLM-L6-v2"), None);
+        assert_eq!(canonical_model_id("Bert-Base-Uncased"), None);
+        for (i, (legacy, canonical)) in LEGACY_MODEL_IDS.iter().enumerate() {
+            assert!(!legacy.contains('/'), "{legacy}");
+            assert_eq!(canonical.split('/').nth(1), Some(*legacy), "{canonical} keeps the name {legacy}");
+            assert!(LEGACY_MODEL_IDS[..i].iter().all(|(other, _)| other != legacy), "{legacy} twice");
+        }
+        // Datasets are not models: their ids are kept.
+        assert_eq!(RepoSource::hub("gpt2", RepoKind::Dataset).to_string(), "gpt2");
     }
 }
