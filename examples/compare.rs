@@ -24,7 +24,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use polarity_bench::HardwareRecord;
 use polarity_bench::compare::{
-    Preset, PresetOptions, ReferenceResults, ResultsDir, RowOutcome, RowSpec, read_json, run_row,
+    Plan, Preset, PresetOptions, ReferenceResults, ResultsDir, RowOutcome, RowSpec, read_json, run_row,
 };
 use polarity_core::backend::default_backend_name;
 use polarity_finetune::{RecipeConfig, WeightInit};
@@ -116,17 +116,11 @@ fn run() -> anyhow::Result<()> {
             (results, plan)
         }
     };
-    let preset = match args.preset {
-        PresetArg::Default => "default",
-        PresetArg::Quick => "quick",
-        PresetArg::Gpu => "gpu",
-        PresetArg::Reference => "reference",
-    };
     let reference: Option<ReferenceResults> = args.reference.as_deref().map(read_json).transpose()?;
 
     let mut failed = 0;
-    for (index, spec) in plan.iter().enumerate() {
-        let position = format!("[{}/{}] {}", index + 1, plan.len(), spec.name);
+    for (index, spec) in plan.rows.iter().enumerate() {
+        let position = format!("[{}/{}] {}", index + 1, plan.rows.len(), spec.name);
         if results.finished_row(spec)?.is_some() {
             println!("{position}: finished earlier, kept");
             continue;
@@ -149,13 +143,13 @@ fn run() -> anyhow::Result<()> {
         }
     }
 
-    let precision = match &plan.first().map(|spec| &spec.recipe) {
+    let precision = match &plan.rows.first().map(|spec| &spec.recipe) {
         Some(RecipeConfig::Encoder(recipe)) => recipe.trainer.precision,
         Some(RecipeConfig::Lora(recipe)) => recipe.trainer.precision,
         None => Default::default(),
     };
     let hardware = HardwareRecord::detect(default_backend_name(), precision);
-    let report = results.gather(preset, &plan, hardware, reference)?;
+    let report = results.gather(&plan, hardware, reference)?;
     results.write_report(&report)?;
     let markdown = report.to_markdown();
     let table: Vec<&str> = markdown.lines().take_while(|line| !line.starts_with("## ")).collect();
@@ -163,7 +157,7 @@ fn run() -> anyhow::Result<()> {
     if failed > 0 {
         bail!(
             "{failed} of {} rows failed (report.md says why); --resume {} runs them again",
-            plan.len(),
+            plan.rows.len(),
             results.path().display()
         );
     }
@@ -171,17 +165,17 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// The rows of the preset, or those --models names.
-fn plan(args: &Args) -> anyhow::Result<Vec<RowSpec>> {
-    let preset = match args.preset {
-        PresetArg::Default => Preset::Default,
-        PresetArg::Quick => Preset::Quick,
-        PresetArg::Gpu => Preset::Gpu,
-        PresetArg::Reference => Preset::Reference,
+fn plan(args: &Args) -> anyhow::Result<Plan> {
+    let (preset, preset_name) = match args.preset {
+        PresetArg::Default => (Preset::Default, "default"),
+        PresetArg::Quick => (Preset::Quick, "quick"),
+        PresetArg::Gpu => (Preset::Gpu, "gpu"),
+        PresetArg::Reference => (Preset::Reference, "reference"),
     };
     let options = PresetOptions { shared_dir: args.shared.clone(), max_length: args.max_length, ..Default::default() };
     let rows = preset.rows(&options);
     if args.models.is_empty() {
-        return Ok(rows);
+        return Ok(Plan { preset: preset_name.into(), rows });
     }
     let init = match args.init {
         InitArg::Pretrained => WeightInit::Pretrained,
@@ -201,7 +195,7 @@ fn plan(args: &Args) -> anyhow::Result<Vec<RowSpec>> {
         }
         picked.push(row);
     }
-    Ok(picked)
+    Ok(Plan { preset: format!("{preset_name}, rows picked by --models"), rows: picked })
 }
 
 /// Runs `spec` in this process.
@@ -234,7 +228,7 @@ fn run_in_child(results: &ResultsDir, spec: &RowSpec) -> anyhow::Result<RowOutco
 /// The child's side: one row of the plan in `results`, its outcome saved.
 fn run_one_row(results: &ResultsDir, name: &str) -> anyhow::Result<()> {
     let plan = results.load_plan()?;
-    let spec = plan.iter().find(|spec| spec.name == name).with_context(|| format!("no row {name} in the plan"))?;
+    let spec = plan.rows.iter().find(|spec| spec.name == name).with_context(|| format!("no row {name} in the plan"))?;
     let outcome = run_here(spec);
     results.save_row(&outcome)?;
     match outcome {

@@ -3,8 +3,8 @@
 
 use polarity_bench::HardwareRecord;
 use polarity_bench::compare::{
-    InferenceSpec, NO_WEIGHTS, Preset, PresetOptions, ReferenceResults, ReferenceRow, ResultsDir, RowOutcome, RowSpec,
-    run_row,
+    InferenceSpec, NO_WEIGHTS, Plan, Preset, PresetOptions, ReferenceResults, ReferenceRow, ResultsDir, RowOutcome,
+    RowSpec, run_row,
 };
 use polarity_core::Precision;
 use polarity_data::{Split, hub};
@@ -37,9 +37,10 @@ fn smollm2_row() -> RowSpec {
 fn rows_run_save_resume_and_render() {
     let dir = tempfile::tempdir().unwrap();
     let results = ResultsDir::new(dir.path().join("out"));
-    let plan = vec![minilm_row(), smollm2_row()];
+    let plan = Plan { preset: "test".into(), rows: vec![minilm_row(), smollm2_row()] };
     results.save_plan(&plan).unwrap();
     assert_eq!(results.load_plan().unwrap(), plan);
+    let plan = plan.rows;
 
     let encoder = run_row(&plan[0]).unwrap();
     assert_eq!(encoder.init, WeightInit::Pretrained);
@@ -78,10 +79,11 @@ fn rows_run_save_resume_and_render() {
     assert!(results.load_row(&changed).is_err());
 
     let hardware = HardwareRecord::detect("flex (cpu)", Precision::F32);
-    let partial = results.gather("test", &plan, hardware.clone(), None).unwrap();
+    let plan = Plan { preset: "test".into(), rows: plan };
+    let partial = results.gather(&plan, hardware.clone(), None).unwrap();
     assert!(partial.rows[1].finished().is_none());
     results.save_row(&RowOutcome::Finished(Box::new(lora))).unwrap();
-    let report = results.gather("test", &plan, hardware, None).unwrap();
+    let report = results.gather(&plan, hardware, None).unwrap();
     results.write_report(&report).unwrap();
     let markdown = std::fs::read_to_string(results.path().join("report.md")).unwrap();
     assert!(markdown.contains(&format!("{accuracy:.4}")), "{markdown}");
@@ -108,7 +110,8 @@ fn random_rows_never_show_an_accuracy() {
     assert!(report.train_samples_per_second.value.unwrap() > 0.0);
     let dir = tempfile::tempdir().unwrap();
     let results = ResultsDir::new(dir.path());
-    results.save_plan(std::slice::from_ref(&row)).unwrap();
+    let plan = Plan { preset: "test".into(), rows: vec![row.clone()] };
+    results.save_plan(&plan).unwrap();
     results.save_row(&RowOutcome::Finished(Box::new(report))).unwrap();
     let hardware = HardwareRecord::detect("flex (cpu)", Precision::F32);
     let mut reference = ReferenceResults { tool: "transformers".into(), ..Default::default() };
@@ -117,7 +120,7 @@ fn random_rows_never_show_an_accuracy() {
         row.name.clone(),
         ReferenceRow { inference_samples_per_second: Some(ours / 2.0), ..Default::default() },
     );
-    let markdown = results.gather("test", &[row], hardware, Some(reference)).unwrap().to_markdown();
+    let markdown = results.gather(&plan, hardware, Some(reference)).unwrap().to_markdown();
     let table_row = markdown.lines().find(|line| line.starts_with("| sentence-transformers")).unwrap();
     assert!(table_row.contains(NO_WEIGHTS), "{table_row}");
     assert!(table_row.contains("| random |"), "{table_row}");

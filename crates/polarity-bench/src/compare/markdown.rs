@@ -199,7 +199,7 @@ impl ComparisonReport {
         if points.is_empty() {
             return Ok(());
         }
-        let title = format!("IMDB: accuracy against inference speed ({})", self.hardware.backend);
+        let title = format!("IMDB: accuracy against inference speed, {}", self.hardware.backend);
         write_chart(&title, &points, svg, png)
     }
 }

@@ -28,4 +28,4 @@ pub use report::{
     RowReport, RowReviews,
 };
 pub use run::{run_row, run_row_on};
-pub use store::{PLAN_FILE, REPORT_JSON, REPORT_MD, ResultsDir, read_json};
+pub use store::{PLAN_FILE, Plan, REPORT_JSON, REPORT_MD, ResultsDir, read_json};

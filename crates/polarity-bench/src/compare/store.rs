@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::plan::RowSpec;
 use super::report::{ComparisonReport, ReferenceResults, RowOutcome};
@@ -50,12 +50,12 @@ impl ResultsDir {
     }
 
     /// Writes the plan.
-    pub fn save_plan(&self, rows: &[RowSpec]) -> Result<(), BenchError> {
-        write_atomically(&self.dir.join(PLAN_FILE), rows)
+    pub fn save_plan(&self, plan: &Plan) -> Result<(), BenchError> {
+        write_atomically(&self.dir.join(PLAN_FILE), plan)
     }
 
     /// Reads the plan of an earlier run (for `--resume`).
-    pub fn load_plan(&self) -> Result<Vec<RowSpec>, BenchError> {
+    pub fn load_plan(&self) -> Result<Plan, BenchError> {
         read_json(&self.dir.join(PLAN_FILE))
     }
 
@@ -95,16 +95,16 @@ impl ResultsDir {
     /// The report of `plan`'s rows as saved so far (rows never run count as failed with that reason).
     pub fn gather(
         &self,
-        preset: &str,
-        plan: &[RowSpec],
+        plan: &Plan,
         hardware: HardwareRecord,
         reference: Option<ReferenceResults>,
     ) -> Result<ComparisonReport, BenchError> {
         let rows = plan
+            .rows
             .iter()
             .map(|spec| Ok(self.load_row(spec)?.unwrap_or_else(|| RowOutcome::failed(spec, "not run yet"))))
             .collect::<Result<_, BenchError>>()?;
-        Ok(ComparisonReport { preset: preset.to_string(), hardware, rows, reference })
+        Ok(ComparisonReport { preset: plan.preset.clone(), hardware, rows, reference })
     }
 
     /// Writes report.json, report.md, chart.svg and chart.png.
@@ -114,6 +114,15 @@ impl ResultsDir {
         write_bytes_atomically(&self.dir.join(REPORT_MD), markdown.as_bytes())?;
         report.write_chart(&self.dir.join("chart.svg"), &self.dir.join("chart.png"))
     }
+}
+
+/// What a comparison runs: the preset it came from and its rows, in report order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The preset's name (`default`, `quick`, `gpu`, `reference`), with the rows picked from it.
+    pub preset: String,
+    /// The rows.
+    pub rows: Vec<RowSpec>,
 }
 
 /// Reads a JSON file into `T`, naming the file in any error.
