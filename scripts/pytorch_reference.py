@@ -169,21 +169,25 @@ def report_tokens(results, name, batch, seq, times):
     print(f"{'':40s} {entry['tokens_per_s']:8.1f} tokens/s  ([{batch}, {seq}])", flush=True)
 
 
-def encode_prompt(tokenizer, review, max_length):
+def encode_prompt(tokenizer, review, max_length, template=PROMPT_TEMPLATE):
     """polarity_tokenize::PromptTemplate::encode: shorten the review (at a token boundary, from the end)
-    until the whole prompt fits in max_length tokens; never cut the instruction or the answer cue."""
+    until the whole prompt fits in max_length tokens; never cut the instruction or the answer cue.
+    `template` has `{text}` where the review goes (replaced once, as polarity renders it)."""
 
     def encode(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    whole = encode(PROMPT_TEMPLATE.format(text=review))
+    def render(text):
+        return template.replace("{text}", text, 1)
+
+    whole = encode(render(review))
     if len(whole) <= max_length:
         return whole
-    template_tokens = len(encode(PROMPT_TEMPLATE.format(text="")))
+    template_tokens = len(encode(render("")))
     offsets = tokenizer(review, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     budget = min(max_length - template_tokens, len(offsets))
     while budget > 0:
-        ids = encode(PROMPT_TEMPLATE.format(text=review[: offsets[budget - 1][1]]))
+        ids = encode(render(review[: offsets[budget - 1][1]]))
         if len(ids) <= max_length:
             return ids
         budget -= 1
