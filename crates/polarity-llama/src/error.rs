@@ -154,6 +154,15 @@ pub enum LlamaError {
         value: f32,
     },
 
+    /// An NF4 block scale that is negative, NaN or infinite (scales are absolute maxima).
+    #[error("invalid NF4 absmax scale of block {block}: {value} (must be finite and not negative)")]
+    QuantInvalidScale {
+        /// The row-major index of the block.
+        block: usize,
+        /// The scale.
+        value: f32,
+    },
+
     /// Building or running a tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -7,7 +7,7 @@
 //! ```text
 //! Llama
 //! ├── model: LlamaModel
-//! │   ├── embed_tokens: Embedding            [vocab, hidden]
+//! │   ├── embed_tokens: TokenEmbedding       [vocab, hidden] (dense, or NF4 in a random QLoRA build)
 //! │   ├── layers: Vec<LlamaDecoderLayer>
 //! │   │   ├── input_layernorm: RmsNorm
 //! │   │   ├── self_attn: LlamaAttention        q_proj, k_proj, v_proj, o_proj (grouped-query)
@@ -24,14 +24,15 @@
 //!
 //! Read top to bottom: the configuration (from `config.json`), the modules, their forward passes,
 //! LoRA on the projections ([`Llama::with_lora`], [`Llama::merge_lora`]), QLoRA's quantised frozen
-//! base ([`Llama::quantize_frozen_base`]), greedy generation and the causal-LM loss. Checkpoints
+//! base ([`Llama::quantize_frozen_base`], or built 4-bit with random weights by
+//! [`LlamaConfig::init_quantized_random`]), greedy generation and the causal-LM loss. Checkpoints
 //! (safetensors, GGUF, PEFT adapters) are read and written by `crate::checkpoint`.
 
 use std::path::Path;
 
 use burn::config::Config;
 use burn::module::{AutodiffModule, Initializer, Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
@@ -42,7 +43,11 @@ use polarity_tokenize::PaddingBatcher;
 use serde::Deserialize;
 
 use crate::LlamaError;
-use crate::layers::{BaseLinear, LoraAdapter, LoraConfig, LoraLinear, QuantizedLinear, WeightMemory};
+use crate::layers::random::RandomStream;
+use crate::layers::{
+    BaseLinear, LoraAdapter, LoraConfig, LoraLinear, QuantizedEmbedding, QuantizedLinear, QuantizedMatrix,
+    TokenEmbedding, WeightMemory,
+};
 
 /// The standard deviation of random weights: transformers' default `initializer_range`.
 const INITIALIZER_STD: f64 = 0.02;
@@ -370,7 +375,8 @@ impl LlamaConfig {
             model: LlamaModel {
                 embed_tokens: EmbeddingConfig::new(self.vocab_size, hidden)
                     .with_initializer(normal.clone())
-                    .init(device),
+                    .init(device)
+                    .into(),
                 layers,
                 norm: rms_norm(),
                 rotary_emb: RotaryEmbedding {
@@ -380,6 +386,88 @@ impl LlamaConfig {
             lm_head: (!self.tie_word_embeddings).then(|| linear(hidden, self.vocab_size, false)),
         })
     }
+}
+
+impl LlamaConfig {
+    /// A QLoRA-ready model with seeded random weights, built straight into 4 bits layer by layer: the
+    /// seven projections of every layer are drawn directly as NF4 [`QuantizedMatrix`]es
+    /// ([`QuantizedMatrix::random_nf4`]: random codes, block scales giving the initializer's standard
+    /// deviation 0.02), so no f32 copy of a projection ever exists; an 8B model's 7 billion projection
+    /// weights become 3.9 GB of codes and scales in seconds instead of 28 GB of f32. This measures
+    /// speed and memory at a model's real shape where its weights are not available (no such model
+    /// knows anything: its accuracy is chance).
+    ///
+    /// Everything else is built as [`init`](Self::init) builds it (norms at 1, the rotary
+    /// frequencies, an untied `lm_head` as a dense f32 [`Linear`]), with every random value drawn from
+    /// `seed` ([`RandomStream`], one stream per tensor, in parallel), so the whole model is the same
+    /// for a seed on any number of threads and leaves burn's random generator alone. Biases, where
+    /// the config asks for them, start at zero as in transformers.
+    ///
+    /// **Token embeddings.** With an untied head the `[vocab, hidden]` embedding table is NF4 too
+    /// ([`QuantizedEmbedding`]), while `lm_head` stays f32. For Llama-3-8B, keeping both dense would
+    /// put 4.2 GB of f32 (2.1 GB each) beside the 3.9 GB of NF4 layers, over an 8 GB budget before any
+    /// activation. Of the two, the embedding table is the one that quantises for free: a lookup decodes
+    /// only the rows of the input tokens, whereas a quantised head is a product with the whole matrix,
+    /// which [`QuantizedLinear`] decodes in full (a 2.1 GB f32 temporary for Llama 3, again in the
+    /// backward pass, and about 0.5 s of decoding per forward pass on 2 cores). The trade-off is
+    /// precision: NF4 embeddings differ from bitsandbytes' QLoRA (bf16 embeddings) as llama.cpp's
+    /// 4-bit files do; for random weights it changes nothing measured but memory. A tied table is also
+    /// the head, so it stays dense f32.
+    ///
+    /// Errors: an invalid config, or an `in_features` (hidden size, heads x head width, intermediate
+    /// size; the hidden size for the embedding table) that is not a multiple of NF4's block of 64
+    /// ([`LlamaError::QuantBlockSize`]).
+    pub fn init_quantized_random<B: Backend>(&self, device: &B::Device, seed: u64) -> Result<Llama<B>, LlamaError> {
+        // The dense structure, lazily: none of its random parameters is drawn, and the ones replaced
+        // below never are.
+        let Llama { model, lm_head } = self.init::<B>(device)?;
+        let std = INITIALIZER_STD as f32;
+        let (vocab, hidden) = (self.vocab_size, self.hidden_size);
+        let layers = model
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(index, layer)| {
+                layer.try_map_projections(|name, projection| {
+                    let [d_input, d_output] = projection.dims();
+                    let stream = RandomStream::new(seed, projection_stream(index, name));
+                    let matrix = QuantizedMatrix::random_nf4(d_output, d_input, std, &stream)?;
+                    let bias = projection
+                        .base_layer
+                        .bias()
+                        .map(|_| Param::from_tensor(Tensor::zeros([d_output], device)).set_require_grad(false));
+                    Ok::<_, LlamaError>(LoraLinear::new(QuantizedLinear::new(matrix, bias)?))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let embeddings = RandomStream::new(seed, EMBEDDING_STREAM);
+        let embed_tokens = match lm_head {
+            Some(_) => QuantizedEmbedding::new(QuantizedMatrix::random_nf4(vocab, hidden, std, &embeddings)?).into(),
+            None => {
+                let weight =
+                    Param::from_data(TensorData::new(embeddings.normal(vocab * hidden, std), [vocab, hidden]), device);
+                burn::nn::Embedding { weight }.into()
+            }
+        };
+        let lm_head = lm_head.map(|_| {
+            let values = RandomStream::new(seed, LM_HEAD_STREAM).normal(hidden * vocab, std);
+            // burn's [in, out] layout; the values are i.i.d., so the layout does not change their law.
+            Linear { weight: Param::from_data(TensorData::new(values, [hidden, vocab]), device), bias: None }
+        });
+        Ok(Llama { model: LlamaModel { embed_tokens, layers, ..model }, lm_head })
+    }
+}
+
+/// The [`RandomStream`] of the token embeddings in [`LlamaConfig::init_quantized_random`].
+const EMBEDDING_STREAM: u64 = 0;
+/// The [`RandomStream`] of `lm_head`.
+const LM_HEAD_STREAM: u64 = 1;
+
+/// The [`RandomStream`] of projection `name` (`self_attn.q_proj`, ...) of layer `index`: one per matrix.
+fn projection_stream(index: usize, name: &str) -> u64 {
+    let module = name.rsplit('.').next().unwrap_or(name);
+    let position = LLAMA_TARGET_MODULES.iter().position(|m| *m == module).unwrap_or(LLAMA_TARGET_MODULES.len());
+    2 + (index * (LLAMA_TARGET_MODULES.len() + 1) + position) as u64
 }
 
 /// `LlamaForCausalLM`: the decoder stack and the language-model head.
@@ -394,8 +482,9 @@ pub struct Llama<B: Backend> {
 /// `LlamaModel`: embeddings, decoder layers and the final norm.
 #[derive(Module, Debug)]
 pub struct LlamaModel<B: Backend> {
-    /// Token embeddings `[vocab, hidden]`.
-    pub embed_tokens: Embedding<B>,
+    /// Token embeddings `[vocab, hidden]`: dense, or quantised in a random QLoRA build
+    /// ([`LlamaConfig::init_quantized_random`]).
+    pub embed_tokens: TokenEmbedding<B>,
     /// The decoder layers.
     pub layers: Vec<LlamaDecoderLayer<B>>,
     /// The norm after the last layer.
@@ -489,7 +578,7 @@ impl<B: Backend> Llama<B> {
     /// `logits = h Eᵀ`. CPU backends copy a transposed operand before multiplying, so for a few rows
     /// (scoring, generation) `(E hᵀ)ᵀ` is computed instead, transposing the small matrices rather than `E`.
     fn tied_logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        let embeddings = self.model.embed_tokens.weight.val();
+        let embeddings = self.model.embed_tokens.weight(&hidden.device());
         let [vocab, width] = embeddings.dims();
         let mut dims = hidden.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
@@ -530,7 +619,7 @@ impl<B: Backend> Llama<B> {
 
     /// The vocabulary size (rows of the embedding matrix).
     pub fn vocab_size(&self) -> usize {
-        self.model.embed_tokens.weight.lazy_shape()[0]
+        self.model.embed_tokens.dims()[0]
     }
 }
 
@@ -665,14 +754,14 @@ impl<B: Backend> Llama<B> {
     /// `config` targets (PEFT's default, [`LLAMA_DEFAULT_TARGET_MODULES`], when it names none), in every
     /// layer. Only the adapters are trainable afterwards. Works the same on a quantised base (QLoRA:
     /// [`Llama::quantize_frozen_base`], [`Llama::from_gguf_quantized`]); the adapters are created on the
-    /// device of the token embeddings.
+    /// device of the final norm (the model's device: quantised tables live on the host).
     pub fn with_lora(self, config: &LoraConfig) -> Result<Self, LlamaError> {
         let config = config.clone().with_default_targets(&LLAMA_DEFAULT_TARGET_MODULES);
         config.validate(&LLAMA_TARGET_MODULES)?;
         if !self.lora_adapters().is_empty() {
             return Err(LlamaError::InvalidConfig("the model already has LoRA adapters (merge them first)".into()));
         }
-        let device = self.model.embed_tokens.weight.lazy_device();
+        let device = self.model.norm.weight.lazy_device();
         let Llama { model, lm_head } = self.no_grad();
         let layers = model
             .layers
@@ -750,6 +839,9 @@ impl<B: Backend> Llama<B> {
     /// as f32. Lazily initialised parameters are counted at their shape, without being drawn.
     pub fn weight_memory(&self) -> WeightMemory {
         let mut memory = WeightMemory::of_dense_params(self);
+        if let TokenEmbedding::Quantized(embedding) = &self.model.embed_tokens {
+            memory.add_quantized(&embedding.matrix);
+        }
         for layer in &self.model.layers {
             for (_, projection) in layer.projections() {
                 if let BaseLinear::Quantized(quantized) = &projection.base_layer {
