@@ -1,10 +1,11 @@
 //! Models built straight into NF4 with seeded random weights (`LlamaConfig::init_quantized_random`),
-//! and NF4 matrices from their parts.
+//! NF4 matrices from their parts, and the clear error for a checkpoint without weights.
 
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
+use polarity_hub::{RepoKind, RepoSource};
 use polarity_llama::layers::random::RandomStream;
 use polarity_llama::quant::{NF4_BLOCK_SIZE, NF4_CODEBOOK};
 use polarity_llama::{
@@ -13,6 +14,9 @@ use polarity_llama::{
 
 type Cpu = Flex<f32>;
 type Train = Autodiff<Cpu>;
+
+const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared");
+const LLAMA3: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
 
 /// Two layers, untied head, every `in_features` a multiple of 64 (head width 32, two key/value heads).
 fn tiny_config() -> LlamaConfig {
@@ -234,4 +238,40 @@ fn random_streams_are_deterministic_and_split_independently() {
     let (mean, std) = mean_and_std(&normal);
     assert!(mean.abs() < 0.02 && (std - 2.0).abs() < 0.02, "mean {mean}, std {std}");
     assert_ne!(normal, RandomStream::new(6, 9).normal(300_001, 2.0));
+}
+
+fn use_shared_cache() {
+    // SAFETY: every test of this binary that reads these sets the same values, as the other hub-cache
+    // tests of the workspace do.
+    unsafe {
+        std::env::set_var("HF_HOME", format!("{SHARED}/hf"));
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
+}
+
+#[test]
+fn a_checkpoint_without_weights_is_a_clear_error() {
+    use_shared_cache();
+    // Meta-Llama-3-8B-Instruct's config.json and tokenizer are in the cache, its weights are not.
+    let source = RepoSource::parse(LLAMA3, RepoKind::Model);
+    let err = Llama::<Cpu>::from_pretrained(&source, &Default::default()).unwrap_err();
+    let message = err.to_string();
+    println!("{message}");
+    let LlamaError::MissingWeights { model, looked_for, location, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(model, LLAMA3);
+    assert_eq!(looked_for, &["model.safetensors", "model.safetensors.index.json"]);
+    assert!(location.contains("hub cache") && location.contains("HF_HUB_OFFLINE"), "{location}");
+    for part in [LLAMA3, "model.safetensors", "model.safetensors.index.json", "random weights"] {
+        assert!(message.contains(part), "{part:?} not in {message:?}");
+    }
+
+    // A local directory with a config.json and nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let config = source.file("config.json").unwrap();
+    std::fs::copy(config, dir.path().join("config.json")).unwrap();
+    let err =
+        Llama::<Cpu>::from_pretrained(&RepoSource::Local(dir.path().to_path_buf()), &Default::default()).unwrap_err();
+    let LlamaError::MissingWeights { location, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(location, &format!("directory {}", dir.path().display()));
+    assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
 }
