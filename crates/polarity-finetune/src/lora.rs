@@ -157,7 +157,7 @@ impl LoraFineTune {
     /// looked for. With [`WeightInit::Random`] only `config.json` and `tokenizer.json` are read and the
     /// model is built with random weights seeded by the trainer's seed: straight into NF4 with
     /// [`qlora`](Self::qlora) ([`LlamaConfig::init_quantized_random`], which also keeps an untied token
-    /// embedding table in NF4), dense f32 without ([`LlamaConfig::init`], drawn from the backend's
+    /// embedding table and LM head in NF4), dense f32 without ([`LlamaConfig::init`], drawn from the backend's
     /// generator, which [`run`](Self::run) seeds). A `.gguf` file with [`WeightInit::Random`] is refused:
     /// the file is a checkpoint, and its architecture alone is not worth reading it for.
     pub fn load_base<B: Backend>(&self, device: &B::Device) -> Result<(Llama<B>, LlamaTokenizer), FinetuneError> {

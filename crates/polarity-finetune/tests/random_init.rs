@@ -77,9 +77,9 @@ fn random_qlora_on_a_config_directory_runs_lora_steps() {
     assert_eq!(model.parameters, dense.dense_params + model.trainable_parameters);
     // r 16 on q_proj (64 -> 64) and v_proj (64 -> 32) of 2 layers.
     assert_eq!(model.trainable_parameters, 2 * (16 * (64 + 64) + 16 * (64 + 32)));
-    // Projections and the untied embedding table in NF4 (4.5 bits per weight), the head dense.
+    // Projections, the untied embedding table and the head in NF4 (4.5 bits per weight).
     let memory = model.weight_memory.unwrap();
-    let quantized = 128_256 * 64 + 2 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128);
+    let quantized = 2 * 128_256 * 64 + 2 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128);
     assert_eq!(memory.quantized_as_f32_bytes, 4 * quantized);
     assert_eq!(memory.quantized_bytes * 8, quantized * 9 / 2);
     assert_eq!(memory.dense_bytes, 4 * (dense.dense_params - quantized));

@@ -15,7 +15,7 @@
 //! │   │   └── mlp: LlamaMlp                    gate_proj, up_proj, down_proj (SwiGLU)
 //! │   ├── norm: RmsNorm
 //! │   └── rotary_emb: RotaryEmbedding          inverse frequencies (default or `llama3` scaling)
-//! └── lm_head: Option<Linear>                  None = tied to embed_tokens
+//! └── lm_head: Option<BaseLinear>              None = tied to embed_tokens (dense, or NF4 in a random QLoRA build)
 //! ```
 //!
 //! Batches are right-padded: the attention of every query combines the causal mask with the padding
@@ -32,7 +32,7 @@ use std::path::Path;
 
 use burn::config::Config;
 use burn::module::{AutodiffModule, Initializer, Module, Param};
-use burn::nn::{EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{EmbeddingConfig, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
@@ -383,7 +383,7 @@ impl LlamaConfig {
                     inv_freq: Tensor::from_data(TensorData::new(inverse_frequencies, [inv_freq_len]), device),
                 },
             },
-            lm_head: (!self.tie_word_embeddings).then(|| linear(hidden, self.vocab_size, false)),
+            lm_head: (!self.tie_word_embeddings).then(|| linear(hidden, self.vocab_size, false).into()),
         })
     }
 }
@@ -397,26 +397,27 @@ impl LlamaConfig {
     /// speed and memory at a model's real shape where its weights are not available (no such model
     /// knows anything: its accuracy is chance).
     ///
-    /// Everything else is built as [`init`](Self::init) builds it (norms at 1, the rotary
-    /// frequencies, an untied `lm_head` as a dense f32 [`Linear`]), with every random value drawn from
-    /// `seed` ([`RandomStream`], one stream per tensor, in parallel), so the whole model is the same
-    /// for a seed on any number of threads and leaves burn's random generator alone. Biases, where
-    /// the config asks for them, start at zero as in transformers.
+    /// Norms (at 1) and the rotary frequencies are built as [`init`](Self::init) builds them. Every
+    /// random value is drawn from `seed` ([`RandomStream`], one stream per tensor, in parallel), so the
+    /// model is the same for a seed on any number of threads and burn's random generator is left
+    /// alone. Biases, where the config asks for them, start at zero as in transformers.
     ///
-    /// **Token embeddings.** With an untied head the `[vocab, hidden]` embedding table is NF4 too
-    /// ([`QuantizedEmbedding`]), while `lm_head` stays f32. For Llama-3-8B, keeping both dense would
-    /// put 4.2 GB of f32 (2.1 GB each) beside the 3.9 GB of NF4 layers, over an 8 GB budget before any
-    /// activation. Of the two, the embedding table is the one that quantises for free: a lookup decodes
-    /// only the rows of the input tokens, whereas a quantised head is a product with the whole matrix,
-    /// which [`QuantizedLinear`] decodes in full (a 2.1 GB f32 temporary for Llama 3, again in the
-    /// backward pass, and about 0.5 s of decoding per forward pass on 2 cores). The trade-off is
-    /// precision: NF4 embeddings differ from bitsandbytes' QLoRA (bf16 embeddings) as llama.cpp's
-    /// 4-bit files do; for random weights it changes nothing measured but memory. A tied table is also
-    /// the head, so it stays dense f32.
+    /// **Embeddings and head.** With an untied head, the `[vocab, hidden]` token embedding table
+    /// ([`QuantizedEmbedding`]) and `lm_head` ([`QuantizedLinear`]) are NF4 as well. Llama 3's are 525
+    /// million values each, 2.1 GB each in f32. Measured on Llama-3-8B (2 vCPUs, one 128-token IMDB
+    /// prompt, LoRA r 16 on q/v): with both in f32 the weights alone would be 8.1 GB; with the table in
+    /// NF4 and the head in f32 they were 6.3 GB and a LoRA step peaked at 7.9 GB of RSS; with both in
+    /// NF4 they are 4.5 GB and the step peaks at 6.1 GB. The table costs no time in NF4, since a lookup
+    /// decodes only the input's rows. The head is a product with the whole matrix, decoded for each
+    /// forward pass (and again in the backward pass) in bands of at most 256 MB of f32 (see
+    /// [`QuantizedLinear::forward`]): about 2.5 s of CPU per pass and as much again in the backward
+    /// pass, against 75 s of CPU for the forward pass of the layers over 128 tokens and 150 s for a
+    /// training step. The trade-off is precision: bitsandbytes' QLoRA keeps both in bf16, llama.cpp's
+    /// 4-bit files keep the head at 6 bits or more; with random weights nothing measured changes but
+    /// memory and that decoding time. A tied table is also the head, so it stays dense f32.
     ///
     /// Errors: an invalid config, or an `in_features` (hidden size, heads x head width, intermediate
-    /// size; the hidden size for the embedding table) that is not a multiple of NF4's block of 64
-    /// ([`LlamaError::QuantBlockSize`]).
+    /// size) that is not a multiple of NF4's block of 64 ([`LlamaError::QuantBlockSize`]).
     pub fn init_quantized_random<B: Backend>(&self, device: &B::Device, seed: u64) -> Result<Llama<B>, LlamaError> {
         // The dense structure, lazily: none of its random parameters is drawn, and the ones replaced
         // below never are.
@@ -441,19 +442,18 @@ impl LlamaConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let embeddings = RandomStream::new(seed, EMBEDDING_STREAM);
-        let embed_tokens = match lm_head {
-            Some(_) => QuantizedEmbedding::new(QuantizedMatrix::random_nf4(vocab, hidden, std, &embeddings)?).into(),
+        let (embed_tokens, lm_head) = match lm_head {
+            Some(_) => {
+                let table = QuantizedMatrix::random_nf4(vocab, hidden, std, &embeddings)?;
+                let head = QuantizedMatrix::random_nf4(vocab, hidden, std, &RandomStream::new(seed, LM_HEAD_STREAM))?;
+                (QuantizedEmbedding::new(table).into(), Some(QuantizedLinear::new(head, None)?.into()))
+            }
             None => {
-                let weight =
-                    Param::from_data(TensorData::new(embeddings.normal(vocab * hidden, std), [vocab, hidden]), device);
-                burn::nn::Embedding { weight }.into()
+                let values = embeddings.normal(vocab * hidden, std);
+                let weight = Param::from_data(TensorData::new(values, [vocab, hidden]), device);
+                (burn::nn::Embedding { weight }.into(), None)
             }
         };
-        let lm_head = lm_head.map(|_| {
-            let values = RandomStream::new(seed, LM_HEAD_STREAM).normal(hidden * vocab, std);
-            // burn's [in, out] layout; the values are i.i.d., so the layout does not change their law.
-            Linear { weight: Param::from_data(TensorData::new(values, [hidden, vocab]), device), bias: None }
-        });
         Ok(Llama { model: LlamaModel { embed_tokens, layers, ..model }, lm_head })
     }
 }
@@ -475,8 +475,9 @@ fn projection_stream(index: usize, name: &str) -> u64 {
 pub struct Llama<B: Backend> {
     /// The decoder stack (`model.*` in checkpoints).
     pub model: LlamaModel<B>,
-    /// The output projection; `None` when tied to `model.embed_tokens`.
-    pub lm_head: Option<Linear<B>>,
+    /// The output projection (checkpoint key `lm_head.weight`): dense, or quantised in a random QLoRA
+    /// build ([`LlamaConfig::init_quantized_random`]); `None` when tied to `model.embed_tokens`.
+    pub lm_head: Option<BaseLinear<B>>,
 }
 
 /// `LlamaModel`: embeddings, decoder layers and the final norm.
@@ -569,7 +570,7 @@ impl<B: Backend> Llama<B> {
     /// The language-model head: logits from final hidden states `[..., hidden]`.
     pub fn logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         match &self.lm_head {
-            Some(head) => polarity_kernels::linear(head, hidden),
+            Some(head) => head.forward(hidden),
             None => self.tied_logits(hidden),
         }
     }
@@ -841,6 +842,9 @@ impl<B: Backend> Llama<B> {
         let mut memory = WeightMemory::of_dense_params(self);
         if let TokenEmbedding::Quantized(embedding) = &self.model.embed_tokens {
             memory.add_quantized(&embedding.matrix);
+        }
+        if let Some(BaseLinear::Quantized(head)) = &self.lm_head {
+            memory.add_quantized(&head.matrix);
         }
         for layer in &self.model.layers {
             for (_, projection) in layer.projections() {

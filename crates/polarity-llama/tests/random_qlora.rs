@@ -4,12 +4,15 @@
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
+use burn::module::{AutodiffModule, Param};
 use burn::prelude::*;
+use burn::tensor::Distribution;
 use polarity_hub::{RepoKind, RepoSource};
 use polarity_llama::layers::random::RandomStream;
-use polarity_llama::quant::{NF4_BLOCK_SIZE, NF4_CODEBOOK};
+use polarity_llama::quant::{MAX_DECODED_VALUES, NF4_BLOCK_SIZE, NF4_CODEBOOK};
 use polarity_llama::{
-    Llama, LlamaConfig, LlamaError, LoraConfig, QuantFormat, QuantizedMatrix, TokenEmbedding, causal_lm_loss,
+    Llama, LlamaConfig, LlamaError, LoraConfig, QuantFormat, QuantizedLinear, QuantizedMatrix, TokenEmbedding,
+    causal_lm_loss,
 };
 
 type Cpu = Flex<f32>;
@@ -23,10 +26,12 @@ fn tiny_config() -> LlamaConfig {
     LlamaConfig::new(320, 128, 192, 2, 4, 2)
 }
 
-/// Every quantised matrix of a model: the embedding table (if quantised), then the projections.
+/// Every quantised matrix of a model: the embedding table and the head (if quantised), then the
+/// projections.
 fn matrices<B: Backend>(model: &Llama<B>) -> Vec<&QuantizedMatrix> {
     let mut matrices: Vec<&QuantizedMatrix> =
         model.model.embed_tokens.as_quantized().map(|e| &e.matrix).into_iter().collect();
+    matrices.extend(model.lm_head.as_ref().and_then(|head| head.as_quantized()).map(|head| &head.matrix));
     for layer in &model.model.layers {
         for (name, projection) in layer.projections() {
             let quantized = projection.base_layer.as_quantized().unwrap_or_else(|| panic!("{name} is not quantised"));
@@ -83,10 +88,12 @@ fn a_random_quantised_build_is_nf4_like_the_dense_init_and_deterministic() {
     let device = Default::default();
     let model = config.init_quantized_random::<Cpu>(&device, 7).unwrap();
     check_against_dense_init(&config, &model);
-    // Untied: the embedding table is NF4 as well, the head dense f32.
+    // Untied: the embedding table and the head are NF4 as well; only the norms are dense.
     assert_eq!(model.model.embed_tokens.as_quantized().unwrap().matrix.dims(), [320, 128]);
-    assert_eq!(model.lm_head.as_ref().unwrap().weight.val().dims(), [128, 320]);
-    assert_eq!(model.weight_memory().quantized_matrices, 1 + 2 * 7);
+    let head = |model: &Llama<Cpu>| model.lm_head.as_ref().unwrap().as_quantized().unwrap().matrix.dequantize();
+    assert_eq!(model.lm_head.as_ref().unwrap().dims(), [128, 320]);
+    assert_eq!(model.weight_memory().quantized_matrices, 2 + 2 * 7);
+    assert_eq!(model.weight_memory().dense_params, (2 * 2 + 1) * 128);
 
     // The same seed builds the same model; another seed another one.
     let again = config.init_quantized_random::<Cpu>(&device, 7).unwrap();
@@ -96,7 +103,6 @@ fn a_random_quantised_build_is_nf4_like_the_dense_init_and_deterministic() {
         assert_eq!(a.nf4_absmax(), b.nf4_absmax());
         assert_ne!(a.packed_bytes(), c.packed_bytes());
     }
-    let head = |model: &Llama<Cpu>| values(model.lm_head.as_ref().unwrap().weight.val());
     assert_eq!(head(&model), head(&again));
     assert_ne!(head(&model), head(&other));
 
@@ -133,8 +139,8 @@ fn lora_trains_on_a_random_quantised_base() {
     let gradients = lora.lora_gradients(&grads);
     assert_eq!(gradients.len(), 2 * 2 * 2, "lora_A and lora_B of q_proj and v_proj in both layers");
     assert!(gradients.iter().all(|(_, grad)| grad.to_vec::<f32>().unwrap().iter().all(|v| v.is_finite())));
-    // Only the adapters train: the head is frozen, the embedding table is no parameter at all.
-    assert!(lora.lm_head.as_ref().unwrap().weight.val().grad(&grads).is_none());
+    // Only the adapters train: the quantised table, head and projections are no parameters at all.
+    assert_eq!(lora.weight_memory().dense_params, (2 * 2 + 1) * 128 + 2 * 4 * (128 + 128) + 2 * 4 * (128 + 64));
 }
 
 #[test]
@@ -168,9 +174,10 @@ fn llama3_8b_with_one_layer_builds_in_nf4_at_its_real_shape() {
     let mlp = &model.model.layers[0].mlp;
     assert_eq!(mlp.gate_proj.base_layer.as_quantized().unwrap().matrix.dims(), [14_336, 4096]);
     assert_eq!(mlp.down_proj.base_layer.as_quantized().unwrap().matrix.dims(), [4096, 14_336]);
-    // 218M projection weights and the 525M-value embedding table in NF4, the 525M-value head in f32.
-    assert_eq!(memory.parameters(), 525_336_576 * 2 + 218_103_808 + 2 * 4096 + 4096);
-    assert_eq!(memory.quantized_bytes, (218_103_808 + 525_336_576) / 2 + (218_103_808 + 525_336_576) / 64 * 4);
+    // 218M projection weights, the 525M-value embedding table and the 525M-value head in NF4.
+    let quantized = 218_103_808 + 2 * 525_336_576;
+    assert_eq!(memory.parameters(), quantized + 2 * 4096 + 4096);
+    assert_eq!(memory.quantized_bytes, quantized / 2 + quantized / 64 * 4);
 
     let started = Instant::now();
     let ids = Tensor::<Cpu, 2, Int>::from_data([[128_000, 791, 5818, 374, 6555, 13]], &device);
@@ -179,6 +186,36 @@ fn llama3_8b_with_one_layer_builds_in_nf4_at_its_real_shape() {
     println!("one forward pass of 6 tokens: {:.2?}", started.elapsed());
     assert_eq!(logits.len(), 128_256);
     assert!(logits.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn a_matrix_too_large_to_decode_at_once_is_multiplied_in_bands() {
+    let device = Default::default();
+    // Two bands: a full one and one of 3 rows.
+    let (rows, cols) = (MAX_DECODED_VALUES / 4096 + 3, 4096);
+    let matrix = QuantizedMatrix::random_nf4(rows, cols, 0.02, &RandomStream::new(3, 3)).unwrap();
+    let bias: Vec<f32> = (0..rows).map(|i| (i % 7) as f32 * 0.01).collect();
+    let bias = Tensor::<Train, 1>::from_data(TensorData::new(bias, [rows]), &device);
+    let layer = QuantizedLinear::new(matrix.clone(), Some(Param::from_tensor(bias.clone()))).unwrap();
+    let x = Tensor::<Train, 2>::random([3, cols], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let dense = Tensor::<Train, 2>::from_data(TensorData::new(matrix.dequantize(), [rows, cols]), &device);
+    let expected = x.clone().matmul(dense.transpose()) + bias.unsqueeze();
+
+    let close = |ours: Vec<f32>, theirs: Vec<f32>, what: &str| {
+        assert_eq!(ours.len(), theirs.len(), "{what}");
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{what}: max difference {worst}");
+    };
+    // Inference (decoded per band) and training (decoded per band, again in the backward pass).
+    let inference = layer.valid().forward(x.clone().inner());
+    close(values(inference), values(expected.clone()), "inference");
+    let output = layer.forward(x.clone());
+    close(values(output.clone()), values(expected.clone()), "training forward");
+    let weights = Tensor::<Train, 2>::random([3, rows], Distribution::Normal(0.0, 1.0), &device);
+    let grads = (output * weights.clone()).sum().backward();
+    let expected_grads = (expected * weights).sum().backward();
+    let grad = |grads| values(x.grad(grads).unwrap());
+    close(grad(&grads), grad(&expected_grads), "input gradient");
 }
 
 #[test]

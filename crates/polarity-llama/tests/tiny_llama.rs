@@ -153,7 +153,7 @@ fn a_fresh_adapter_changes_nothing_and_only_it_trains() {
     assert_eq!(norm("model.layers.0.mlp.down_proj.lora_A.weight"), 0.0);
     assert!(norm("model.layers.0.mlp.down_proj.lora_B.weight") > 0.0);
     assert!(lora.model.layers[1].mlp.up_proj.base_layer.as_dense().unwrap().weight.val().grad(&grads).is_none());
-    assert!(lora.lm_head.as_ref().unwrap().weight.val().grad(&grads).is_none());
+    assert!(lora.lm_head.as_ref().unwrap().as_dense().unwrap().weight.val().grad(&grads).is_none());
 }
 
 #[test]
