@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_hub::{RepoKind, RepoSource};
-use polarity_llama::{LabelWords, Llama, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder};
+use polarity_llama::{LabelWords, Llama, LlamaConfig, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder};
 use polarity_tokenize::{DEFAULT_TEMPLATE, Encode, PromptTemplate, TokenizedExample};
 use polarity_train::{TextClassifier, TrainOutcome, Trainer, TrainerConfig, Warmup, tokenize_examples};
 use serde::{Deserialize, Serialize};
@@ -151,8 +151,25 @@ impl LoraFineTune {
 
     /// The base model (no adapters; frozen projections quantised with [`qlora`](Self::qlora)) and its
     /// tokenizer.
+    ///
+    /// With [`WeightInit::Pretrained`] the checkpoint's weights are loaded; a hub id or directory that has
+    /// a `config.json` but no weights is [`FinetuneError::MissingWeights`], naming the model and the files
+    /// looked for. With [`WeightInit::Random`] only `config.json` and `tokenizer.json` are read and the
+    /// model is built with random weights seeded by the trainer's seed: straight into NF4 with
+    /// [`qlora`](Self::qlora) ([`LlamaConfig::init_quantized_random`], which also keeps an untied token
+    /// embedding table and LM head in NF4), dense f32 without ([`LlamaConfig::init`], drawn from the backend's
+    /// generator, which [`run`](Self::run) seeds). A `.gguf` file with [`WeightInit::Random`] is refused:
+    /// the file is a checkpoint, and its architecture alone is not worth reading it for.
     pub fn load_base<B: Backend>(&self, device: &B::Device) -> Result<(Llama<B>, LlamaTokenizer), FinetuneError> {
         if let Some(path) = self.gguf_path() {
+            if self.init == WeightInit::Random {
+                return Err(FinetuneError::InvalidSetting {
+                    field: "init",
+                    value: format!("{} for the GGUF file {}", self.init, path.display()),
+                    reason: "random weights are built from a config.json (a hub id or a model directory); a GGUF \
+                             file is loaded with its own weights (init = pretrained)",
+                });
+            }
             if !path.is_file() {
                 return Err(FinetuneError::MissingGguf(path.to_path_buf()));
             }
@@ -161,13 +178,36 @@ impl LoraFineTune {
             return loaded.map_err(|e| self.llama_error(e));
         }
         let source = RepoSource::parse(&self.model, RepoKind::Model);
-        let model = Llama::from_pretrained(&source, device).map_err(|e| self.llama_error(e))?;
-        let model = if self.qlora { model.quantize_frozen_base().map_err(|e| self.llama_error(e))? } else { model };
-        let tokenizer_file = source
-            .file("tokenizer.json")
-            .map_err(|source| FinetuneError::Hub { model: self.model.clone(), source: Box::new(source) })?;
+        let hub_error = |source| FinetuneError::Hub { model: self.model.clone(), source: Box::new(source) };
+        let model = match self.init {
+            WeightInit::Pretrained => {
+                let model = Llama::from_pretrained(&source, device).map_err(|e| self.pretrained_error(e))?;
+                if self.qlora { model.quantize_frozen_base().map_err(|e| self.llama_error(e))? } else { model }
+            }
+            WeightInit::Random => {
+                let config = LlamaConfig::from_hf_file(&source.file("config.json").map_err(hub_error)?)
+                    .map_err(|e| self.llama_error(e))?;
+                let built = if self.qlora {
+                    config.init_quantized_random(device, self.trainer.seed)
+                } else {
+                    config.init(device)
+                };
+                built.map_err(|e| self.llama_error(e))?
+            }
+        };
+        let tokenizer_file = source.file("tokenizer.json").map_err(hub_error)?;
         let tokenizer = LlamaTokenizer::from_file(&tokenizer_file).map_err(|e| self.llama_error(e))?;
         Ok((model, tokenizer))
+    }
+
+    /// [`FinetuneError::MissingWeights`] for a checkpoint without weights, else [`FinetuneError::Llama`].
+    fn pretrained_error(&self, error: LlamaError) -> FinetuneError {
+        match error {
+            LlamaError::MissingWeights { looked_for, location, source, .. } => {
+                FinetuneError::MissingWeights { model: self.model.clone(), looked_for, location, source }
+            }
+            other => self.llama_error(other),
+        }
     }
 
     /// The prompt encoder and the training objective for `tokenizer`.
@@ -326,9 +366,7 @@ impl LoraFineTune {
                 architecture: "llama".into(),
                 backend: backend.to_string(),
                 precision: self.trainer.precision,
-                parameters: memory.dense_params
-                    + memory.quantized_f32_bytes / std::mem::size_of::<f32>()
-                    + trainable_parameters,
+                parameters: memory.parameters() + trainable_parameters,
                 trainable_parameters,
                 tensors_loaded: None,
                 tensors_initialised: Vec::new(),

@@ -202,7 +202,11 @@ impl fmt::Display for RunReport {
         writeln!(f, "{}", self.evaluation.report)?;
         let model = &self.model;
         let best = self.training.best_epoch.map_or_else(|| "last epoch".to_string(), |e| format!("best epoch {e}"));
-        writeln!(f, "model                {} ({}, {best})", model.source, model.architecture)?;
+        let init = match model.init {
+            WeightInit::Pretrained => "",
+            WeightInit::Random => ", random weights",
+        };
+        writeln!(f, "model                {} ({}{init}, {best})", model.source, model.architecture)?;
         writeln!(f, "backend              {}, {} products", model.backend, model.precision)?;
         writeln!(
             f,

@@ -28,6 +28,28 @@ pub enum LlamaError {
     /// A hub file could not be resolved (not cached offline, download failed, missing locally).
     #[error(transparent)]
     Hub(#[from] polarity_hub::HubError),
+    /// A model's `config.json` was found but its weights were not: neither `model.safetensors` nor a
+    /// sharded checkpoint (`model.safetensors.index.json` and its shards) in the directory or the hub
+    /// cache, and none could be downloaded. Nothing falls back to random weights; build those
+    /// explicitly ([`LlamaConfig::init`](crate::LlamaConfig::init),
+    /// [`LlamaConfig::init_quantized_random`](crate::LlamaConfig::init_quantized_random)).
+    #[error(
+        "no weights for model {model}: looked for {} in {location}, found none; to measure this \
+         architecture without its weights, build it from its config.json with random weights",
+        looked_for.join(", ")
+    )]
+    MissingWeights {
+        /// The hub id or directory of the model.
+        model: String,
+        /// The weight files looked for (`model.safetensors`, `model.safetensors.index.json`, or the
+        /// index's shards).
+        looked_for: Vec<String>,
+        /// Where they were looked for: the directory, or the hub cache (and why nothing was downloaded).
+        location: String,
+        /// What resolving the last file said.
+        #[source]
+        source: Box<polarity_hub::HubError>,
+    },
     /// A reference fixture could not be read.
     #[error(transparent)]
     Core(#[from] polarity_core::CoreError),
@@ -151,6 +173,15 @@ pub enum LlamaError {
         /// The row-major index of the value.
         index: usize,
         /// The value.
+        value: f32,
+    },
+
+    /// An NF4 block scale that is negative, NaN or infinite (scales are absolute maxima).
+    #[error("invalid NF4 absmax scale of block {block}: {value} (must be finite and not negative)")]
+    QuantInvalidScale {
+        /// The row-major index of the block.
+        block: usize,
+        /// The scale.
         value: f32,
     },
 

@@ -56,8 +56,8 @@ mod tokenizer;
 pub use checkpoint::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, hf_name_of_gguf_tensor};
 pub use error::LlamaError;
 pub use layers::{
-    BaseLinear, LoraAdapter, LoraConfig, LoraLinear, QuantFormat, QuantizedLinear, QuantizedMatrix, WeightMemory, lora,
-    quant,
+    BaseLinear, LoraAdapter, LoraConfig, LoraLinear, QuantFormat, QuantizedEmbedding, QuantizedLinear, QuantizedMatrix,
+    TokenEmbedding, WeightMemory, lora, quant,
 };
 pub use llama::{
     IGNORE_INDEX, LLAMA_DEFAULT_TARGET_MODULES, LLAMA_TARGET_MODULES, Llama, Llama3RopeScaling, LlamaConfig,

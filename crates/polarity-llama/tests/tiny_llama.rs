@@ -107,7 +107,7 @@ fn peft_adapter_logits_loss_gradients_and_merge_match_peft() {
     // Only adapters train: the frozen base weights get no gradient.
     let layer = &lora.model.layers[0];
     assert!(layer.self_attn.q_proj.base_layer.as_dense().unwrap().weight.val().grad(&grads).is_none());
-    assert!(lora.model.embed_tokens.weight.val().grad(&grads).is_none());
+    assert!(lora.model.embed_tokens.as_dense().unwrap().weight.val().grad(&grads).is_none());
 
     let merged = lora.merge_lora().inference();
     assert!(merged.lora_adapters().is_empty());
@@ -153,7 +153,7 @@ fn a_fresh_adapter_changes_nothing_and_only_it_trains() {
     assert_eq!(norm("model.layers.0.mlp.down_proj.lora_A.weight"), 0.0);
     assert!(norm("model.layers.0.mlp.down_proj.lora_B.weight") > 0.0);
     assert!(lora.model.layers[1].mlp.up_proj.base_layer.as_dense().unwrap().weight.val().grad(&grads).is_none());
-    assert!(lora.lm_head.as_ref().unwrap().weight.val().grad(&grads).is_none());
+    assert!(lora.lm_head.as_ref().unwrap().as_dense().unwrap().weight.val().grad(&grads).is_none());
 }
 
 #[test]

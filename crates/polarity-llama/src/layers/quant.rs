@@ -59,6 +59,7 @@ use rayon::prelude::*;
 
 use crate::LlamaError;
 use crate::gguf::{self, GgmlType, rope_unpermuted_row_order};
+use crate::layers::random::RandomStream;
 
 /// Values per NF4 block (bitsandbytes' default `blocksize` for 4-bit weights, as in QLoRA).
 pub const NF4_BLOCK_SIZE: usize = 64;
@@ -112,6 +113,10 @@ const VALUES_PER_TASK: usize = 1 << 15;
 /// under autodiff) decodes row-major and multiplies by a transposed view; below, it decodes straight
 /// into the contiguous transposed layout.
 const ROW_MAJOR_DECODE_MIN_ROWS: usize = 128;
+
+/// A product by a quantised matrix ([`QuantizedLinear::forward`]) decodes at most this many values at
+/// once (256 MB as f32): larger matrices are multiplied in bands of rows.
+pub const MAX_DECODED_VALUES: usize = 1 << 26;
 
 /// How a [`QuantizedMatrix`] stores its values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -190,6 +195,12 @@ fn check_block_shape(format: QuantFormat, rows: usize, cols: usize) -> Result<us
     })
 }
 
+/// The root mean square of the 16 NF4 values (about 0.517): the standard deviation of uniformly random
+/// codes at scale 1, up to their small mean.
+fn nf4_codebook_rms() -> f32 {
+    (NF4_CODEBOOK.iter().map(|c| c * c).sum::<f32>() / NF4_CODEBOOK.len() as f32).sqrt()
+}
+
 /// The NF4 code of a value already divided by its block's absmax (so in [-1, 1]).
 fn nf4_code(normalised: f32) -> u8 {
     // The number of midpoints strictly below the value is the index of the nearest codebook entry.
@@ -254,6 +265,64 @@ impl QuantizedMatrix {
                 }
             });
         Ok(Self { rows, cols, storage: Storage::Nf4 { codes: codes.into(), absmax: absmax.into() } })
+    }
+
+    /// An NF4 matrix from its parts, as [`packed_bytes`](Self::packed_bytes) and
+    /// [`nf4_absmax`](Self::nf4_absmax) return them: `rows * cols / 2` bytes of codes (two per byte,
+    /// the first value of a pair in the high nibble) and `rows * cols / 64` block scales, row-major.
+    /// Value `j` of block `b` is `NF4_CODEBOOK[code] * absmax[b]`.
+    ///
+    /// Errors: `cols` not a multiple of 64 ([`LlamaError::QuantBlockSize`]), a wrong number of codes or
+    /// scales ([`LlamaError::QuantDataLength`]), or a scale that is negative, NaN or infinite
+    /// ([`LlamaError::QuantInvalidScale`]).
+    pub fn from_nf4_parts(
+        codes: impl Into<Arc<[u8]>>,
+        absmax: impl Into<Arc<[f32]>>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, LlamaError> {
+        let len = check_block_shape(QuantFormat::Nf4, rows, cols)?;
+        let (codes, absmax) = (codes.into(), absmax.into());
+        let length_error = |unit, expected, found| LlamaError::QuantDataLength {
+            format: "NF4".into(),
+            rows,
+            cols,
+            unit,
+            expected,
+            found,
+        };
+        if codes.len() != len / 2 {
+            return Err(length_error("code bytes", len / 2, codes.len()));
+        }
+        if absmax.len() != len / NF4_BLOCK_SIZE {
+            return Err(length_error("absmax scales", len / NF4_BLOCK_SIZE, absmax.len()));
+        }
+        if let Some((block, &value)) = absmax.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+            return Err(LlamaError::QuantInvalidScale { block, value });
+        }
+        Ok(Self { rows, cols, storage: Storage::Nf4 { codes, absmax } })
+    }
+
+    /// A random `[rows, cols]` NF4 matrix drawn directly in its 4-bit form, never as f32: uniformly
+    /// random codes (NF4's 16 values are the quantiles of a normal distribution, so uniform codes are
+    /// what normally distributed weights quantise to) and every block scale
+    /// `std / sqrt(mean(NF4_CODEBOOK²))`, so the values have standard deviation `std` (and a mean of
+    /// `0.045 * std`: the codebook has 8 positive values and 7 negative ones). Deterministic for
+    /// `stream`, drawn in parallel: about 0.1 s per 100 million values on 2 cores.
+    ///
+    /// This is for measuring speed and memory at a model's real shape without its weights; such
+    /// a matrix holds no knowledge.
+    ///
+    /// Errors: `cols` not a multiple of 64, or `std` negative, NaN or infinite.
+    pub fn random_nf4(rows: usize, cols: usize, std: f32, stream: &RandomStream) -> Result<Self, LlamaError> {
+        let len = check_block_shape(QuantFormat::Nf4, rows, cols)?;
+        let scale = std / nf4_codebook_rms();
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(LlamaError::QuantInvalidScale { block: 0, value: scale });
+        }
+        let mut codes = vec![0u8; len / 2];
+        stream.fill_bytes(&mut codes);
+        Self::from_nf4_parts(codes, vec![scale; len / NF4_BLOCK_SIZE], rows, cols)
     }
 
     /// Keeps `bytes`, the data of a row-major `[rows, cols]` GGUF tensor of type `ggml_type` (GGUF
@@ -344,7 +413,13 @@ impl QuantizedMatrix {
     /// The values as dense f32, row-major `[rows, cols]`, decoded in parallel (rayon, whole rows per
     /// task). Cannot fail: the format and sizes were checked when the matrix was built.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows * self.cols];
+        self.decode_rows(0, self.rows)
+    }
+
+    /// Rows `first..first + rows` as dense f32, row-major `[rows, cols]` (the caller keeps the range
+    /// inside the matrix).
+    fn decode_rows(&self, first: usize, rows: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows * self.cols];
         if out.is_empty() {
             return out;
         }
@@ -352,7 +427,26 @@ impl QuantizedMatrix {
         out.par_chunks_mut(self.cols)
             .enumerate()
             .with_min_len(rows_per_task)
-            .for_each(|(row, out)| self.decode_span(row, 0, out));
+            .for_each(|(row, out)| self.decode_span(first + row, 0, out));
+        out
+    }
+
+    /// Rows `rows` of the matrix, decoded one after the other (`rows.len() * cols` values, row-major):
+    /// a table lookup that decodes nothing else. A row index outside the matrix gives a row of NaN,
+    /// which no weight can be, so the mistake shows in every result computed from it.
+    pub fn dequantize_rows(&self, rows: &[usize]) -> Vec<f32> {
+        let mut out = vec![0f32; rows.len() * self.cols];
+        if out.is_empty() {
+            return out;
+        }
+        let rows_per_task = (VALUES_PER_TASK / self.cols).max(1);
+        out.par_chunks_mut(self.cols).zip(rows.par_iter()).with_min_len(rows_per_task).for_each(|(out, &row)| {
+            if row < self.rows {
+                self.decode_span(row, 0, out);
+            } else {
+                out.fill(f32::NAN);
+            }
+        });
         out
     }
 
@@ -361,8 +455,14 @@ impl QuantizedMatrix {
     /// 128 rows are decoded and written out column by column. About 2.5 times the time of
     /// [`dequantize`](Self::dequantize) (1.3 ms against 0.5 ms for a 1536 x 576 matrix on 2 cores).
     pub fn dequantize_transposed(&self) -> Vec<f32> {
+        self.decode_rows_transposed(0, self.rows)
+    }
+
+    /// Rows `first..first + rows` transposed, row-major `[cols, rows]` (the caller keeps the range
+    /// inside the matrix).
+    fn decode_rows_transposed(&self, first: usize, rows: usize) -> Vec<f32> {
         const TILE_ROWS: usize = 128;
-        let (rows, cols) = (self.rows, self.cols);
+        let cols = self.cols;
         let mut out = vec![0f32; rows * cols];
         if out.is_empty() {
             return out;
@@ -377,7 +477,7 @@ impl QuantizedMatrix {
             for row in (0..rows).step_by(TILE_ROWS) {
                 let height = TILE_ROWS.min(rows - row);
                 for (i, tile_row) in tile.chunks_exact_mut(width).take(height).enumerate() {
-                    self.decode_span(row + i, col, tile_row);
+                    self.decode_span(first + row + i, col, tile_row);
                 }
                 for (j, column) in out.chunks_exact_mut(rows).enumerate() {
                     for (value, &decoded) in column[row..row + height].iter_mut().zip(tile[j..].iter().step_by(width)) {
@@ -514,32 +614,30 @@ impl<B: Backend> QuantizedLinear<B> {
     /// layouts multiply equally fast and the cheaper row-major decoding wins. The view then enters a
     /// 2-D product (the input is flattened), since burn's `linear` would reshape the weight to the
     /// input's rank, which copies a non-contiguous tensor.
+    ///
+    /// A matrix of more than [`MAX_DECODED_VALUES`] values (an LM head over a large vocabulary: Llama
+    /// 3's is 525 million) is multiplied in bands of output rows, each decoded, multiplied and dropped
+    /// in turn (and decoded again in the backward pass), and the bands' outputs concatenated: the f32
+    /// temporary stays at most 256 MB instead of the whole matrix (2.1 GB for Llama 3's head).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let device = x.device();
         let bias = self.bias.as_ref().map(Param::val);
         let mut dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let [d_input, d_output] = self.dims();
         dims[D - 1] = d_output;
-        // Training on the CPU default: the decoded weight is not kept by the autodiff graph (see
-        // `polarity_kernels::frozen_linear`), so the base stays quantised between forward and backward.
-        let x = match polarity_kernels::frozen_linear(x.reshape([rows, d_input]), Arc::new(self.matrix.clone())) {
-            Ok(product) => {
-                let output = match bias {
-                    Some(bias) => product + bias.unsqueeze(),
-                    None => product,
-                };
-                return output.reshape(dims);
-            }
-            Err(x) => x,
-        };
-        let weight = if self.matrix.prefers_transposed(rows) {
-            self.dequantized_weight(&device)
+        let x = x.reshape([rows, d_input]);
+        let bands = self.matrix.row_bands();
+        let output = if bands.len() <= 1 {
+            band_product(x, RowBand { matrix: self.matrix.clone(), first: 0, rows: d_output }, bias)
         } else {
-            Tensor::<B, 2>::from_data(TensorData::new(self.matrix.dequantize(), self.matrix.dims()), &device)
-                .transpose()
+            let products = bands.into_iter().map(|band| band_product(x.clone(), band, None)).collect();
+            let product = Tensor::cat(products, 1);
+            match bias {
+                Some(bias) => product + bias.unsqueeze(),
+                None => product,
+            }
         };
-        linear_with(x, weight, bias).reshape(dims)
+        output.reshape(dims)
     }
 
     /// A dense copy (dequantised weight, same bias), frozen.
@@ -548,6 +646,69 @@ impl<B: Backend> QuantizedLinear<B> {
             weight: Param::from_tensor(self.dequantized_weight(device)).set_require_grad(false),
             bias: self.bias.clone(),
         }
+    }
+}
+
+/// `x Mᵀ + bias` for a band of rows `M` of a quantised matrix (`[rows, cols]` -> `[rows, band rows]`).
+fn band_product<B: Backend>(x: Tensor<B, 2>, band: RowBand, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
+    let (device, input_rows) = (x.device(), x.dims()[0]);
+    let band = Arc::new(band);
+    // Training on the CPU default: the decoded weight is not kept by the autodiff graph (see
+    // `polarity_kernels::frozen_linear`), so the base stays quantised between forward and backward.
+    let x = match polarity_kernels::frozen_linear(x, band.clone()) {
+        Ok(product) => {
+            return match bias {
+                Some(bias) => product + bias.unsqueeze(),
+                None => product,
+            };
+        }
+        Err(x) => x,
+    };
+    let [band_rows, cols] = FrozenMatrix::dims(band.as_ref());
+    let weight = if band.prefers_transposed(input_rows) {
+        Tensor::from_data(TensorData::new(band.decode_transposed(), [cols, band_rows]), &device)
+    } else {
+        Tensor::<B, 2>::from_data(TensorData::new(band.decode(), [band_rows, cols]), &device).transpose()
+    };
+    linear_with(x, weight, bias)
+}
+
+/// Rows `first..first + rows` of a quantised matrix, decoded on their own: one band of a product with
+/// a matrix too large to decode at once (see [`QuantizedLinear::forward`]).
+#[derive(Clone, Debug)]
+struct RowBand {
+    matrix: QuantizedMatrix,
+    first: usize,
+    rows: usize,
+}
+
+impl QuantizedMatrix {
+    /// The bands of rows a product decodes one at a time: whole rows of at most
+    /// [`MAX_DECODED_VALUES`] values together (one band for most matrices).
+    fn row_bands(&self) -> Vec<RowBand> {
+        let per_band = (MAX_DECODED_VALUES / self.cols.max(1)).max(1);
+        (0..self.rows)
+            .step_by(per_band)
+            .map(|first| RowBand { matrix: self.clone(), first, rows: per_band.min(self.rows - first) })
+            .collect()
+    }
+}
+
+impl FrozenMatrix for RowBand {
+    fn dims(&self) -> [usize; 2] {
+        [self.rows, self.matrix.cols]
+    }
+
+    fn decode(&self) -> Vec<f32> {
+        self.matrix.decode_rows(self.first, self.rows)
+    }
+
+    fn decode_transposed(&self) -> Vec<f32> {
+        self.matrix.decode_rows_transposed(self.first, self.rows)
+    }
+
+    fn prefers_transposed(&self, input_rows: usize) -> bool {
+        input_rows < ROW_MAJOR_DECODE_MIN_ROWS
     }
 }
 
@@ -576,12 +737,13 @@ impl FrozenMatrix for QuantizedMatrix {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WeightMemory {
-    /// Bytes of the dense parameters (embeddings, norms, `lm_head`, projections not quantised,
-    /// biases, LoRA adapters), at their dtype.
+    /// Bytes of the dense parameters (embeddings not quantised, norms, `lm_head`, projections not
+    /// quantised, biases, LoRA adapters), at their dtype.
     pub dense_bytes: usize,
     /// The number of dense parameter values.
     pub dense_params: usize,
-    /// Bytes held by quantised matrices (packed blocks and scales).
+    /// Bytes held by quantised matrices (projections, and a quantised embedding table; packed blocks
+    /// and scales).
     pub quantized_bytes: usize,
     /// What the quantised matrices would take as dense f32.
     pub quantized_f32_bytes: usize,
@@ -598,6 +760,12 @@ impl WeightMemory {
     /// What the same weights would take with every quantised matrix dense in f32.
     pub fn f32_equivalent_bytes(&self) -> usize {
         self.dense_bytes + self.quantized_f32_bytes
+    }
+
+    /// Every weight, dense or quantised: the model's parameter count (a quantised matrix counts its
+    /// values, not its bytes).
+    pub fn parameters(&self) -> usize {
+        self.dense_params + self.quantized_f32_bytes / std::mem::size_of::<f32>()
     }
 
     /// Bytes saved by quantisation.
