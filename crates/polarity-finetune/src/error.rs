@@ -59,25 +59,6 @@ pub enum FinetuneError {
         #[source]
         source: Box<polarity_llama::LlamaError>,
     },
-    /// A model with `init = pretrained` whose weights are not there (its `config.json` is): nothing
-    /// falls back to random weights.
-    #[error(
-        "no pretrained weights for causal LM {model}: looked for {} in {location}; to measure its \
-         architecture with seeded random weights instead, set init = random \
-         (`LoraFineTune::with_init(WeightInit::Random)`)",
-        looked_for.join(", ")
-    )]
-    MissingWeights {
-        /// The hub id or directory of the model.
-        model: String,
-        /// The weight files looked for.
-        looked_for: Vec<String>,
-        /// Where: the directory, or the hub cache (and why nothing was downloaded).
-        location: String,
-        /// What resolving the last file said.
-        #[source]
-        source: Box<polarity_hub::HubError>,
-    },
     /// Training or evaluation failed (a non-finite loss, an empty set, a bad batch, ...).
     #[error(transparent)]
     Train(Box<polarity_train::TrainError>),

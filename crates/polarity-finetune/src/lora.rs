@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
-use polarity_hub::{RepoKind, RepoSource};
+use polarity_hub::{HubError, RepoKind, RepoSource};
 use polarity_llama::{LabelWords, Llama, LlamaConfig, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder};
 use polarity_tokenize::{DEFAULT_TEMPLATE, Encode, PromptTemplate, TokenizedExample};
 use polarity_train::{TextClassifier, TrainOutcome, Trainer, TrainerConfig, Warmup, tokenize_examples};
@@ -153,7 +153,7 @@ impl LoraFineTune {
     /// tokenizer.
     ///
     /// With [`WeightInit::Pretrained`] the checkpoint's weights are loaded; a hub id or directory that has
-    /// a `config.json` but no weights is [`FinetuneError::MissingWeights`], naming the model and the files
+    /// a `config.json` but no weights is [`FinetuneError::NoWeights`], naming the model and the files
     /// looked for. With [`WeightInit::Random`] only `config.json` and `tokenizer.json` are read and the
     /// model is built with random weights seeded by the trainer's seed: straight into NF4 with
     /// [`qlora`](Self::qlora) ([`LlamaConfig::init_quantized_random`], which also keeps an untied token
@@ -200,11 +200,11 @@ impl LoraFineTune {
         Ok((model, tokenizer))
     }
 
-    /// [`FinetuneError::MissingWeights`] for a checkpoint without weights, else [`FinetuneError::Llama`].
+    /// [`FinetuneError::NoWeights`] for a checkpoint without weights, else [`FinetuneError::Llama`].
     fn pretrained_error(&self, error: LlamaError) -> FinetuneError {
         match error {
-            LlamaError::MissingWeights { looked_for, location, source, .. } => {
-                FinetuneError::MissingWeights { model: self.model.clone(), looked_for, location, source }
+            LlamaError::Hub(source @ HubError::NoWeights { .. }) => {
+                FinetuneError::NoWeights { model: self.model.clone(), source: Box::new(source) }
             }
             other => self.llama_error(other),
         }

@@ -25,31 +25,14 @@ pub enum LlamaError {
         /// What serde said.
         reason: String,
     },
-    /// A hub file could not be resolved (not cached offline, download failed, missing locally).
+    /// A hub file could not be resolved (not cached offline, download failed, missing locally); a model
+    /// whose config.json is there but whose weights are not is
+    /// [`HubError::NoWeights`](polarity_hub::HubError::NoWeights), naming the files and where they were
+    /// looked for. Nothing falls back to random weights; build those explicitly
+    /// ([`LlamaConfig::init`](crate::LlamaConfig::init),
+    /// [`LlamaConfig::init_quantized_random`](crate::LlamaConfig::init_quantized_random)).
     #[error(transparent)]
     Hub(#[from] polarity_hub::HubError),
-    /// A model's `config.json` was found but its weights were not: neither `model.safetensors` nor a
-    /// sharded checkpoint (`model.safetensors.index.json` and its shards) in the directory or the hub
-    /// cache, and none could be downloaded. Nothing falls back to random weights; build those
-    /// explicitly ([`LlamaConfig::init`](crate::LlamaConfig::init),
-    /// [`LlamaConfig::init_quantized_random`](crate::LlamaConfig::init_quantized_random)).
-    #[error(
-        "no weights for model {model}: looked for {} in {location}, found none; to measure this \
-         architecture without its weights, build it from its config.json with random weights",
-        looked_for.join(", ")
-    )]
-    MissingWeights {
-        /// The hub id or directory of the model.
-        model: String,
-        /// The weight files looked for (`model.safetensors`, `model.safetensors.index.json`, or the
-        /// index's shards).
-        looked_for: Vec<String>,
-        /// Where they were looked for: the directory, or the hub cache (and why nothing was downloaded).
-        location: String,
-        /// What resolving the last file said.
-        #[source]
-        source: Box<polarity_hub::HubError>,
-    },
     /// A reference fixture could not be read.
     #[error(transparent)]
     Core(#[from] polarity_core::CoreError),
