@@ -39,19 +39,12 @@ use polarity_llama::{QuantizedLinear, QuantizedMatrix};
 use polarity_tokenize::{Encode, TokenizedExample};
 use polarity_train::{BatchScorer, Objective};
 
+mod common;
+
+use common::{LLAMA3, use_shared_cache};
+
 type Cpu = Flex<f32>;
 type Train = Autodiff<Cpu>;
-
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared");
-const LLAMA3: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
-
-fn use_shared_cache() {
-    // SAFETY: set before anything reads them, as the other hub-cache tests of the workspace do.
-    unsafe {
-        std::env::set_var("HF_HOME", format!("{SHARED}/hf"));
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-    }
-}
 
 /// `VmRSS` and `VmHWM` of this process, in GB.
 fn memory() -> String {

@@ -10,19 +10,11 @@ use polarity_finetune::{DataConfig, ExperimentData, FinetuneError, LoraFineTune,
 use polarity_hub::{RepoKind, RepoSource};
 use polarity_llama::LlamaConfig;
 
+mod common;
+
+use common::{LLAMA3, SHARED, use_shared_cache};
+
 type Cpu = Flex<f32>;
-
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared");
-const LLAMA3: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
-
-fn use_shared_cache() {
-    // SAFETY: every test of this binary sets the same values before reading them, as the other
-    // hub-cache tests of the workspace do.
-    unsafe {
-        std::env::set_var("HF_HOME", format!("{SHARED}/hf"));
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-    }
-}
 
 /// A model directory with a tiny Llama's config.json (Llama 3's vocabulary, 2 layers of width 64) and
 /// Meta-Llama-3-8B-Instruct's tokenizer.json: no weights.
