@@ -2,7 +2,7 @@
 //! report.md, report.json, chart.svg and chart.png ([`polarity_bench::compare`]).
 //!
 //! ```text
-//! HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo run --release --example compare              # ~30 min on 2 cores
+//! HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo run --release --example compare              # ~15 min on 2 cores
 //! HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo run --release --example compare -- --resume compare-out
 //! cargo run --release --example compare -- --models minilm,all-minilm-l6-v2 --out quick
 //! cargo run --release --features cuda --example compare -- --preset reference --out reference  # GPU + weights
