@@ -14,6 +14,14 @@ pub enum TrainError {
     /// A configuration value out of range (a batch size of 0, a negative learning rate, ...).
     #[error("invalid trainer configuration: {0}")]
     InvalidConfig(String),
+    /// A model's class score was NaN or infinite: no prediction (and no accuracy) is made from it.
+    #[error("non-finite class score {value} for example {example} of the set scored")]
+    NonFiniteScore {
+        /// The example's position in the set scored.
+        example: usize,
+        /// The score.
+        value: f32,
+    },
     /// The loss of a micro-batch was NaN or infinite; the run stops before the optimiser step.
     #[error("non-finite training loss {loss} at optimiser step {step} (epoch {epoch}, micro-batch {micro_batch})")]
     NonFiniteLoss {

@@ -23,6 +23,9 @@ pub struct Evaluation {
 }
 
 /// The predictions of `model` for `data`, in order, in batches of `batch_size` (no shuffling).
+///
+/// A NaN or infinite score is [`TrainError::NonFiniteScore`]: an argmax over it would be a label picked by
+/// the comparison's NaN rules, not by the model.
 pub fn predict<B, M, S>(
     scorer: &S,
     model: &M,
@@ -45,6 +48,9 @@ where
             .convert::<f32>()
             .into_vec::<f32>()
             .map_err(|e| TrainError::Model(format!("cannot read class scores: {e:?}")))?;
+        if let Some((position, &value)) = values.iter().enumerate().find(|(_, value)| !value.is_finite()) {
+            return Err(TrainError::NonFiniteScore { example: predictions.len() + position / 2, value });
+        }
         predictions.extend(values.chunks_exact(2).map(|pair| Prediction::from_logits([pair[0], pair[1]])));
     }
     Ok(predictions)
@@ -79,4 +85,41 @@ where
         seconds,
         samples_per_second: data.len() as f64 / seconds.max(f64::MIN_POSITIVE),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use polarity_tokenize::TokenIds;
+
+    use super::*;
+
+    /// Scores every example `[0, value]`.
+    struct Constant(f32);
+
+    impl BatchScorer<NdArray, ()> for Constant {
+        fn class_scores(
+            &self,
+            _: &(),
+            batch: &[&TokenizedExample],
+            device: &burn::backend::ndarray::NdArrayDevice,
+        ) -> Result<Tensor<NdArray, 2>, TrainError> {
+            let values: Vec<f32> = batch.iter().flat_map(|_| [0.0, self.0]).collect();
+            Ok(Tensor::from_data(TensorData::new(values, [batch.len(), 2]), device))
+        }
+    }
+
+    #[test]
+    fn non_finite_scores_are_refused_not_counted() {
+        let data: Vec<TokenizedExample> = (0..5)
+            .map(|i| TokenizedExample { tokens: TokenIds::new(vec![1, 2]), label: Sentiment::ALL[i % 2] })
+            .collect();
+        let device = Default::default();
+        let report = evaluate(&Constant(1.0), &(), &data, 2, &device).unwrap().report;
+        assert_eq!(report.total, 5);
+        for value in [f32::NAN, f32::INFINITY] {
+            let error = evaluate(&Constant(value), &(), &data, 2, &device).unwrap_err();
+            assert!(matches!(error, TrainError::NonFiniteScore { example: 0, .. }), "{error}");
+        }
+    }
 }
