@@ -19,6 +19,8 @@
 //! # Ok::<(), polarity_hub::HubError>(())
 //! ```
 
+pub mod files;
+
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
