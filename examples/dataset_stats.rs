@@ -8,6 +8,8 @@
 //! `--json PATH` writes per split [`SplitStats`], the untruncated token [`LengthSummary`], the share of rows
 //! truncated at `--max-length` and a [`PaddingReport`].
 
+mod common;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -66,8 +68,11 @@ struct Report {
     splits: std::collections::BTreeMap<&'static str, SplitReport>,
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+fn main() -> std::process::ExitCode {
+    common::main_with(run)
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     // Untruncated, so the percentiles show the real lengths; truncation is applied for the padding estimate.
     let tokenizer = HfTokenizer::from_pretrained_untruncated(&args.tokenizer)?;

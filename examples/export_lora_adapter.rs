@@ -12,6 +12,8 @@
 //! fixed right-padded inputs (`input_ids`, `attention_mask`, I64) and polarity's logits on them (F32,
 //! `[batch, seq, vocab]`), `logits` with the adapter (dropout off) and `base_logits` without it.
 
+mod common;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
@@ -83,7 +85,11 @@ fn int_tensor<B: Backend>(values: &[i64], shape: [usize; 2], device: &B::Device)
     Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    common::main_with(run)
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.steps >= 1, "--steps must be at least 1 (a fresh lora_B is zero)");
     let device = Default::default();

@@ -12,6 +12,8 @@
 //! line per tokenizer source, the error counting the cases whose ids differ). Exits with 1 when any
 //! check fails and with 2 when the fixture or model cannot be used at all.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,7 +45,7 @@ fn main() -> ExitCode {
             if checks.iter().all(|check| check.ok) { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("{}", common::error_report(&error));
             ExitCode::from(2)
         }
     }

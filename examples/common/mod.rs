@@ -12,8 +12,8 @@ use clap::Args;
 use polarity_core::Precision;
 use polarity_train::{CheckpointConfig, TrainerConfig, Warmup};
 
-/// Logs to stderr at `RUST_LOG`'s level (default: warnings, and the recipes' progress), runs `run` and turns an error into a
-/// one-line message (with its causes) and a failing exit code.
+/// Logs to stderr at `RUST_LOG`'s level (default: warnings, and the recipes' progress), runs `run` and turns an error into
+/// a readable report (see [`error_report`]) and a failing exit code.
 pub fn main_with(run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     allocator::keep_freed_memory();
     tracing_subscriber::fmt()
@@ -26,10 +26,25 @@ pub fn main_with(run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("{}", error_report(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error as users read it: one line at the top (what went wrong, naming the file, field or value), then each cause
+/// that line does not already say, one per line below it.
+pub fn error_report(error: &anyhow::Error) -> String {
+    let mut report = format!("error: {error}");
+    let mut said = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !said.contains(&cause) {
+            report.push_str(&format!("\n  caused by: {cause}"));
+            said.push_str(&cause);
+        }
+    }
+    report
 }
 
 /// The trainer's flags. Each one left out keeps the recipe's reference setting.
