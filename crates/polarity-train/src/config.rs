@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
+/// The largest [`TrainerConfig::batch_size`] and [`TrainerConfig::eval_batch_size`] accepted (2^20 examples).
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+/// The largest [`TrainerConfig::grad_accum`] accepted (2^20 micro-batches).
+pub const MAX_GRAD_ACCUM: usize = 1 << 20;
+/// The largest [`TrainerConfig::epochs`] accepted.
+pub const MAX_EPOCHS: usize = 1_000_000;
+/// The largest [`TrainOrder::LengthBucketed`] `chunk_batches` accepted (2^20).
+pub const MAX_CHUNK_BATCHES: usize = 1 << 20;
+
 /// How long the learning rate warms up linearly from 0 (HF `warmup_steps` / `warmup_ratio`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -98,7 +107,9 @@ pub struct CheckpointConfig {
     pub every_steps: usize,
     /// How many `checkpoint-<step>/` folders to keep (at least 1).
     pub keep_last: usize,
-    /// Continue from `dir/latest` when it exists (a missing checkpoint starts afresh).
+    /// Continue from `dir/latest` when it exists (a missing checkpoint starts afresh). Without it, a directory
+    /// that already holds a checkpoint is refused ([`TrainError::Checkpoint`](crate::TrainError::Checkpoint)),
+    /// so that a new run never prunes an earlier run's checkpoints.
     pub resume: bool,
 }
 
@@ -246,20 +257,24 @@ impl TrainerConfig {
         with_progress: progress: bool,
     }
 
-    /// Checks every value's range.
+    /// Checks every value's range: counts at least 1 and at most their `MAX_*` bound (so that no product of
+    /// them overflows: batches times chunk batches, steps times epochs), rates and probabilities finite and in
+    /// range. Each error names the setting and its value.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |what: String| Err(TrainError::InvalidConfig(what));
-        if self.epochs == 0 {
-            return bad("epochs must be at least 1".into());
+        let counts = [
+            ("epochs", self.epochs, MAX_EPOCHS),
+            ("batch_size", self.batch_size, MAX_BATCH_SIZE),
+            ("eval_batch_size", self.eval_batch_size, MAX_BATCH_SIZE),
+            ("grad_accum", self.grad_accum, MAX_GRAD_ACCUM),
+        ];
+        for (name, value, max) in counts {
+            if !(1..=max).contains(&value) {
+                return bad(format!("{name} {value} must be between 1 and {max}"));
+            }
         }
-        if self.batch_size == 0 || self.eval_batch_size == 0 {
-            return bad("batch sizes must be at least 1".into());
-        }
-        if self.grad_accum == 0 {
-            return bad("grad_accum must be at least 1".into());
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
-            return bad(format!("learning rate {} must be finite and non-negative", self.learning_rate));
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(format!("learning rate {} must be finite and positive", self.learning_rate));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!("weight decay {} must be finite and non-negative", self.weight_decay));
@@ -280,13 +295,17 @@ impl TrainerConfig {
         if let Some(norm) = self.max_grad_norm
             && !(norm.is_finite() && norm > 0.0)
         {
-            return bad(format!("max_grad_norm {norm} must be finite and positive"));
+            return bad(format!(
+                "max_grad_norm {norm} must be finite and positive (leave it unset to switch clipping off)"
+            ));
         }
         if !(self.initial_loss_scale.is_finite() && self.initial_loss_scale > 0.0) {
             return bad(format!("initial loss scale {} must be finite and positive", self.initial_loss_scale));
         }
-        if let TrainOrder::LengthBucketed { chunk_batches: 0 } = self.train_order {
-            return bad("chunk_batches must be at least 1".into());
+        if let TrainOrder::LengthBucketed { chunk_batches } = self.train_order
+            && !(1..=MAX_CHUNK_BATCHES).contains(&chunk_batches)
+        {
+            return bad(format!("chunk_batches {chunk_batches} must be between 1 and {MAX_CHUNK_BATCHES}"));
         }
         if let Some(checkpoint) = &self.checkpoint
             && checkpoint.keep_last == 0

@@ -111,7 +111,10 @@ mod scaler;
 mod schedule;
 mod trainer;
 
-pub use config::{BestMetric, CheckpointConfig, TrainOrder, TrainerConfig, Warmup};
+pub use config::{
+    BestMetric, CheckpointConfig, MAX_BATCH_SIZE, MAX_CHUNK_BATCHES, MAX_EPOCHS, MAX_GRAD_ACCUM, TrainOrder,
+    TrainerConfig, Warmup,
+};
 pub use error::TrainError;
 pub use eval::{Evaluation, evaluate, predict};
 pub use finetune::{TextClassifier, TextFineTuner, tokenize_examples};

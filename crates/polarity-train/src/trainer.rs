@@ -1,7 +1,7 @@
 //! The training loop.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::lr_scheduler::LrScheduler;
@@ -15,7 +15,7 @@ use polarity_kernels::autocast::autocast;
 use polarity_metrics::ClassificationReport;
 use polarity_tokenize::TokenizedExample;
 
-use crate::checkpoint::{self, Best, Fingerprint, TrainState};
+use crate::checkpoint::{self, Best, Fingerprint, ModelSignature, RunShape, TrainState};
 use crate::eval::evaluate;
 use crate::grads::{ParamGroups, clip_factor, grad_norm, scale_grads, split_grads};
 use crate::{BestMetric, LinearWarmupDecay, LossScaler, Objective, TrainError, TrainerConfig};
@@ -72,6 +72,22 @@ pub struct Trainer<B: AutodiffBackend> {
     config: TrainerConfig,
     device: B::Device,
     interrupt_after: Option<usize>,
+}
+
+/// An error unless the model loaded from `file` has the parameters `expected` (the run's model's): a record whose
+/// tensors differ in shape from its trainer state is refused before it trains or is exported.
+fn check_loaded<B: AutodiffBackend, M: AutodiffModule<B>>(
+    expected: &ModelSignature,
+    model: &M,
+    file: &Path,
+) -> Result<(), TrainError> {
+    match ModelSignature::of::<B, M>(model).difference(expected) {
+        None => Ok(()),
+        Some(difference) => Err(TrainError::ResumeMismatch {
+            path: file.to_path_buf(),
+            what: format!("the record is of another model: {difference}"),
+        }),
+    }
 }
 
 /// A step's dropout seed: a SplitMix64 mix of the run's seed and the step.
@@ -142,7 +158,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let lengths: Vec<usize> = train.iter().map(|item| item.tokens.len()).collect();
         let steps_per_epoch = self.steps_per_epoch(train.len());
-        let total_steps = steps_per_epoch * config.epochs;
+        let total_steps = steps_per_epoch.checked_mul(config.epochs).ok_or_else(|| {
+            TrainError::InvalidConfig(format!(
+                "{} epochs of {steps_per_epoch} steps overflow the step counter",
+                config.epochs
+            ))
+        })?;
         let mut schedule = LinearWarmupDecay::new(config.learning_rate, config.warmup.steps(total_steps), total_steps);
         let adamw = |weight_decay: f64| {
             AdamWConfig::new()
@@ -155,15 +176,32 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut plain_optimizer = adamw(0.0).init::<B, M>();
 
         let mut model = model;
-        let mut state = TrainState::fresh(config, Fingerprint::of(train, eval), total_steps);
+        let signature = ModelSignature::of::<B, M>(&model);
+        let mut state = TrainState::fresh(config, Fingerprint::of(train, eval), total_steps, signature.clone());
         let mut best_model: Option<M> = None;
         let mut resumed_from = None;
-        if let Some(checkpointing) = config.checkpoint.as_ref().filter(|c| c.resume)
-            && let Some(path) = checkpoint::latest_checkpoint(&checkpointing.dir)?
-        {
+        let existing = match &config.checkpoint {
+            Some(checkpointing) => checkpoint::latest_checkpoint(&checkpointing.dir)?,
+            None => None,
+        };
+        if let (Some(checkpointing), Some(path)) = (&config.checkpoint, existing) {
+            if !checkpointing.resume {
+                // A fresh run would prune the earlier run's checkpoints: refuse rather than lose them.
+                return Err(TrainError::checkpoint(
+                    &checkpointing.dir,
+                    format!(
+                        "already holds {} of an earlier run; resume it (resume = true, --resume) or choose another \
+                         directory",
+                        path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into())
+                    ),
+                ));
+            }
             let loaded = checkpoint::load_state(&path)?;
-            loaded.check_resumes(&state, &path)?;
-            model = checkpoint::load_model::<B, M>(model, &path.join(checkpoint::MODEL_FILE), &self.device)?;
+            let run = RunShape { epochs: config.epochs, steps_per_epoch, evaluates: eval.is_some() };
+            loaded.check_resumes(&state, &path, run)?;
+            let model_file = path.join(checkpoint::MODEL_FILE);
+            model = checkpoint::load_model::<B, M>(model, &model_file, &self.device)?;
+            check_loaded(&signature, &model, &model_file)?;
             decay_optimizer = checkpoint::load_optimizer::<B, M, _>(
                 decay_optimizer,
                 &path.join(checkpoint::OPTIMIZER_DECAY_FILE),
@@ -176,7 +214,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             )?;
             if let Some(best) = loaded.best {
                 let file = checkpoint::best_file(&checkpointing.dir, best.epoch);
-                best_model = Some(checkpoint::load_model::<B, M>(model.clone(), &file, &self.device)?);
+                let best = checkpoint::load_model::<B, M>(model.clone(), &file, &self.device)?;
+                check_loaded(&signature, &best, &file)?;
+                best_model = Some(best);
             }
             tracing::info!(checkpoint = %path.display(), step = loaded.global_step, "resuming");
             state = loaded;
