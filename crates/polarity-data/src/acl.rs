@@ -22,7 +22,8 @@ pub fn load_split(root: impl AsRef<Path>, split: Split) -> Result<ImdbDataset, D
             return Err(DataError::NotFound { what: "aclImdb label directory", path: dir });
         }
         for path in review_files(&dir)? {
-            let bytes = std::fs::read(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+            let bytes = polarity_hub::files::read_regular(&path)
+                .map_err(|source| DataError::Io { path: path.clone(), source })?;
             let text = String::from_utf8(bytes)
                 .map_err(|e| DataError::NonUtf8 { offset: e.utf8_error().valid_up_to(), path: path.clone() })?;
             examples.push(Example { text, label, rating: rating_of(&path) });

@@ -105,6 +105,14 @@ pub enum DataError {
         /// The label that runs short.
         label: polarity_core::Sentiment,
     },
+    /// Subset sizes whose sum overflows (sizes near `usize::MAX`, from flags).
+    #[error("subset sizes {sizes:?} add up to more than any dataset can hold ({available} examples here)")]
+    SubsetSizesOverflow {
+        /// The sizes asked for.
+        sizes: Vec<usize>,
+        /// The examples the dataset holds.
+        available: usize,
+    },
     /// A validation fraction outside (0, 1), or one that leaves a side empty.
     #[error("validation fraction {fraction} of {rows} rows leaves an empty side; use a fraction in (0, 1)")]
     InvalidFraction {

@@ -38,12 +38,18 @@ impl ImdbDataset {
     /// ```
     pub fn balanced_subsets(&self, sizes: &[usize], seed: u64) -> Result<Vec<ImdbDataset>, DataError> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let requested: usize = sizes.iter().sum();
-        let mut chosen: Vec<Vec<usize>> = sizes.iter().map(|&size| Vec::with_capacity(size)).collect();
+        // Sizes come from flags: sum them without overflowing, and reserve no more than the data holds.
+        let requested = sizes.iter().try_fold(0usize, |sum, &size| sum.checked_add(size));
+        let available = self.examples().len();
+        let Some(requested) = requested else {
+            return Err(DataError::SubsetSizesOverflow { sizes: sizes.to_vec(), available });
+        };
+        let mut chosen: Vec<Vec<usize>> = sizes.iter().map(|&size| Vec::with_capacity(size.min(available))).collect();
         for label in Sentiment::ALL {
             let mut indices: Vec<usize> =
                 (0..self.examples().len()).filter(|&i| self.examples()[i].label == label).collect();
             let wanted = |size: usize| [size / 2, size - size / 2][label.index()];
+            // At most `requested`, so the sum cannot overflow.
             let needed: usize = sizes.iter().map(|&size| wanted(size)).sum();
             if needed > indices.len() {
                 return Err(DataError::SubsetTooLarge { requested, needed, available: indices.len(), label });
@@ -136,6 +142,16 @@ mod tests {
         texts.dedup();
         assert_eq!(texts.len(), 40);
         assert_eq!(data.balanced_subset(7, 1).unwrap().label_counts(), [3, 4]);
+    }
+
+    #[test]
+    fn sizes_near_usize_max_are_errors_not_panics() {
+        let data = sorted_by_label(5, 5);
+        let err = data.balanced_subset(usize::MAX, 0).unwrap_err();
+        assert!(matches!(err, DataError::SubsetTooLarge { requested: usize::MAX, .. }), "{err}");
+        let err = data.balanced_subsets(&[usize::MAX, 2], 0).unwrap_err();
+        assert!(matches!(err, DataError::SubsetSizesOverflow { available: 10, .. }), "{err}");
+        assert!(err.to_string().contains("18446744073709551615"), "{err}");
     }
 
     #[test]
