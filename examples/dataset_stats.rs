@@ -12,7 +12,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, ensure};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use polarity::data::stats::{LengthSummary, SplitStats};
@@ -74,6 +74,13 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    let max_batch = polarity_train::MAX_BATCH_SIZE;
+    ensure!(
+        (1..=max_batch).contains(&args.batch_size),
+        "--batch-size {} must be between 1 and {max_batch}",
+        args.batch_size
+    );
+    ensure!(args.max_length >= 1, "--max-length must be at least 1");
     // Untruncated, so the percentiles show the real lengths; truncation is applied for the padding estimate.
     let tokenizer = HfTokenizer::from_pretrained_untruncated(&args.tokenizer)?;
 

@@ -88,6 +88,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut recipe = EncoderFineTune::new(args.model).with_max_length(args.max_length);
     recipe.trainer = args.trainer.apply(recipe.trainer).with_best_metric(best_metric);
+    // Every flag is checked before the dataset or the model is read.
+    recipe.validate()?;
+    data.validate()?;
 
     let experiment = recipe.run(&data.load()?)?;
     println!("\n{}", experiment.report);

@@ -57,10 +57,10 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     lora_r: usize,
     /// LoRA alpha (the update is scaled by alpha / r).
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = 32.0, allow_negative_numbers = true)]
     lora_alpha: f64,
     /// Dropout on the adapters' input.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     lora_dropout: f64,
     /// Projections that get adapters (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
     #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
@@ -113,6 +113,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         .with_classify_by(classify_by)
         .with_zero_shot(!args.skip_zero_shot);
     recipe.trainer = args.trainer.apply(recipe.trainer);
+    // Every flag (LoRA rank, alpha and dropout included) is checked before the dataset or the model is read.
+    recipe.validate()?;
+    data.validate()?;
 
     let experiment = recipe.run(&data.load()?)?;
     println!("\n{}", experiment.report);

@@ -54,7 +54,7 @@ pub struct TrainerArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Examples per micro-batch.
     #[arg(long)]
@@ -66,16 +66,16 @@ pub struct TrainerArgs {
     #[arg(long)]
     pub eval_batch_size: Option<usize>,
     /// Fraction of the optimiser steps spent warming the learning rate up from 0.
-    #[arg(long, conflicts_with = "warmup_steps")]
+    #[arg(long, conflicts_with = "warmup_steps", allow_negative_numbers = true)]
     pub warmup_ratio: Option<f64>,
     /// Warmup length in optimiser steps (instead of --warmup-ratio).
     #[arg(long)]
     pub warmup_steps: Option<usize>,
     /// AdamW weight decay (never applied to biases and norm weights).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
     /// Clip the global gradient norm to this; 0 disables clipping.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub clip: Option<f64>,
     /// Seed of the subsets, fresh weights (classification head, LoRA A), batch order and dropout.
     #[arg(long, default_value_t = 42)]
@@ -85,7 +85,7 @@ pub struct TrainerArgs {
     /// numbers, not the speed.
     #[arg(long)]
     pub precision: Option<Precision>,
-    /// Write resumable checkpoints here.
+    /// Write resumable checkpoints here (a folder that already holds checkpoints needs --resume).
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     /// Checkpoint every this many optimiser steps (0: only at epoch ends).

@@ -40,8 +40,32 @@ impl DataConfig {
         Self::imdb(25_000, 25_000)
     }
 
-    /// Reads the splits and draws the subsets.
+    /// Checks the sizes before anything is read: training and test subsets of at least one review, and a
+    /// training plus validation size that does not overflow. (Sizes larger than the splits are refused when
+    /// the subsets are drawn, naming the label that runs short.)
+    pub fn validate(&self) -> Result<(), FinetuneError> {
+        let invalid = |field: &'static str, value: usize, reason: &'static str| {
+            Err(FinetuneError::InvalidSetting { field, value: value.to_string(), reason })
+        };
+        if self.train_size == 0 {
+            return invalid("train_size", 0, "at least one training review is needed");
+        }
+        if self.test_size == 0 {
+            return invalid("test_size", 0, "at least one test review is needed");
+        }
+        if self.train_size.checked_add(self.validation_size).is_none() {
+            return invalid(
+                "validation_size",
+                self.validation_size,
+                "train_size + validation_size overflows: more reviews than any split holds",
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads the splits and draws the subsets (after [`validate`](Self::validate)).
     pub fn load(&self) -> Result<ExperimentData, FinetuneError> {
+        self.validate()?;
         let error = |source| FinetuneError::Data { dataset: self.dataset.clone(), source: Box::new(source) };
         let train_split = hub::load_split(&self.dataset, Split::Train).map_err(error)?;
         let (train, validation) = if self.validation_size > 0 {

@@ -11,6 +11,7 @@ use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_encoder::{CONFIG_FILE, EncoderClassifier, EncoderError, HfConfigJson, LoadReport};
 use polarity_hub::{HubError, RepoKind, RepoSource};
 use polarity_tokenize::{Encode, HfTokenizer, TokenizedExample};
+use polarity_train::checkpoint::ModelSignature;
 use polarity_train::{CrossEntropyObjective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, tokenize_examples};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,9 @@ use crate::data::TokenizedData;
 use crate::evaluate::{EvalMethod, evaluate_by_scores};
 use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, WeightInit, peak_rss_bytes};
 use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend};
+
+/// The smallest [`EncoderFineTune::max_length`]: `[CLS]`, one token, `[SEP]`.
+pub const MIN_ENCODER_MAX_LENGTH: usize = 3;
 
 /// A fine-tuned encoder with its tokenizer: a text [`Classifier`](polarity_core::Classifier) (argmax of
 /// the two logits).
@@ -126,15 +130,37 @@ impl EncoderFineTune {
         loaded.map_err(|e| self.encoder_error(e))
     }
 
-    fn validate(&self) -> Result<(), FinetuneError> {
-        if self.max_length < 2 {
+    /// Checks the recipe's settings before anything is loaded: [`max_length`](Self::max_length) at least
+    /// [`MIN_ENCODER_MAX_LENGTH`] (room for `[CLS]`, `[SEP]` and one token) and the trainer's settings
+    /// ([`TrainerConfig::validate`]). The maximum length is checked against the model's position embeddings
+    /// once it is loaded.
+    pub fn validate(&self) -> Result<(), FinetuneError> {
+        if self.max_length < MIN_ENCODER_MAX_LENGTH {
             return Err(FinetuneError::InvalidSetting {
                 field: "max_length",
                 value: self.max_length.to_string(),
-                reason: "must leave room for [CLS], [SEP] and at least one token",
+                reason: "must leave room for [CLS], [SEP] and at least one token (at least 3)",
             });
         }
         Ok(self.trainer.validate()?)
+    }
+
+    /// An error if [`max_length`](Self::max_length) exceeds what `model`'s position embeddings cover.
+    fn check_max_length<B: Backend>(&self, model: &EncoderClassifier<B>) -> Result<(), FinetuneError> {
+        let signature = ModelSignature::of::<B, _>(model);
+        let positions = signature
+            .params
+            .iter()
+            .find(|param| param.name.ends_with("position_embeddings.weight"))
+            .and_then(|param| param.shape.first().copied());
+        match positions {
+            Some(positions) if self.max_length > positions => Err(FinetuneError::InvalidSetting {
+                field: "max_length",
+                value: format!("{} for {} (max_position_embeddings {positions})", self.max_length, self.model),
+                reason: "longer than the model's position embeddings",
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn train<B: AutodiffBackend>(
@@ -177,6 +203,7 @@ impl EncoderFineTune {
         let train = tokenize_examples(&tokenizer, train)?;
         let eval = eval.map(|eval| tokenize_examples(&tokenizer, eval)).transpose()?;
         let (model, _) = self.load::<B>(device)?;
+        self.check_max_length(&model)?;
         let outcome = self.train(model, &tokenizer, &train, eval.as_deref(), device)?;
         let summary = outcome.summary();
         Ok(FineTuned { classifier: self.classifier(outcome.model.valid(), tokenizer, device), summary })
@@ -203,6 +230,7 @@ impl EncoderFineTune {
         self.validate()?;
         B::seed(device, self.trainer.seed);
         let (model, load_report) = self.load::<B>(device)?;
+        self.check_max_length(&model)?;
         let tokenizer = self.tokenizer()?;
         let load_seconds = started.elapsed().as_secs_f64();
 

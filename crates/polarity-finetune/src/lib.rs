@@ -78,13 +78,13 @@ use burn::tensor::backend::AutodiffBackend;
 use polarity_core::backend::TrainBackend;
 
 pub use data::{DataConfig, ExperimentData};
-pub use encoder::{EncoderFineTune, EncoderTextClassifier};
+pub use encoder::{EncoderFineTune, EncoderTextClassifier, MIN_ENCODER_MAX_LENGTH};
 pub use error::FinetuneError;
 pub use evaluate::{
     AnswerTally, ClassifyBy, EvalMethod, EvaluationReport, REFERENCE_MAX_NEW_TOKENS, evaluate_by_generation,
     evaluate_by_scores,
 };
-pub use lora::{LoraFineTune, LoraTextClassifier};
+pub use lora::{LoraFineTune, LoraTextClassifier, MAX_LORA_ALPHA, MAX_LORA_RANK, MAX_NEW_TOKENS};
 pub use objective::{CausalLmObjective, answer_loss};
 pub use report::{
     DataReport, ModelReport, RecipeConfig, RunReport, Timings, WeightInit, WeightMemoryReport, peak_rss_bytes,

@@ -20,6 +20,14 @@ use crate::objective::CausalLmObjective;
 use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, WeightInit, WeightMemoryReport, peak_rss_bytes};
 use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend};
 
+/// The largest LoRA rank a recipe accepts: adapters of rank `r` add `r * (in + out)` parameters per projection,
+/// so a rank from a typo (or `usize::MAX`) would ask for terabytes.
+pub const MAX_LORA_RANK: usize = 1024;
+/// The largest LoRA alpha a recipe accepts (the update is scaled by `alpha / r`).
+pub const MAX_LORA_ALPHA: f64 = 65_536.0;
+/// The most tokens [`ClassifyBy::Generation`] may generate before its answer is parsed.
+pub const MAX_NEW_TOKENS: usize = 4096;
+
 /// A tuned causal LM with its prompt encoder: a text [`Classifier`](polarity_core::Classifier) that
 /// predicts by the label words' next-token logits after the prompt.
 pub type LoraTextClassifier<B> = TextClassifier<B, Llama<B>, PromptEncoder, CausalLmObjective>;
@@ -138,6 +146,43 @@ impl LoraFineTune {
     pub fn with_trainer(mut self, trainer: TrainerConfig) -> Self {
         self.trainer = trainer;
         self
+    }
+
+    /// Checks the recipe's settings before anything is loaded: the LoRA rank `r` in 1..=[`MAX_LORA_RANK`],
+    /// `lora_alpha` finite in (0, [`MAX_LORA_ALPHA`]], `lora_dropout` in [0, 1), a maximum length of at least 1,
+    /// generation's `max_new_tokens` in 1..=[`MAX_NEW_TOKENS`], and the trainer's settings
+    /// ([`TrainerConfig::validate`]). Each error names the setting and its value.
+    pub fn validate(&self) -> Result<(), FinetuneError> {
+        let invalid = |field: &'static str, value: String, reason: &'static str| {
+            Err(FinetuneError::InvalidSetting { field, value, reason })
+        };
+        let lora = &self.lora;
+        if !(1..=MAX_LORA_RANK).contains(&lora.r) {
+            return invalid("lora.r", lora.r.to_string(), "the LoRA rank must be between 1 and 1024");
+        }
+        if !(lora.lora_alpha.is_finite() && lora.lora_alpha > 0.0 && lora.lora_alpha <= MAX_LORA_ALPHA) {
+            return invalid(
+                "lora.lora_alpha",
+                lora.lora_alpha.to_string(),
+                "must be finite, positive and at most 65536",
+            );
+        }
+        if !(0.0..1.0).contains(&lora.lora_dropout) {
+            return invalid(
+                "lora.lora_dropout",
+                lora.lora_dropout.to_string(),
+                "a dropout probability must be in [0, 1)",
+            );
+        }
+        if self.max_length == 0 {
+            return invalid("max_length", "0".into(), "the prompt needs at least one token");
+        }
+        if let ClassifyBy::Generation { max_new_tokens } = self.classify_by
+            && !(1..=MAX_NEW_TOKENS).contains(&max_new_tokens)
+        {
+            return invalid("max_new_tokens", max_new_tokens.to_string(), "must be between 1 and 4096");
+        }
+        Ok(self.trainer.validate()?)
     }
 
     fn llama_error(&self, source: LlamaError) -> FinetuneError {
@@ -288,7 +333,7 @@ impl LoraFineTune {
         train: &dyn ExampleSource,
         eval: Option<&dyn ExampleSource>,
     ) -> Result<FineTuned<LoraTextClassifier<B::InnerBackend>>, FinetuneError> {
-        self.trainer.validate()?;
+        self.validate()?;
         B::seed(device, self.trainer.seed);
         let (base, tokenizer) = self.load_base::<B>(device)?;
         let (encoder, objective) = self.prompts(&tokenizer)?;
@@ -318,7 +363,7 @@ impl LoraFineTune {
         data: &ExperimentData,
     ) -> Result<Experiment<LoraTextClassifier<B::InnerBackend>>, FinetuneError> {
         let started = Instant::now();
-        self.trainer.validate()?;
+        self.validate()?;
         B::seed(device, self.trainer.seed);
         let (base, tokenizer) = self.load_base::<B>(device)?;
         let (encoder, objective) = self.prompts(&tokenizer)?;
