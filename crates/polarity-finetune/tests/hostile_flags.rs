@@ -30,7 +30,10 @@ fn data() -> ExperimentData {
 }
 
 /// What `--flag value` does to the recipes' trainer settings, with the value each hostile flag carries.
-fn hostile_trainer_settings() -> Vec<(&'static str, Box<dyn Fn(TrainerConfig) -> TrainerConfig>, &'static str)> {
+/// A flag, what it does to the trainer's settings, and what the refusal must mention.
+type FlagCase = (&'static str, Box<dyn Fn(TrainerConfig) -> TrainerConfig>, &'static str);
+
+fn hostile_trainer_settings() -> Vec<FlagCase> {
     let max = usize::MAX;
     vec![
         (

@@ -177,9 +177,12 @@ fn a_model_record_of_another_shape_than_its_state_is_refused() {
     refused(run.path(), bag(VOCAB, 8, 0.0, 1), &["model", "another model", "embedding.weight"]);
 }
 
+/// A label, an edit of the trainer state, and what the refusal must mention.
+type StateCase = (&'static str, fn(&mut serde_json::Value), &'static [&'static str]);
+
 #[test]
 fn a_position_past_the_end_of_the_run_is_refused() {
-    let cases: [(&str, fn(&mut serde_json::Value), &[&str]); 6] = [
+    let cases: [StateCase; 6] = [
         ("epoch 5 of 2", |s| s["epoch"] = 5.into(), &["epoch 5", "past"]),
         ("global step 1000", |s| s["global_step"] = 1000.into(), &["global step 1000"]),
         ("steps in epoch 99", |s| s["steps_in_epoch"] = 99.into(), &["99 steps into epoch"]),
