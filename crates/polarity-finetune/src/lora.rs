@@ -242,6 +242,8 @@ impl LoraFineTune {
         };
         let tokenizer_file = source.file("tokenizer.json").map_err(hub_error)?;
         let tokenizer = LlamaTokenizer::from_file(&tokenizer_file).map_err(|e| self.llama_error(e))?;
+        // An id past the embedding table (added tokens beyond vocab_size) would index out of it.
+        tokenizer.check_vocab(model.vocab_size(), &self.model).map_err(|e| self.llama_error(e))?;
         Ok((model, tokenizer))
     }
 

@@ -118,3 +118,18 @@ fn pretrained_weights_that_are_missing_are_a_clear_error() {
     let err = gguf.load_base::<Cpu>(&Default::default()).unwrap_err();
     assert!(matches!(err, FinetuneError::InvalidSetting { field: "init", .. }), "{err}");
 }
+
+#[test]
+fn a_tokenizer_with_ids_past_the_embedding_table_is_refused_when_paired() {
+    // Llama 3's tokenizer has 128,256 ids (128,000 + 256 added tokens); a config with a 128,000-row
+    // table would let the added tokens index past it.
+    let dir = tiny_llama3_dir();
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["vocab_size"] = 128_000.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = recipe(dir.path()).load_base::<Cpu>(&Default::default()).map(|_| ()).unwrap_err();
+    let FinetuneError::Llama { source, .. } = &err else { panic!("expected a Llama error, got {err}") };
+    let message = source.to_string();
+    assert!(message.contains("128256") && message.contains("128000"), "{message}");
+}

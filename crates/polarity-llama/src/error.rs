@@ -49,8 +49,10 @@ pub enum LlamaError {
     Checkpoint(#[from] polarity_checkpoint::CheckpointError),
 
     /// A GGUF file ends before a value that its header announces.
-    #[error("GGUF truncated: {what} needs {needed} byte(s) at offset {offset}, the file has {len}")]
+    #[error("{file}: GGUF truncated: {what} needs {needed} byte(s) at offset {offset}, the file has {len}")]
     GgufTruncated {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
         /// What was being read.
         what: String,
         /// Where it starts.
@@ -61,22 +63,36 @@ pub enum LlamaError {
         len: u64,
     },
     /// The file does not start with the `GGUF` magic.
-    #[error("not a GGUF file: magic is {0:02x?}, expected \"GGUF\"")]
-    GgufBadMagic([u8; 4]),
+    #[error("{file}: not a GGUF file: magic is {magic:02x?}, expected \"GGUF\"")]
+    GgufBadMagic {
+        /// The file (or `<GGUF bytes>`).
+        file: String,
+        /// Its first four bytes.
+        magic: [u8; 4],
+    },
     /// A GGUF version this reader does not handle (v1 used 32-bit counts).
-    #[error("GGUF version {0} is not supported (expected 2 or 3)")]
-    GgufUnsupportedVersion(u32),
+    #[error("{file}: GGUF version {version} is not supported (expected 2 or 3)")]
+    GgufUnsupportedVersion {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
+        /// The version in the file.
+        version: u32,
+    },
     /// A metadata value type id outside the GGUF specification.
-    #[error("GGUF metadata {key:?}: unknown value type {type_id}")]
+    #[error("{file}: GGUF metadata {key:?}: unknown value type {type_id}")]
     GgufUnknownValueType {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
         /// The metadata key.
         key: String,
         /// The type id in the file.
         type_id: u32,
     },
     /// A tensor type id that is not a ggml type this reader knows the layout of.
-    #[error("GGUF tensor {tensor:?}: unknown ggml type {type_id}")]
+    #[error("{file}: GGUF tensor {tensor:?}: unknown ggml type {type_id}")]
     GgufUnknownTensorType {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
         /// The tensor name.
         tensor: String,
         /// The type id in the file.
@@ -91,11 +107,18 @@ pub enum LlamaError {
         ggml_type: String,
     },
     /// A metadata key the model or tokenizer needs is absent.
-    #[error("GGUF metadata key {0:?} is missing")]
-    GgufMissingKey(String),
+    #[error("{file}: GGUF metadata key {key:?} is missing")]
+    GgufMissingKey {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
+        /// The key.
+        key: String,
+    },
     /// A metadata value of the wrong type.
-    #[error("GGUF metadata {key:?}: expected {expected}, found {found}")]
+    #[error("{file}: GGUF metadata {key:?}: expected {expected}, found {found}")]
     GgufWrongType {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
         /// The metadata key.
         key: String,
         /// The expected type.
@@ -114,9 +137,77 @@ pub enum LlamaError {
         /// The values that are implemented, comma-separated.
         known: String,
     },
-    /// A structurally invalid GGUF file (bad sizes, offsets, alignment, strings, ...).
-    #[error("invalid GGUF file: {0}")]
-    GgufInvalid(String),
+    /// A structurally invalid GGUF file: a count or size beyond its bound or beyond the file, a bad
+    /// offset or alignment, a string that is not UTF-8, a duplicate key or tensor.
+    #[error("{file}: invalid GGUF file: {what}")]
+    GgufInvalid {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
+        /// What is wrong, naming the key or tensor.
+        what: String,
+    },
+    /// Quantised tensor data inconsistent with its shape or layout (sizes that are not whole blocks, rows
+    /// that cannot be split into rotary heads).
+    #[error("invalid GGUF tensor data: {0}")]
+    GgufTensorData(String),
+    /// A GGUF file with no tensors at all where a model was expected (llama.cpp ships vocabulary-only
+    /// GGUF files for its tokenizer tests): it can give a tokenizer, not a model.
+    #[error("{file}: the GGUF file has no tensors (a vocabulary-only file?); a model needs its weights")]
+    GgufNoTensors {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
+    },
+    /// Layer tensors (`blk.N.*`) for layers the file's `llama.block_count` does not declare: loading
+    /// would silently run a model without them.
+    #[error("{file}: {} belong to layers beyond llama.block_count = {block_count}", summarize(tensors))]
+    GgufLayersBeyondBlockCount {
+        /// The GGUF file (or `<GGUF bytes>`).
+        file: String,
+        /// The declared number of layers.
+        block_count: usize,
+        /// The llama.cpp names of the tensors.
+        tensors: Vec<String>,
+    },
+    /// A Llama configuration value out of range or inconsistent with another one.
+    #[error("{source_name}: invalid Llama config: {field} = {value}: {reason}")]
+    InvalidConfigValue {
+        /// The file the value came from (`config.json`, a GGUF file), or `config` for one built in code.
+        source_name: String,
+        /// The field, as the file spells it (`rms_norm_eps`, `llama.attention.layer_norm_rms_epsilon`).
+        field: String,
+        /// The value.
+        value: String,
+        /// Why it is refused, with the bound where there is one.
+        reason: String,
+    },
+    /// A tokenizer that produces token ids the model has no embedding for (added tokens past
+    /// `vocab_size`, a GGUF vocabulary larger than its embedding table): refused when the two are
+    /// paired, before any id could index past the table.
+    #[error(
+        "tokenizer {tokenizer} has {token_ids} token ids (up to id {max_id}) but the model {model} embeds only {vocab_size}"
+    )]
+    TokenizerBeyondEmbedding {
+        /// The tokenizer file.
+        tokenizer: String,
+        /// The model (file, directory or hub id).
+        model: String,
+        /// How many ids the tokenizer can produce (its largest id + 1).
+        token_ids: usize,
+        /// Its largest id.
+        max_id: u32,
+        /// The rows of the model's embedding table.
+        vocab_size: usize,
+    },
+    /// Token ids given to a model (a fixture's inputs, prompts) outside its embedding table.
+    #[error("{what}: token id {id} is outside the model's vocabulary of {vocab_size}")]
+    TokenIdOutOfRange {
+        /// Where the ids came from.
+        what: String,
+        /// The first offending id.
+        id: i64,
+        /// The rows of the model's embedding table.
+        vocab_size: usize,
+    },
 
     /// A matrix whose rows are not a whole number of quantisation blocks (NF4 blocks of 64 values, or
     /// the GGUF type's blocks): blocks must not straddle rows, so rows can be permuted and dequantised
@@ -192,6 +283,17 @@ pub enum LlamaError {
         /// What is wrong.
         what: String,
     },
+}
+
+/// A list of names for a one-line message: the count and the first few names, never hundreds.
+pub(crate) fn summarize(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let shown = names.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    match names.len() {
+        1 => format!("tensor {shown}"),
+        n if n <= SHOWN => format!("{n} tensors ({shown})"),
+        n => format!("{n} tensors ({shown} and {} more)", n - SHOWN),
+    }
 }
 
 impl LlamaError {

@@ -14,8 +14,23 @@
 //! elements. `dims[0]` varies fastest, so the row-major shape is `dims` reversed: a linear weight
 //! stored as `dims = [in, out]` is the `[out, in]` matrix PyTorch uses.
 //!
-//! Every size and offset read from the file is checked before use: a truncated or corrupt file is a
-//! [`LlamaError`], never a panic or an oversized allocation.
+//! Every count, size and offset read from the file is checked before anything is allocated for it: a
+//! truncated or corrupt file is a [`LlamaError`] naming the file (and the key or tensor), never a panic
+//! or an oversized allocation. The bounds, each far above what real models use:
+//!
+//! | what | bound | real files |
+//! |---|---|---|
+//! | metadata entries | [`MAX_METADATA_ENTRIES`] (65,536), and the bytes left | about 40 |
+//! | tensors | [`MAX_TENSORS`] (65,536), and the bytes left | 272 (SmolLM2-135M), about 1,140 (Llama 3.1 405B) |
+//! | key and tensor-name length | [`MAX_NAME_LEN`] (65,536 bytes) | under 64 (llama.cpp's `GGML_MAX_NAME`) |
+//! | array elements, all arrays together | [`MAX_ARRAY_ELEMENTS`] (2^24) | about 540,000 (Llama 3's vocabulary) |
+//! | one array's length | the bytes left / its element's smallest size | |
+//! | array nesting | 8 levels | 1 |
+//! | tensor rank | 1 to 4 | 1 or 2 |
+//! | tensor size | product of dims overflow-checked; data inside the file | |
+//!
+//! Strings are bounded by the bytes left in the file, so the header can never claim more memory than
+//! the file holds (plus 32 bytes of bookkeeping per array element, which the element budget bounds).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +45,26 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 
 /// Arrays may nest; deeper nesting than this is treated as corruption rather than recursed into.
 const MAX_ARRAY_DEPTH: usize = 8;
+
+/// The most metadata entries a file may declare (real files have a few dozen).
+pub const MAX_METADATA_ENTRIES: u64 = 1 << 16;
+
+/// The most tensors a file may declare (Llama 3.1 405B has about 1,140).
+pub const MAX_TENSORS: u64 = 1 << 16;
+
+/// The longest metadata key or tensor name, in bytes (llama.cpp limits tensor names to 64).
+pub const MAX_NAME_LEN: u64 = 1 << 16;
+
+/// The most array elements in a file's metadata, all arrays and nesting levels together. Each parsed
+/// element costs a [`GgufValue`] (32 bytes), so this bounds what the header can make the reader hold to
+/// 512 MiB beyond the file itself; Llama 3's vocabulary (tokens, types, merges) is about 540,000.
+pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
+
+/// The fewest bytes an entry of the tensor table takes: name length, rank, one dimension, type, offset.
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
+
+/// The fewest bytes a metadata entry takes: key length, value type, a one-byte value.
+const MIN_METADATA_ENTRY_BYTES: u64 = 8 + 4 + 1;
 
 /// ggml tensors have at most four dimensions.
 const MAX_DIMS: u32 = 4;
@@ -400,80 +435,89 @@ impl GgufTensor {
 impl GgufFile {
     /// Reads and parses a GGUF file. Only the header is interpreted: a file without tensors (a
     /// vocabulary-only GGUF, as llama.cpp ships for its tokenizer tests) opens like any other.
+    ///
+    /// The path must be a regular file ([`polarity_hub::files::read_regular`]): a FIFO or a directory is
+    /// an error, not a hang. Errors about the contents name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LlamaError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| LlamaError::io(path, e))?;
-        let mut file = Self::from_bytes(bytes)?;
-        file.path = Some(path.to_path_buf());
-        Ok(file)
+        let bytes = polarity_hub::files::read_regular(path).map_err(|e| LlamaError::io(path, e))?;
+        Self::parse(bytes, Some(path.to_path_buf()))
     }
 
-    /// Parses GGUF bytes.
+    /// Parses GGUF bytes (errors name the file `<GGUF bytes>`).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, LlamaError> {
-        let mut reader = Reader { bytes: &bytes, pos: 0 };
+        Self::parse(bytes, None)
+    }
+
+    fn parse(bytes: Vec<u8>, path: Option<PathBuf>) -> Result<Self, LlamaError> {
+        let file = display_name(path.as_deref());
+        let invalid = |what: String| LlamaError::GgufInvalid { file: file.clone(), what };
+        let mut reader = Reader { bytes: &bytes, pos: 0, file: &file, array_elements: 0 };
         let magic: [u8; 4] = reader.array("magic")?;
         if &magic != b"GGUF" {
-            return Err(LlamaError::GgufBadMagic(magic));
+            return Err(LlamaError::GgufBadMagic { file: file.clone(), magic });
         }
         let version = reader.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(LlamaError::GgufUnsupportedVersion(version));
+            return Err(LlamaError::GgufUnsupportedVersion { file: file.clone(), version });
         }
         let tensor_count = reader.u64("tensor count")?;
         let kv_count = reader.u64("metadata count")?;
+        reader.check_count("metadata entries", kv_count, MAX_METADATA_ENTRIES, MIN_METADATA_ENTRY_BYTES)?;
 
         let mut metadata = BTreeMap::new();
         for index in 0..kv_count {
-            let key = reader.string(&format!("metadata key #{index}"))?;
+            let key = reader.name(&format!("metadata key #{index}"))?;
             let type_id = reader.u32(&format!("type of metadata {key:?}"))?;
             let value = reader.value(&key, type_id, 0)?;
             if metadata.insert(key.clone(), value).is_some() {
-                return Err(LlamaError::GgufInvalid(format!("metadata key {key:?} appears twice")));
+                return Err(invalid(format!("metadata key {key:?} appears twice")));
             }
         }
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(GgufValue::U32(a)) if a.is_power_of_two() => u64::from(*a),
             Some(other) => {
-                return Err(LlamaError::GgufInvalid(format!(
-                    "general.alignment must be a power-of-two u32, found {other:?}"
-                )));
+                return Err(invalid(format!("general.alignment must be a power-of-two u32, found {other:?}")));
             }
         };
 
-        let mut infos = Vec::new();
+        // Counted against the bytes left after the metadata: each entry takes at least 32 bytes.
+        reader.check_count("tensors", tensor_count, MAX_TENSORS, MIN_TENSOR_INFO_BYTES)?;
+        let mut infos = Vec::with_capacity(tensor_count as usize);
         for index in 0..tensor_count {
-            let name = reader.string(&format!("name of tensor #{index}"))?;
+            let name = reader.name(&format!("name of tensor #{index}"))?;
             let n_dims = reader.u32(&format!("rank of tensor {name:?}"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(LlamaError::GgufInvalid(format!(
-                    "tensor {name:?} has {n_dims} dimensions (1 to 4 allowed)"
-                )));
+                return Err(invalid(format!("tensor {name:?} has {n_dims} dimensions (1 to 4 allowed)")));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 dims.push(reader.u64(&format!("dimensions of tensor {name:?}"))?);
             }
             let type_id = reader.u32(&format!("type of tensor {name:?}"))?;
-            let ggml_type = GgmlType::from_id(type_id)
-                .ok_or_else(|| LlamaError::GgufUnknownTensorType { tensor: name.clone(), type_id })?;
+            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| LlamaError::GgufUnknownTensorType {
+                file: file.clone(),
+                tensor: name.clone(),
+                type_id,
+            })?;
             let offset = reader.u64(&format!("offset of tensor {name:?}"))?;
-            let n_bytes = tensor_bytes(&name, &dims, ggml_type)?;
+            let n_bytes = tensor_bytes(&name, &dims, ggml_type).map_err(invalid)?;
             infos.push(GgufTensorInfo { name, dims, ggml_type, offset, n_bytes });
         }
 
         let header_end = reader.pos as u64;
         let data_start = header_end
             .checked_next_multiple_of(alignment)
-            .ok_or_else(|| LlamaError::GgufInvalid("data section offset overflows".into()))?;
+            .ok_or_else(|| invalid("data section offset overflows".into()))?;
         let file_len = bytes.len() as u64;
         let mut names = std::collections::HashSet::new();
         for info in &infos {
             if !names.insert(info.name.as_str()) {
-                return Err(LlamaError::GgufInvalid(format!("tensor {:?} appears twice", info.name)));
+                return Err(invalid(format!("tensor {:?} appears twice", info.name)));
             }
             if !info.offset.is_multiple_of(alignment) {
-                return Err(LlamaError::GgufInvalid(format!(
+                return Err(invalid(format!(
                     "tensor {:?} offset {} is not a multiple of the alignment {alignment}",
                     info.name, info.offset
                 )));
@@ -483,7 +527,8 @@ impl GgufFile {
                 Some(end) if end <= file_len => {}
                 _ => {
                     return Err(LlamaError::GgufTruncated {
-                        what: format!("data of tensor {:?}", info.name),
+                        file: file.clone(),
+                        what: format!("data of tensor {:?} ({:?} {})", info.name, info.dims, info.ggml_type),
                         offset: data_start.saturating_add(info.offset),
                         needed: info.n_bytes as u64,
                         len: file_len,
@@ -491,9 +536,9 @@ impl GgufFile {
                 }
             }
         }
-        let data_start = usize::try_from(data_start)
-            .map_err(|_| LlamaError::GgufInvalid("data section offset does not fit in memory".into()))?;
-        Ok(GgufFile { version, metadata, tensors: infos, alignment, path: None, data_start, bytes: Arc::new(bytes) })
+        let data_start =
+            usize::try_from(data_start).map_err(|_| invalid("data section offset does not fit in memory".into()))?;
+        Ok(GgufFile { version, metadata, tensors: infos, alignment, path, data_start, bytes: Arc::new(bytes) })
     }
 
     /// A metadata value.
@@ -503,7 +548,7 @@ impl GgufFile {
 
     /// A metadata value, or [`LlamaError::GgufMissingKey`].
     pub fn require(&self, key: &str) -> Result<&GgufValue, LlamaError> {
-        self.get(key).ok_or_else(|| LlamaError::GgufMissingKey(key.to_string()))
+        self.get(key).ok_or_else(|| LlamaError::GgufMissingKey { file: self.display_name(), key: key.to_string() })
     }
 
     /// A required non-negative integer (any integer type), as `usize`.
@@ -512,7 +557,7 @@ impl GgufFile {
         value
             .as_u64()
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| wrong_type(key, "a non-negative integer", value))
+            .ok_or_else(|| self.wrong_type(key, "a non-negative integer", value))
     }
 
     /// An optional non-negative integer.
@@ -527,34 +572,47 @@ impl GgufFile {
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, LlamaError> {
         match self.get(key) {
             None => Ok(None),
-            Some(value) => value.as_f64().map(Some).ok_or_else(|| wrong_type(key, "a float", value)),
+            Some(value) => value.as_f64().map(Some).ok_or_else(|| self.wrong_type(key, "a float", value)),
         }
     }
 
     /// The file's name for messages: its path, or `<GGUF bytes>` when it was parsed from memory.
     pub fn display_name(&self) -> String {
-        self.path.as_ref().map_or_else(|| "<GGUF bytes>".to_string(), |path| path.display().to_string())
+        display_name(self.path.as_deref())
+    }
+
+    /// [`LlamaError::GgufWrongType`] for `key`, naming this file.
+    pub fn wrong_type(&self, key: &str, expected: &'static str, found: &GgufValue) -> LlamaError {
+        LlamaError::GgufWrongType {
+            file: self.display_name(),
+            key: key.to_string(),
+            expected,
+            found: found.type_name().to_string(),
+        }
     }
 
     /// A required string.
     pub fn str(&self, key: &str) -> Result<&str, LlamaError> {
         let value = self.require(key)?;
-        value.as_str().ok_or_else(|| wrong_type(key, "a string", value))
+        value.as_str().ok_or_else(|| self.wrong_type(key, "a string", value))
     }
 
     /// An optional boolean.
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, LlamaError> {
         match self.get(key) {
             None => Ok(None),
-            Some(value) => value.as_bool().map(Some).ok_or_else(|| wrong_type(key, "a bool", value)),
+            Some(value) => value.as_bool().map(Some).ok_or_else(|| self.wrong_type(key, "a bool", value)),
         }
     }
 
     /// A required array of strings.
     pub fn strings(&self, key: &str) -> Result<Vec<&str>, LlamaError> {
         let value = self.require(key)?;
-        let items = value.as_array().ok_or_else(|| wrong_type(key, "an array of strings", value))?;
-        items.iter().map(|item| item.as_str().ok_or_else(|| wrong_type(key, "an array of strings", item))).collect()
+        let items = value.as_array().ok_or_else(|| self.wrong_type(key, "an array of strings", value))?;
+        items
+            .iter()
+            .map(|item| item.as_str().ok_or_else(|| self.wrong_type(key, "an array of strings", item)))
+            .collect()
     }
 
     /// The tensor table entry called `name`.
@@ -573,13 +631,13 @@ impl GgufFile {
     }
 }
 
-fn wrong_type(key: &str, expected: &'static str, found: &GgufValue) -> LlamaError {
-    LlamaError::GgufWrongType { key: key.to_string(), expected, found: found.type_name().to_string() }
+fn display_name(path: Option<&Path>) -> String {
+    path.map_or_else(|| "<GGUF bytes>".to_string(), |path| path.display().to_string())
 }
 
-/// The byte size of a tensor, with every product checked.
-fn tensor_bytes(name: &str, dims: &[u64], ggml_type: GgmlType) -> Result<usize, LlamaError> {
-    let invalid = |what: String| LlamaError::GgufInvalid(format!("tensor {name:?} {dims:?}: {what}"));
+/// The byte size of a tensor, with every product checked; the error says what is wrong.
+fn tensor_bytes(name: &str, dims: &[u64], ggml_type: GgmlType) -> Result<usize, String> {
+    let invalid = |what: String| format!("tensor {name:?} {dims:?}: {what}");
     let mut elements: usize = 1;
     for &dim in dims {
         let dim = usize::try_from(dim).map_err(|_| invalid("dimension does not fit in memory".into()))?;
@@ -593,16 +651,54 @@ fn tensor_bytes(name: &str, dims: &[u64], ggml_type: GgmlType) -> Result<usize, 
     (elements / block_len).checked_mul(ggml_type.block_bytes()).ok_or_else(|| invalid("byte size overflows".into()))
 }
 
-/// A cursor over the header that turns every short read into [`LlamaError::GgufTruncated`].
+/// A cursor over the header that turns every short read into [`LlamaError::GgufTruncated`] and
+/// every count beyond its bound into [`LlamaError::GgufInvalid`], naming `file`.
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    file: &'a str,
+    /// Array elements declared so far, against [`MAX_ARRAY_ELEMENTS`].
+    array_elements: u64,
 }
 
 impl<'a> Reader<'a> {
+    fn remaining(&self) -> u64 {
+        (self.bytes.len() - self.pos) as u64
+    }
+
+    fn invalid(&self, what: String) -> LlamaError {
+        LlamaError::GgufInvalid { file: self.file.to_string(), what }
+    }
+
+    /// Refuses a declared `count` of items above `max`, or one the rest of the file cannot hold at
+    /// `min_bytes` each (a truncation), before anything is reserved for them.
+    fn check_count(&self, what: &str, count: u64, max: u64, min_bytes: u64) -> Result<(), LlamaError> {
+        if count > max {
+            return Err(self.invalid(format!("{count} {what} declared (at most {max} allowed)")));
+        }
+        let needed = count.saturating_mul(min_bytes);
+        if needed > self.remaining() {
+            return Err(LlamaError::GgufTruncated {
+                file: self.file.to_string(),
+                what: format!("{count} {what}"),
+                offset: self.pos as u64,
+                needed,
+                len: self.bytes.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], LlamaError> {
+        self.take_or(n, || what.to_string())
+    }
+
+    /// [`take`](Self::take), building the description only for an error (metadata arrays have
+    /// hundreds of thousands of elements).
+    fn take_or(&mut self, n: u64, what: impl Fn() -> String) -> Result<&'a [u8], LlamaError> {
         let truncated = || LlamaError::GgufTruncated {
-            what: what.to_string(),
+            file: self.file.to_string(),
+            what: what(),
             offset: self.pos as u64,
             needed: n,
             len: self.bytes.len() as u64,
@@ -629,49 +725,105 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn string(&mut self, what: &str) -> Result<String, LlamaError> {
-        let len = self.u64(what)?;
+    fn string_bytes(&mut self, len: u64, what: &str) -> Result<String, LlamaError> {
+        // `take` checks the length against the bytes left before anything is copied.
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| LlamaError::GgufInvalid(format!("{what} is not UTF-8")))
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.invalid(format!("{what} is not UTF-8")))
+    }
+
+    /// A metadata key or tensor name: a string of at most [`MAX_NAME_LEN`] bytes.
+    fn name(&mut self, what: &str) -> Result<String, LlamaError> {
+        let len = self.u64(what)?;
+        if len > MAX_NAME_LEN {
+            return Err(self.invalid(format!("{what} is {len} bytes long (at most {MAX_NAME_LEN} allowed)")));
+        }
+        self.string_bytes(len, what)
+    }
+
+    /// `N` bytes of the value of metadata `key`.
+    fn value_bytes<const N: usize>(&mut self, key: &str) -> Result<[u8; N], LlamaError> {
+        let slice = self.take_or(N as u64, || format!("value of metadata {key:?}"))?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(slice);
+        Ok(out)
     }
 
     fn value(&mut self, key: &str, type_id: u32, depth: usize) -> Result<GgufValue, LlamaError> {
         let what = || format!("value of metadata {key:?}");
         Ok(match type_id {
-            0 => GgufValue::U8(u8::from_le_bytes(self.array(&what())?)),
-            1 => GgufValue::I8(i8::from_le_bytes(self.array(&what())?)),
-            2 => GgufValue::U16(u16::from_le_bytes(self.array(&what())?)),
-            3 => GgufValue::I16(i16::from_le_bytes(self.array(&what())?)),
-            4 => GgufValue::U32(u32::from_le_bytes(self.array(&what())?)),
-            5 => GgufValue::I32(i32::from_le_bytes(self.array(&what())?)),
-            6 => GgufValue::F32(f32::from_le_bytes(self.array(&what())?)),
-            7 => match u8::from_le_bytes(self.array(&what())?) {
+            0 => GgufValue::U8(u8::from_le_bytes(self.value_bytes(key)?)),
+            1 => GgufValue::I8(i8::from_le_bytes(self.value_bytes(key)?)),
+            2 => GgufValue::U16(u16::from_le_bytes(self.value_bytes(key)?)),
+            3 => GgufValue::I16(i16::from_le_bytes(self.value_bytes(key)?)),
+            4 => GgufValue::U32(u32::from_le_bytes(self.value_bytes(key)?)),
+            5 => GgufValue::I32(i32::from_le_bytes(self.value_bytes(key)?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.value_bytes(key)?)),
+            7 => match u8::from_le_bytes(self.value_bytes(key)?) {
                 0 => GgufValue::Bool(false),
                 1 => GgufValue::Bool(true),
-                other => return Err(LlamaError::GgufInvalid(format!("metadata {key:?}: bool byte {other}"))),
+                other => return Err(self.invalid(format!("metadata {key:?}: bool byte {other}"))),
             },
-            8 => GgufValue::String(self.string(&what())?),
+            8 => {
+                let len = u64::from_le_bytes(self.value_bytes(key)?);
+                let bytes = self.take_or(len, what)?;
+                let string = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| self.invalid(format!("a string in metadata {key:?} is not UTF-8")))?;
+                GgufValue::String(string)
+            }
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(LlamaError::GgufInvalid(format!("metadata {key:?}: arrays nested too deeply")));
+                    return Err(self.invalid(format!("metadata {key:?}: arrays nested too deeply")));
                 }
                 let element_type = self.u32(&what())?;
                 let count = self.u64(&what())?;
-                // Every element takes at least one byte, so a count beyond the remaining bytes is a
-                // truncation; capping the reservation keeps a corrupt count from allocating.
-                let remaining = (self.bytes.len() - self.pos) as u64;
-                let mut items = Vec::with_capacity(count.min(remaining) as usize);
+                // Bounded before reserving: by what the rest of the file can hold at the element type's
+                // smallest size (a longer array is a truncation), and by the budget of elements left for
+                // the whole file, which nested arrays share, so no level reserves from a declared count.
+                let min_bytes = min_value_bytes(element_type).ok_or_else(|| LlamaError::GgufUnknownValueType {
+                    file: self.file.to_string(),
+                    key: key.to_string(),
+                    type_id: element_type,
+                })?;
+                let budget = MAX_ARRAY_ELEMENTS - self.array_elements;
+                if count > budget {
+                    return Err(self.invalid(format!(
+                        "metadata {key:?}: an array of {count} elements exceeds the {MAX_ARRAY_ELEMENTS} array \
+                         elements a file may hold ({budget} left)"
+                    )));
+                }
+                self.check_count(&format!("elements of metadata array {key:?}"), count, u64::MAX, min_bytes)?;
+                self.array_elements += count;
+                let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(key, element_type, depth + 1)?);
                 }
                 GgufValue::Array(items)
             }
-            10 => GgufValue::U64(u64::from_le_bytes(self.array(&what())?)),
-            11 => GgufValue::I64(i64::from_le_bytes(self.array(&what())?)),
-            12 => GgufValue::F64(f64::from_le_bytes(self.array(&what())?)),
-            type_id => return Err(LlamaError::GgufUnknownValueType { key: key.to_string(), type_id }),
+            10 => GgufValue::U64(u64::from_le_bytes(self.value_bytes(key)?)),
+            11 => GgufValue::I64(i64::from_le_bytes(self.value_bytes(key)?)),
+            12 => GgufValue::F64(f64::from_le_bytes(self.value_bytes(key)?)),
+            type_id => {
+                return Err(LlamaError::GgufUnknownValueType {
+                    file: self.file.to_string(),
+                    key: key.to_string(),
+                    type_id,
+                });
+            }
         })
     }
+}
+
+/// The fewest bytes a value of GGUF type `type_id` takes (`None` for an unknown type): a string is
+/// at least its 8-byte length, an array its element type and count.
+fn min_value_bytes(type_id: u32) -> Option<u64> {
+    Some(match type_id {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 4 + 8,
+        _ => return None,
+    })
 }
 
 /// Converts `n_elements` values stored as `ggml_type` in `bytes` to `f32`.
@@ -683,7 +835,7 @@ pub fn dequantize(ggml_type: GgmlType, bytes: &[u8], n_elements: usize) -> Resul
     let block_bytes = ggml_type.block_bytes();
     let expected_bytes = (n_elements / block_len).checked_mul(block_bytes);
     if !n_elements.is_multiple_of(block_len) || expected_bytes != Some(bytes.len()) {
-        return Err(LlamaError::GgufInvalid(format!(
+        return Err(LlamaError::GgufTensorData(format!(
             "{n_elements} {ggml_type} values need {expected_bytes:?} bytes, got {}",
             bytes.len()
         )));
@@ -794,7 +946,7 @@ pub(crate) fn decode_blocks(ggml_type: GgmlType, bytes: &[u8], out: &mut impl Ex
 }
 
 fn bad_block(ggml_type: GgmlType) -> LlamaError {
-    LlamaError::GgufInvalid(format!("malformed {ggml_type} block"))
+    LlamaError::GgufTensorData(format!("malformed {ggml_type} block"))
 }
 
 /// Appends the 32 values of a Q5 block: value `j` is nibble `j` (low nibbles, then high ones) with
@@ -824,7 +976,7 @@ fn k_scale_min(j: usize, scales: &[u8; 12]) -> (u8, u8) {
 /// query heads for `q_proj` and of key/value heads for `k_proj`.
 pub fn unpermute_rope_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>, LlamaError> {
     if values.len() != rows.saturating_mul(cols) {
-        return Err(LlamaError::GgufInvalid(format!(
+        return Err(LlamaError::GgufTensorData(format!(
             "cannot un-permute a [{rows}, {cols}] matrix ({} values) into {heads} rotary heads",
             values.len()
         )));
@@ -841,7 +993,7 @@ pub fn unpermute_rope_rows(values: &[f32], rows: usize, cols: usize, heads: usiz
 /// Whole rows move, so quantised blocks (which never straddle rows) can be moved without decoding.
 pub fn rope_unpermuted_row_order(rows: usize, heads: usize) -> Result<Vec<usize>, LlamaError> {
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
-        return Err(LlamaError::GgufInvalid(format!("cannot un-permute {rows} rows into {heads} rotary heads")));
+        return Err(LlamaError::GgufTensorData(format!("cannot un-permute {rows} rows into {heads} rotary heads")));
     }
     let head_rows = rows / heads;
     let half = head_rows / 2;

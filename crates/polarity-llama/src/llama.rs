@@ -126,6 +126,28 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
 }
 
+/// The most decoder layers a config may ask for (Llama 3.1 405B has 126).
+pub const MAX_LAYERS: usize = 1024;
+/// The widest residual stream (Llama 3.1 405B: 16,384).
+pub const MAX_HIDDEN_SIZE: usize = 1 << 16;
+/// The widest MLP (Llama 3.1 405B: 53,248).
+pub const MAX_INTERMEDIATE_SIZE: usize = 1 << 20;
+/// The largest vocabulary (Gemma 3: 262,144).
+pub const MAX_VOCAB_SIZE: usize = 1 << 24;
+/// The most query or key/value heads (Llama 3.1 405B: 128).
+pub const MAX_HEADS: usize = 1 << 14;
+/// The widest attention head (real ones: 64 to 256).
+pub const MAX_HEAD_DIM: usize = 1 << 13;
+/// The longest context (Llama 4 Scout: 10 million).
+pub const MAX_POSITION_EMBEDDINGS: usize = 1 << 24;
+
+/// What [`LlamaConfig::check`] found wrong, before the loader names its file.
+struct ConfigProblem {
+    field: &'static str,
+    value: String,
+    reason: String,
+}
+
 /// `config.json` as transformers writes it, before defaults are resolved.
 #[derive(Deserialize)]
 struct HfLlamaConfig {
@@ -188,10 +210,15 @@ impl HfRopeParameters {
 }
 
 impl LlamaConfig {
-    /// Parses a Hugging Face `config.json`, resolving transformers' defaults.
+    /// Parses a Hugging Face `config.json`, resolving transformers' defaults, and
+    /// [validates](Self::validate) it.
     pub fn from_hf_json(json: &str) -> Result<Self, LlamaError> {
+        Self::from_hf_json_named(json, "config.json")
+    }
+
+    fn from_hf_json_named(json: &str, source_name: &str) -> Result<Self, LlamaError> {
         let hf: HfLlamaConfig =
-            serde_json::from_str(json).map_err(|e| LlamaError::InvalidConfig(format!("config.json: {e}")))?;
+            serde_json::from_str(json).map_err(|e| LlamaError::InvalidConfig(format!("{source_name}: {e}")))?;
         if let Some(model_type) = hf.model_type.as_deref().filter(|t| *t != "llama") {
             return Err(LlamaError::Unsupported(format!("model_type {model_type:?} (expected \"llama\")")));
         }
@@ -221,15 +248,19 @@ impl LlamaConfig {
             attention_bias: hf.attention_bias.unwrap_or(false),
             mlp_bias: hf.mlp_bias.unwrap_or(false),
         };
-        config.validate()?;
+        config.validate_named(source_name, |field| field.to_string())?;
         Ok(config)
     }
 
-    /// Reads and parses a Hugging Face `config.json` file.
+    /// Reads and parses a Hugging Face `config.json` file (a regular file: a FIFO is an error, not a
+    /// hang); errors name the file.
     pub fn from_hf_file(path: &Path) -> Result<Self, LlamaError> {
-        let json = std::fs::read_to_string(path).map_err(|e| LlamaError::io(path, e))?;
-        Self::from_hf_json(&json).map_err(|e| match e {
-            LlamaError::InvalidConfig(what) => LlamaError::InvalidConfig(format!("{}: {what}", path.display())),
+        let json = polarity_hub::files::read_regular_to_string(path).map_err(|e| LlamaError::io(path, e))?;
+        let name = path.display().to_string();
+        Self::from_hf_json_named(&json, &name).map_err(|e| match e {
+            LlamaError::InvalidConfig(what) if !what.starts_with(&name) => {
+                LlamaError::InvalidConfig(format!("{name}: {what}"))
+            }
             other => other,
         })
     }
@@ -263,48 +294,111 @@ impl LlamaConfig {
         self.num_attention_heads / self.num_key_value_heads.max(1)
     }
 
-    /// Checks that the sizes are consistent (what `init` would otherwise trip over).
+    /// Checks every size and value against its bounds and the others (what `init` would otherwise trip
+    /// over, or compute garbage with): [`LlamaError::InvalidConfigValue`] naming the field and value, in
+    /// a config built in code (`config`). The loaders ([`from_hf_file`](Self::from_hf_file),
+    /// [`from_gguf`](Self::from_gguf)) run the same checks naming their file and its spelling of the field.
+    ///
+    /// Bounds, generous against real models (Llama 3.1 405B: 126 layers, hidden 16,384, 128 heads,
+    /// FFN 53,248; vocabularies up to 262,144): see [`MAX_LAYERS`], [`MAX_HIDDEN_SIZE`],
+    /// [`MAX_INTERMEDIATE_SIZE`], [`MAX_VOCAB_SIZE`], [`MAX_HEADS`], [`MAX_HEAD_DIM`] and
+    /// [`MAX_POSITION_EMBEDDINGS`]; `rms_norm_eps` in (0, 1], `rope_theta` > 0, both finite in `f32`;
+    /// llama3 RoPE scaling with finite factors, `high_freq_factor > low_freq_factor > 0`, `factor > 0`
+    /// and an original context of 1 to [`MAX_POSITION_EMBEDDINGS`].
     pub fn validate(&self) -> Result<(), LlamaError> {
-        let invalid = |what: String| Err(LlamaError::InvalidConfig(what));
-        for (name, value) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
+        self.validate_named("config", |field| field.to_string())
+    }
+
+    /// [`validate`](Self::validate), naming `source_name` and each field as `field_name` spells it.
+    pub(crate) fn validate_named(
+        &self,
+        source_name: &str,
+        field_name: impl Fn(&str) -> String,
+    ) -> Result<(), LlamaError> {
+        self.check().map_err(|problem| LlamaError::InvalidConfigValue {
+            source_name: source_name.to_string(),
+            field: field_name(problem.field),
+            value: problem.value,
+            reason: problem.reason,
+        })
+    }
+
+    fn check(&self) -> Result<(), ConfigProblem> {
+        let problem = |field: &'static str, value: &dyn std::fmt::Display, reason: String| {
+            Err(ConfigProblem { field, value: value.to_string(), reason })
+        };
+        for (field, value, min, max) in [
+            ("vocab_size", self.vocab_size, 1, MAX_VOCAB_SIZE),
+            ("hidden_size", self.hidden_size, 1, MAX_HIDDEN_SIZE),
+            ("intermediate_size", self.intermediate_size, 1, MAX_INTERMEDIATE_SIZE),
+            ("num_hidden_layers", self.num_hidden_layers, 0, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, 1, MAX_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads, 1, MAX_HEADS),
+            ("max_position_embeddings", self.max_position_embeddings, 1, MAX_POSITION_EMBEDDINGS),
         ] {
-            if value == 0 {
-                return invalid(format!("{name} is 0"));
+            if !(min..=max).contains(&value) {
+                return problem(field, &value, format!("must be between {min} and {max}"));
             }
         }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
-            return invalid(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads, self.num_key_value_heads
-            ));
+            return problem(
+                "num_key_value_heads",
+                &self.num_key_value_heads,
+                format!("num_attention_heads {} is not a multiple of it", self.num_attention_heads),
+            );
         }
         if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return invalid(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {} (and head_dim is not given)",
-                self.hidden_size, self.num_attention_heads
-            ));
+            return problem(
+                "num_attention_heads",
+                &self.num_attention_heads,
+                format!("hidden_size {} is not a multiple of it (and head_dim is not given)", self.hidden_size),
+            );
         }
         let head_dim = self.resolved_head_dim();
-        if head_dim == 0 || !head_dim.is_multiple_of(2) {
-            return invalid(format!("head_dim {head_dim} must be even and positive for RoPE"));
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > MAX_HEAD_DIM {
+            return problem(
+                "head_dim",
+                &head_dim,
+                format!("must be even, positive and at most {MAX_HEAD_DIM} for RoPE"),
+            );
         }
-        if !(self.rope_theta > 0.0 && self.rms_norm_eps > 0.0) {
-            return invalid(format!(
-                "rope_theta {} and rms_norm_eps {} must be positive",
-                self.rope_theta, self.rms_norm_eps
-            ));
+        // f32 is what RoPE and RMSNorm compute in: a value finite in f64 may not be in f32.
+        let finite_f32 = |value: f64| value.is_finite() && (value as f32).is_finite();
+        if !(finite_f32(self.rms_norm_eps) && (self.rms_norm_eps as f32) > 0.0 && self.rms_norm_eps <= 1.0) {
+            return problem(
+                "rms_norm_eps",
+                &self.rms_norm_eps,
+                "must be finite, positive (in f32) and at most 1".into(),
+            );
         }
-        if let Some(s) = &self.rope_scaling
-            && !(s.factor > 0.0 && s.high_freq_factor > s.low_freq_factor && s.low_freq_factor > 0.0)
-        {
-            return invalid(format!(
-                "llama3 RoPE scaling {s:?} needs factor > 0 and high_freq_factor > low_freq_factor > 0"
-            ));
+        if !(finite_f32(self.rope_theta) && self.rope_theta > 0.0) {
+            return problem("rope_theta", &self.rope_theta, "must be finite and positive".into());
+        }
+        if let Some(s) = &self.rope_scaling {
+            for (field, value) in [
+                ("rope_scaling.factor", s.factor),
+                ("rope_scaling.low_freq_factor", s.low_freq_factor),
+                ("rope_scaling.high_freq_factor", s.high_freq_factor),
+            ] {
+                if !(finite_f32(value) && value > 0.0) {
+                    return problem(field, &value, "must be finite and positive".into());
+                }
+            }
+            if s.high_freq_factor <= s.low_freq_factor {
+                return problem(
+                    "rope_scaling.high_freq_factor",
+                    &s.high_freq_factor,
+                    format!("must be above low_freq_factor {}", s.low_freq_factor),
+                );
+            }
+            let context = s.original_max_position_embeddings;
+            if !(1..=MAX_POSITION_EMBEDDINGS).contains(&context) {
+                return problem(
+                    "rope_scaling.original_max_position_embeddings",
+                    &context,
+                    format!("must be between 1 and {MAX_POSITION_EMBEDDINGS} (the wavelength bands divide it)"),
+                );
+            }
         }
         Ok(())
     }

@@ -115,6 +115,21 @@ fn int_tensor<B: Backend, const D: usize>(
     Ok(Tensor::from_data(TensorData::new(values.to_vec(), shape.to_vec()), device))
 }
 
+/// Checks that the fixture's integer tensor `name` holds token ids of a `vocab_size` vocabulary (and
+/// [`IGNORE_INDEX`](crate::IGNORE_INDEX) where `labels`): [`LlamaError::TokenIdOutOfRange`] otherwise.
+fn check_token_ids(fixture: &Fixture, name: &str, vocab_size: usize, labels: bool) -> Result<(), LlamaError> {
+    let (_, values) = fixture.i64(name)?;
+    let valid = |id: i64| (labels && id == crate::IGNORE_INDEX) || usize::try_from(id).is_ok_and(|id| id < vocab_size);
+    match values.iter().copied().find(|&id| !valid(id)) {
+        Some(id) => Err(LlamaError::TokenIdOutOfRange {
+            what: format!("fixture {}: {name}", fixture.dir.display()),
+            id,
+            vocab_size,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Compares `ours` with the fixture tensor `reference`; a shape difference fails the check.
 fn compare(
     fixture: &Fixture,
@@ -148,6 +163,9 @@ fn verify_lora<B: Backend>(
     let adapter_dir = fixture_path(fixture, meta_str(fixture, "adapter_dir")?);
     let base = Llama::<Autodiff<B>>::from_pretrained(&RepoSource::parse(&model_spec, RepoKind::Model), device)?;
 
+    // Ids past the embedding table would index out of it inside the forward pass: refused here.
+    check_token_ids(fixture, "input_ids", base.vocab_size(), false)?;
+    check_token_ids(fixture, "lora_labels", base.vocab_size(), true)?;
     let input_ids = int_tensor::<Autodiff<B>, 2>(fixture, "input_ids", device)?;
     let attention_mask = int_tensor::<Autodiff<B>, 2>(fixture, "attention_mask", device)?;
     let labels = int_tensor::<Autodiff<B>, 2>(fixture, "lora_labels", device)?;
@@ -213,7 +231,9 @@ fn prompt_model<B: Backend>(
     }
     let source = RepoSource::parse(&spec, RepoKind::Model);
     let tokenizer = LlamaTokenizer::from_file(&source.file("tokenizer.json")?)?;
-    Ok((Llama::from_pretrained(&source, device)?, tokenizer))
+    let model = Llama::from_pretrained(&source, device)?;
+    tokenizer.check_vocab(model.vocab_size(), &spec)?;
+    Ok((model, tokenizer))
 }
 
 fn verify_prompts<B: Backend>(

@@ -112,6 +112,11 @@ pub fn generate_answers_for_ids<B: Backend>(
     max_new_tokens: usize,
     device: &B::Device,
 ) -> Result<GeneratedAnswers, LlamaError> {
+    // Ids past the embedding table would index out of it in the forward pass: refused here.
+    let vocab_size = model.vocab_size();
+    if let Some(&id) = prompts.iter().flatten().find(|&&id| id as usize >= vocab_size) {
+        return Err(LlamaError::TokenIdOutOfRange { what: "prompt".into(), id: i64::from(id), vocab_size });
+    }
     let generated = model.generate_greedy(prompts, max_new_tokens, tokenizer.eos_token_id, device);
     let mut texts = Vec::with_capacity(generated.len());
     for tokens in &generated {

@@ -64,11 +64,7 @@ impl GgufPreTokenizer {
     /// any other value.
     pub fn of(gguf: &GgufFile) -> Result<Self, LlamaError> {
         let Some(value) = gguf.get("tokenizer.ggml.pre") else { return Ok(Self::Gpt2) };
-        let pre = value.as_str().ok_or_else(|| LlamaError::GgufWrongType {
-            key: "tokenizer.ggml.pre".into(),
-            expected: "a string",
-            found: value.type_name().into(),
-        })?;
+        let pre = value.as_str().ok_or_else(|| gguf.wrong_type("tokenizer.ggml.pre", "a string", value))?;
         Self::from_name(pre).ok_or_else(|| LlamaError::GgufUnknownPreTokenizer {
             file: gguf.display_name(),
             pre: pre.to_string(),
@@ -116,6 +112,8 @@ pub struct LlamaTokenizer {
     pub pad_token_id: Option<u32>,
     /// Whether [`encode`](Self::encode) prepends `bos_token_id`.
     pub add_bos_token: bool,
+    /// Where it was read from, for messages.
+    name: String,
 }
 
 impl LlamaTokenizer {
@@ -126,7 +124,7 @@ impl LlamaTokenizer {
         eos_token_id: Option<u32>,
         pad_token_id: Option<u32>,
     ) -> Self {
-        Self { tokenizer, bos_token_id, eos_token_id, pad_token_id, add_bos_token: false }
+        Self { tokenizer, bos_token_id, eos_token_id, pad_token_id, add_bos_token: false, name: "tokenizer".into() }
     }
 
     /// Reads a `tokenizer.json`; special tokens are looked up by their usual Llama spellings.
@@ -134,9 +132,12 @@ impl LlamaTokenizer {
     /// [`encode`](Self::encode) adds the beginning-of-sequence token exactly when the file's
     /// post-processor does (Llama 3's prepends `<|begin_of_text|>`), so that it gives the ids of
     /// transformers' `tokenizer(text)`; [`encode_with`](Self::encode_with)`(text, false)` leaves it out.
+    ///
+    /// The path must be a regular file: a FIFO or a directory is an error, not a hang.
     pub fn from_file(path: &Path) -> Result<Self, LlamaError> {
+        let bytes = polarity_hub::files::read_regular(path).map_err(|e| LlamaError::io(path, e))?;
         let tokenizer =
-            Tokenizer::from_file(path).map_err(|e| LlamaError::Tokenizer(format!("{}: {e}", path.display())))?;
+            Tokenizer::from_bytes(&bytes).map_err(|e| LlamaError::Tokenizer(format!("{}: {e}", path.display())))?;
         let find = |names: &[&str]| names.iter().find_map(|name| tokenizer.token_to_id(name));
         let bos = find(&["<|begin_of_text|>", "<s>", "<|endoftext|>"]);
         let eos = find(&["<|eot_id|>", "<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"]);
@@ -145,7 +146,7 @@ impl LlamaTokenizer {
             .encode("", true)
             .map_err(|e| LlamaError::Tokenizer(format!("{}: encoding with special tokens: {e}", path.display())))?;
         let add_bos_token = bos.is_some() && with_special.get_ids().first() == bos.as_ref();
-        Ok(Self { add_bos_token, ..Self::new(tokenizer, bos, eos, None) })
+        Ok(Self { add_bos_token, name: path.display().to_string(), ..Self::new(tokenizer, bos, eos, None) })
     }
 
     /// Reads the `tokenizer.json` of a model directory or hub repository (see [`from_file`](Self::from_file)).
@@ -201,9 +202,11 @@ impl LlamaTokenizer {
             match gguf.opt_usize(key)? {
                 None => Ok(None),
                 Some(id) if id < tokens.len() => Ok(u32::try_from(id).ok()),
-                Some(id) => {
-                    Err(LlamaError::Tokenizer(format!("{key} = {id} is outside the vocabulary of {}", tokens.len())))
-                }
+                Some(id) => Err(LlamaError::Tokenizer(format!(
+                    "{}: {key} = {id} is outside the vocabulary of {}",
+                    gguf.display_name(),
+                    tokens.len()
+                ))),
             }
         };
         let (bos, eos, pad, unk) = (
@@ -252,7 +255,44 @@ impl LlamaTokenizer {
         }
 
         let add_bos_token = gguf.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(pre.default_add_bos());
-        Ok(Self { tokenizer, bos_token_id: bos, eos_token_id: eos, pad_token_id: pad, add_bos_token })
+        Ok(Self {
+            tokenizer,
+            bos_token_id: bos,
+            eos_token_id: eos,
+            pad_token_id: pad,
+            add_bos_token,
+            name: gguf.display_name(),
+        })
+    }
+
+    /// Where the tokenizer was read from (its file), or `tokenizer` for one built with [`new`](Self::new).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many token ids the tokenizer can produce: its largest id + 1, over the vocabulary, the added
+    /// tokens and the special token ids.
+    pub fn id_count(&self) -> usize {
+        let vocab = self.tokenizer.get_vocab(true).into_values().max();
+        let special = [self.bos_token_id, self.eos_token_id, self.pad_token_id].into_iter().flatten().max();
+        vocab.max(special).map_or(0, |max| max as usize + 1)
+    }
+
+    /// Checks that every id this tokenizer can produce has a row in the embedding table of `model`
+    /// (`vocab_size` rows): [`LlamaError::TokenizerBeyondEmbedding`] naming both sizes otherwise. Run
+    /// it where a tokenizer and a model are paired, so that no id can index past the table.
+    pub fn check_vocab(&self, vocab_size: usize, model: &str) -> Result<(), LlamaError> {
+        let token_ids = self.id_count();
+        if token_ids > vocab_size {
+            return Err(LlamaError::TokenizerBeyondEmbedding {
+                tokenizer: self.name.clone(),
+                model: model.to_string(),
+                token_ids,
+                max_id: (token_ids - 1) as u32,
+                vocab_size,
+            });
+        }
+        Ok(())
     }
 
     /// The underlying tokenizer.

@@ -191,7 +191,7 @@ fn reads_every_metadata_type_and_the_tensor_table() {
     // Typed accessors say what they found.
     assert!(matches!(file.usize("a.i32"), Err(LlamaError::GgufWrongType { .. })));
     assert!(matches!(file.str("a.u8"), Err(LlamaError::GgufWrongType { .. })));
-    assert!(matches!(file.usize("no.such.key"), Err(LlamaError::GgufMissingKey(key)) if key == "no.such.key"));
+    assert!(matches!(file.usize("no.such.key"), Err(LlamaError::GgufMissingKey { key, .. }) if key == "no.such.key"));
 
     let names: Vec<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["f32", "f16", "q4_0"]);
@@ -219,7 +219,7 @@ fn honours_general_alignment() {
 
     // An alignment that is not a power of two is rejected.
     let bad = gguf_bytes(&[("general.alignment", Value::U32(48))], &tensors, 64);
-    assert!(matches!(open(&bad), Err(LlamaError::GgufInvalid(what)) if what.contains("alignment")));
+    assert!(matches!(open(&bad), Err(LlamaError::GgufInvalid { what, .. }) if what.contains("alignment")));
 }
 
 #[test]
@@ -256,8 +256,8 @@ fn dequantises_the_block_formats() {
     assert_eq!(dequantize(GgmlType::F16, &half_bytes(-0.5), 1).unwrap(), vec![-0.5]);
 
     // Sizes must agree with the block layout.
-    assert!(matches!(dequantize(GgmlType::Q8_0, &q8[..33], 32), Err(LlamaError::GgufInvalid(_))));
-    assert!(matches!(dequantize(GgmlType::Q8_0, &q8, 31), Err(LlamaError::GgufInvalid(_))));
+    assert!(matches!(dequantize(GgmlType::Q8_0, &q8[..33], 32), Err(LlamaError::GgufTensorData(_))));
+    assert!(matches!(dequantize(GgmlType::Q8_0, &q8, 31), Err(LlamaError::GgufTensorData(_))));
     assert!(matches!(
         dequantize(GgmlType::Q8_1, &[0u8; 40], 32),
         Err(LlamaError::GgufUnsupportedTensorType { ggml_type, .. }) if ggml_type == "Q8_1"
@@ -309,7 +309,7 @@ fn every_truncation_is_an_error_not_a_panic() {
     for len in 0..bytes.len() {
         let result = GgufFile::from_bytes(bytes[..len].to_vec());
         assert!(
-            matches!(result, Err(LlamaError::GgufTruncated { .. }) | Err(LlamaError::GgufBadMagic(_))),
+            matches!(result, Err(LlamaError::GgufTruncated { .. }) | Err(LlamaError::GgufBadMagic { .. })),
             "prefix of {len} bytes: {result:?}"
         );
     }
@@ -332,11 +332,14 @@ const FIRST_VALUE_TYPE: usize = 24 + 8 + "general.architecture".len();
 
 #[test]
 fn corrupt_headers_are_typed_errors() {
-    assert!(matches!(open(&patched(0, b"GGUL")), Err(LlamaError::GgufBadMagic(magic)) if &magic == b"GGUL"));
-    assert!(matches!(open(&patched(4, &1u32.to_le_bytes())), Err(LlamaError::GgufUnsupportedVersion(1))));
+    assert!(matches!(open(&patched(0, b"GGUL")), Err(LlamaError::GgufBadMagic { magic, .. }) if &magic == b"GGUL"));
+    assert!(matches!(
+        open(&patched(4, &1u32.to_le_bytes())),
+        Err(LlamaError::GgufUnsupportedVersion { version: 1, .. })
+    ));
     assert!(matches!(
         open(&patched(FIRST_VALUE_TYPE, &13u32.to_le_bytes())),
-        Err(LlamaError::GgufUnknownValueType { type_id: 13, key }) if key == "general.architecture"
+        Err(LlamaError::GgufUnknownValueType { type_id: 13, key, .. }) if key == "general.architecture"
     ));
     // A string length near u64::MAX must not allocate or overflow.
     assert!(matches!(
@@ -348,7 +351,7 @@ fn corrupt_headers_are_typed_errors() {
     // A tensor count far beyond the file (the data section is then read as a tensor table).
     assert!(open(&patched(8, &u64::MAX.to_le_bytes())).is_err());
     // Invalid UTF-8 in a string.
-    assert!(matches!(open(&patched(FIRST_VALUE_TYPE + 12, &[0xff])), Err(LlamaError::GgufInvalid(_))));
+    assert!(matches!(open(&patched(FIRST_VALUE_TYPE + 12, &[0xff])), Err(LlamaError::GgufInvalid { .. })));
 }
 
 #[test]
@@ -358,29 +361,29 @@ fn corrupt_tensor_tables_are_typed_errors() {
 
     let unknown_type = with(vec![tensor(vec![4], 99, vec![0; 16])]);
     assert!(
-        matches!(open(&unknown_type), Err(LlamaError::GgufUnknownTensorType { type_id: 99, tensor }) if tensor == "t")
+        matches!(open(&unknown_type), Err(LlamaError::GgufUnknownTensorType { type_id: 99, tensor, .. }) if tensor == "t")
     );
 
     let overflowing = with(vec![tensor(vec![u64::MAX, 4], 0, vec![])]);
-    assert!(matches!(open(&overflowing), Err(LlamaError::GgufInvalid(_))));
+    assert!(matches!(open(&overflowing), Err(LlamaError::GgufInvalid { .. })));
 
     let too_many_dims = with(vec![tensor(vec![1, 1, 1, 1, 1], 0, f32_bytes(&[1.0]))]);
-    assert!(matches!(open(&too_many_dims), Err(LlamaError::GgufInvalid(_))));
+    assert!(matches!(open(&too_many_dims), Err(LlamaError::GgufInvalid { .. })));
 
     let partial_block = with(vec![tensor(vec![16], 8, vec![0; 17])]);
-    assert!(matches!(open(&partial_block), Err(LlamaError::GgufInvalid(what)) if what.contains("block")));
+    assert!(matches!(open(&partial_block), Err(LlamaError::GgufInvalid { what, .. }) if what.contains("block")));
 
     let beyond_the_end = with(vec![tensor(vec![1000], 0, f32_bytes(&[1.0]))]);
     assert!(matches!(open(&beyond_the_end), Err(LlamaError::GgufTruncated { .. })));
 
     let twice = with(vec![tensor(vec![1], 0, f32_bytes(&[1.0])), tensor(vec![1], 0, f32_bytes(&[2.0]))]);
-    assert!(matches!(open(&twice), Err(LlamaError::GgufInvalid(what)) if what.contains("twice")));
+    assert!(matches!(open(&twice), Err(LlamaError::GgufInvalid { what, .. }) if what.contains("twice")));
 
     // A misaligned offset: patch the last 8 bytes of the table (the offset) to 4.
     let mut misaligned = with(vec![tensor(vec![1], 0, f32_bytes(&[1.0]))]);
     let offset_at = 24 + 8 + 1 + 4 + 8 + 4;
     misaligned[offset_at..offset_at + 8].copy_from_slice(&4u64.to_le_bytes());
-    assert!(matches!(open(&misaligned), Err(LlamaError::GgufInvalid(what)) if what.contains("alignment")));
+    assert!(matches!(open(&misaligned), Err(LlamaError::GgufInvalid { what, .. }) if what.contains("alignment")));
 }
 
 /// A two-layer Llama as llama.cpp would store it, with every hyper-parameter in `llama.*` metadata.
@@ -512,7 +515,7 @@ fn quantised_gguf_loading_keeps_the_projection_blocks() {
 fn gguf_models_report_missing_keys_tensors_and_unsupported_types() {
     let missing_key = GgufFile::from_bytes(tiny_llama_gguf(Some("llama.block_count"), 0)).unwrap();
     assert!(
-        matches!(LlamaConfig::from_gguf(&missing_key), Err(LlamaError::GgufMissingKey(key)) if key == "llama.block_count")
+        matches!(LlamaConfig::from_gguf(&missing_key), Err(LlamaError::GgufMissingKey { key, .. }) if key == "llama.block_count")
     );
     assert!(matches!(
         Llama::<NdArray>::from_gguf(std::path::Path::new("/no/such/file.gguf"), &Default::default()),

@@ -55,10 +55,14 @@ fn llama3_8b_config_parses_and_builds_lazily() {
 #[test]
 fn invalid_configs_are_errors() {
     let bad_heads = LlamaConfig::new(16, 32, 64, 1, 6, 4);
-    assert!(matches!(bad_heads.validate(), Err(LlamaError::InvalidConfig(what)) if what.contains("multiple")));
+    assert!(
+        matches!(bad_heads.validate(), Err(LlamaError::InvalidConfigValue { reason, .. }) if reason.contains("multiple"))
+    );
     assert!(bad_heads.init::<Cpu>(&Default::default()).is_err());
     let odd_head = LlamaConfig::new(16, 30, 64, 1, 2, 2);
-    assert!(matches!(odd_head.validate(), Err(LlamaError::InvalidConfig(what)) if what.contains("even")));
+    assert!(
+        matches!(odd_head.validate(), Err(LlamaError::InvalidConfigValue { reason, .. }) if reason.contains("even"))
+    );
 
     let mut json: serde_json::Value = serde_json::from_str(LLAMA3_8B_CONFIG).unwrap();
     json["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});

@@ -166,7 +166,7 @@ fn quantisation_errors_are_typed() {
     ));
     // RoPE un-permutation needs an even number of rows per head.
     let matrix = QuantizedMatrix::quantize_nf4(&[0.5; 6 * 64], 6, 64).unwrap();
-    assert!(matches!(matrix.unpermute_rope_rows(2), Err(LlamaError::GgufInvalid(_))));
+    assert!(matches!(matrix.unpermute_rope_rows(2), Err(LlamaError::GgufTensorData(_))));
 
     // A model whose projections are not whole NF4 blocks (hidden size 32).
     let config = LlamaConfig::new(16, 32, 64, 1, 4, 2);

@@ -158,7 +158,7 @@ fn a_tied_table_stays_dense_and_bad_shapes_are_errors() {
     let err = LlamaConfig::new(16, 32, 64, 1, 4, 2).init_quantized_random::<Cpu>(&device, 1).unwrap_err();
     assert!(matches!(err, LlamaError::QuantBlockSize { cols: 32, block_size: 64, .. }), "{err}");
     let err = LlamaConfig::new(16, 64, 64, 1, 3, 2).init_quantized_random::<Cpu>(&device, 1).unwrap_err();
-    assert!(matches!(err, LlamaError::InvalidConfig(_)), "{err}");
+    assert!(matches!(err, LlamaError::InvalidConfigValue { .. }), "{err}");
 }
 
 #[test]

@@ -37,9 +37,16 @@ impl<B: Backend> Llama<B> {
         projections: GgufProjections,
     ) -> Result<(Self, LlamaTokenizer), LlamaError> {
         let gguf = GgufFile::open(path)?;
+        let name = gguf.display_name();
+        // Before the config: a vocabulary-only file is one clear error, not a missing key or 291 tensors.
+        if gguf.tensors.is_empty() {
+            return Err(LlamaError::GgufNoTensors { file: name });
+        }
         let config = LlamaConfig::from_gguf(&gguf)?;
         let tokenizer = LlamaTokenizer::from_gguf(&gguf)?;
-        let model = config.init(device)?.load_gguf_tensors(&gguf, &config, &path.display().to_string(), projections)?;
+        // config.vocab_size is the embedding table's rows (checked in from_gguf).
+        tokenizer.check_vocab(config.vocab_size, &name)?;
+        let model = config.init(device)?.load_gguf_tensors(&gguf, &config, &name, projections)?;
         Ok((model, tokenizer))
     }
 
@@ -67,6 +74,24 @@ impl<B: Backend> Llama<B> {
         source_name: &str,
         projections: GgufProjections,
     ) -> Result<Self, LlamaError> {
+        if gguf.tensors.is_empty() {
+            return Err(LlamaError::GgufNoTensors { file: gguf.display_name() });
+        }
+        // Layers the config does not have would be dropped with a warning by the checkpoint loader,
+        // leaving a model without them: an error, naming the tensors.
+        let beyond: Vec<String> = gguf
+            .tensors
+            .iter()
+            .filter(|info| gguf_layer_index(&info.name).is_some_and(|layer| layer >= config.num_hidden_layers))
+            .map(|info| info.name.clone())
+            .collect();
+        if !beyond.is_empty() {
+            return Err(LlamaError::GgufLayersBeyondBlockCount {
+                file: gguf.display_name(),
+                block_count: config.num_hidden_layers,
+                tensors: beyond,
+            });
+        }
         let mut tensors = Vec::new();
         let mut quantized = BTreeMap::new();
         for info in &gguf.tensors {
@@ -155,7 +180,10 @@ enum GgufProjections {
 /// A GGUF matrix kept in its blocks, its rows un-permuted when `rope_heads` says so (q/k).
 fn gguf_matrix(tensor: &GgufTensor, rope_heads: Option<usize>) -> Result<QuantizedMatrix, LlamaError> {
     let &[rows, cols] = tensor.info.shape().as_slice() else {
-        return Err(LlamaError::GgufInvalid(format!("tensor {:?} is not a matrix", tensor.info.name)));
+        return Err(LlamaError::GgufTensorData(format!(
+            "tensor {:?} {:?} is not a matrix",
+            tensor.info.name, tensor.info.dims
+        )));
     };
     let matrix =
         QuantizedMatrix::from_gguf_blocks(tensor.info.ggml_type, tensor.bytes(), rows, cols).map_err(|e| match e {
@@ -190,6 +218,11 @@ fn gguf_snapshot(tensor: GgufTensor, rope_heads: Option<usize>) -> TensorSnapsho
         Vec::new(),
         ParamId::new(),
     )
+}
+
+/// The layer of a llama.cpp layer tensor (`blk.3.attn_q.weight` -> 3); `None` for other tensors.
+fn gguf_layer_index(gguf_name: &str) -> Option<usize> {
+    gguf_name.strip_prefix("blk.")?.split_once('.')?.0.parse().ok()
 }
 
 /// The Hugging Face name of a llama.cpp tensor (`blk.3.attn_q.weight` ->
@@ -232,22 +265,58 @@ pub fn hf_name_of_gguf_tensor(gguf_name: &str) -> Result<Option<String>, LlamaEr
 
 impl LlamaConfig {
     /// The configuration stored in a GGUF file's `llama.*` metadata, resolved as transformers' GGUF
-    /// loader does (`rope.dimension_count` is the head width; no `output.weight` means tied embeddings).
+    /// loader does (`rope.dimension_count` is the head width; no `output.weight` means tied embeddings),
+    /// and [validated](Self::validate) with errors naming the file and the GGUF key.
+    ///
+    /// The vocabulary size is the embedding table's rows (`token_embd.weight`); a `llama.vocab_size`
+    /// that disagrees with them is an error. Without the table (a vocabulary-only file) it is
+    /// `llama.vocab_size`, else the number of tokens.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, LlamaError> {
+        let file = gguf.display_name();
         let architecture = gguf.str("general.architecture")?;
         if architecture != "llama" {
-            return Err(LlamaError::Unsupported(format!("GGUF architecture {architecture:?} (expected \"llama\")")));
+            return Err(LlamaError::Unsupported(format!(
+                "{file}: GGUF architecture {architecture:?} (expected \"llama\")"
+            )));
         }
         let key = |name: &str| format!("llama.{name}");
+        let invalid = |field: &str, value: String, reason: String| LlamaError::InvalidConfigValue {
+            source_name: file.clone(),
+            field: field.to_string(),
+            value,
+            reason,
+        };
         let heads = gguf.usize(&key("attention.head_count"))?;
-        let vocab_size = match gguf.opt_usize(&key("vocab_size"))? {
-            Some(size) => size,
-            None => gguf.strings("tokenizer.ggml.tokens")?.len(),
+        let declared_vocab = gguf.opt_usize(&key("vocab_size"))?;
+        let embedding_rows = match gguf.tensor_info("token_embd.weight") {
+            None => None,
+            Some(info) => match info.dims[..] {
+                [_, rows] => Some(usize::try_from(rows).unwrap_or(usize::MAX)),
+                _ => {
+                    return Err(invalid(
+                        "token_embd.weight",
+                        format!("{:?}", info.dims),
+                        "the embedding table must be a matrix".into(),
+                    ));
+                }
+            },
+        };
+        let vocab_size = match (embedding_rows, declared_vocab) {
+            (Some(rows), Some(declared)) if rows != declared => {
+                return Err(invalid(
+                    &key("vocab_size"),
+                    declared.to_string(),
+                    format!("the embedding table token_embd.weight has {rows} rows"),
+                ));
+            }
+            (Some(rows), _) => rows,
+            (None, Some(declared)) => declared,
+            (None, None) => gguf.strings("tokenizer.ggml.tokens")?.len(),
         };
         let rope_scaling: Option<Llama3RopeScaling> = match gguf.get(&key("rope.scaling.type")).and_then(|v| v.as_str())
         {
             None | Some("none") => None,
-            Some(other) => return Err(LlamaError::Unsupported(format!("GGUF RoPE scaling type {other:?}"))),
+            Some(other) => return Err(LlamaError::Unsupported(format!("{file}: GGUF RoPE scaling type {other:?}"))),
         };
         let config = LlamaConfig {
             vocab_size,
@@ -268,7 +337,26 @@ impl LlamaConfig {
             attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
             mlp_bias: gguf.tensor_info("blk.0.ffn_up.bias").is_some(),
         };
-        config.validate()?;
+        config.validate_named(&file, |field| gguf_key_of_field(field, embedding_rows.is_some()))?;
         Ok(config)
     }
+}
+
+/// The GGUF spelling of a [`LlamaConfig`] field, for error messages.
+fn gguf_key_of_field(field: &str, has_embedding: bool) -> String {
+    let key = match field {
+        "vocab_size" if has_embedding => return "token_embd.weight rows".into(),
+        "vocab_size" => "vocab_size",
+        "hidden_size" => "embedding_length",
+        "intermediate_size" => "feed_forward_length",
+        "num_hidden_layers" => "block_count",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "head_dim" => "attention.key_length (or rope.dimension_count)",
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        "max_position_embeddings" => "context_length",
+        other => return other.to_string(),
+    };
+    format!("llama.{key}")
 }
