@@ -79,6 +79,16 @@ pub enum HubError {
     /// A sharded checkpoint's `model.safetensors.index.json` is unreadable or malformed.
     #[error(transparent)]
     InvalidIndex(#[from] InvalidIndex),
+    /// A file of a local model directory exists but cannot be used: not a regular file (a FIFO, a
+    /// directory, a device) or unreadable.
+    #[error("{path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why ([`files::open_regular`]'s error).
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where [`RepoSource::safetensors_files`] looked for a model's weights without finding them.
@@ -194,6 +204,12 @@ impl RepoSource {
                 let path = dir.join(file);
                 if path.is_file() {
                     Ok(path)
+                } else if path.exists() {
+                    // A FIFO or directory of that name: say what it is rather than "not found".
+                    let source = files::open_regular(&path)
+                        .err()
+                        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+                    Err(HubError::Unreadable { path, source })
                 } else {
                     Err(HubError::MissingLocalFile { dir: dir.clone(), file: file.to_string() })
                 }
@@ -217,6 +233,8 @@ impl RepoSource {
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 /// The index of a sharded checkpoint (`weight_map`: tensor name -> shard file).
 pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// The largest `model.safetensors.index.json` read (Llama-3-405B's is under 2 MiB).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 impl RepoSource {
     /// The safetensors files of a model checkpoint: `model.safetensors`, or the shards that
@@ -224,7 +242,9 @@ impl RepoSource {
     /// file-name order. Cached files are preferred, so an offline hub cache needs only one of the two.
     ///
     /// A model with neither file (in its directory, in the hub cache offline, or on the hub) is
-    /// [`HubError::NoWeights`], saying where both were looked for.
+    /// [`HubError::NoWeights`], saying where both were looked for. The index must be a regular file of
+    /// at most [`MAX_INDEX_BYTES`]; a shard name that is absolute or climbs out of the model's directory
+    /// (`../x`) is [`HubError::InvalidIndex`], never followed.
     pub fn safetensors_files(&self) -> Result<Vec<PathBuf>, HubError> {
         if !self.has_cached(SAFETENSORS_INDEX_FILE) {
             if self.has_cached(SAFETENSORS_FILE) {
@@ -236,23 +256,25 @@ impl RepoSource {
         }
         let index_path = self.file(SAFETENSORS_INDEX_FILE)?;
         let invalid = |reason: String| HubError::from(InvalidIndex { path: index_path.clone(), reason });
-        let text = std::fs::read_to_string(&index_path).map_err(|e| invalid(e.to_string()))?;
+        let text =
+            files::read_regular_to_string_within(&index_path, MAX_INDEX_BYTES).map_err(|e| invalid(e.to_string()))?;
         let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let weight_map = index
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
-        let mut shards: Vec<&str> = Vec::new();
+        // A set: an index may map a million tensors to a handful of shards.
+        let mut shards = std::collections::BTreeSet::new();
         for (tensor, shard) in weight_map {
             let shard = shard.as_str().ok_or_else(|| invalid(format!("the shard of {tensor:?} is not a string")))?;
-            if !shards.contains(&shard) {
-                shards.push(shard);
-            }
+            // Shard names come from the file: one that leaves the model's directory is refused, not followed.
+            let dir = index_path.parent().unwrap_or(Path::new(""));
+            files::join_inside(dir, shard).map_err(|e| invalid(format!("the shard of {tensor:?}: {e}")))?;
+            shards.insert(shard);
         }
         if shards.is_empty() {
             return Err(invalid("the weight map is empty".into()));
         }
-        shards.sort_unstable();
         shards.into_iter().map(|shard| self.file(shard)).collect()
     }
 
