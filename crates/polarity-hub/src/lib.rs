@@ -246,6 +246,14 @@ impl RepoSource {
     /// at most [`MAX_INDEX_BYTES`]; a shard name that is absolute or climbs out of the model's directory
     /// (`../x`) is [`HubError::InvalidIndex`], never followed.
     pub fn safetensors_files(&self) -> Result<Vec<PathBuf>, HubError> {
+        // A FIFO or directory under either name is an error about it, not "no weights".
+        if let RepoSource::Local(dir) = self
+            && let Some(name) = [SAFETENSORS_INDEX_FILE, SAFETENSORS_FILE]
+                .into_iter()
+                .find(|name| dir.join(name).exists() && !dir.join(name).is_file())
+        {
+            self.file(name)?;
+        }
         if !self.has_cached(SAFETENSORS_INDEX_FILE) {
             if self.has_cached(SAFETENSORS_FILE) {
                 return Ok(vec![self.file(SAFETENSORS_FILE)?]);
@@ -459,6 +467,50 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("model.safetensors nor model.safetensors.index.json"), "{message}");
         assert!(message.contains(&dir.path().display().to_string()), "{message}");
+    }
+
+    fn index(dir: &Path, shards: &[&str]) {
+        let map: serde_json::Map<String, serde_json::Value> =
+            shards.iter().enumerate().map(|(i, shard)| (format!("t{i}"), serde_json::Value::from(*shard))).collect();
+        let text = serde_json::json!({"metadata": {}, "weight_map": map}).to_string();
+        std::fs::write(dir.join(SAFETENSORS_INDEX_FILE), text).unwrap();
+    }
+
+    #[test]
+    fn shard_names_that_leave_the_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = RepoSource::Local(dir.path().to_path_buf());
+        std::fs::write(dir.path().join("a.safetensors"), b"x").unwrap();
+        index(dir.path(), &["a.safetensors", "a.safetensors"]);
+        assert_eq!(source.safetensors_files().unwrap(), [dir.path().join("a.safetensors")]);
+        for hostile in ["../model.safetensors", "/etc/passwd", "sub/../../x", ""] {
+            index(dir.path(), &["a.safetensors", hostile]);
+            let err = source.safetensors_files().unwrap_err();
+            assert!(matches!(&err, HubError::InvalidIndex(_)), "{hostile:?}: {err}");
+            assert!(err.to_string().contains(&format!("{hostile:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn fifos_and_oversized_indexes_are_errors_not_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = RepoSource::Local(dir.path().to_path_buf());
+        let mkfifo = |path: &Path| std::process::Command::new("mkfifo").arg(path).status().unwrap().success();
+        if mkfifo(&dir.path().join("shard.safetensors")) {
+            index(dir.path(), &["shard.safetensors"]);
+            let err = source.safetensors_files().unwrap_err();
+            assert!(matches!(&err, HubError::Unreadable { .. }) && err.to_string().contains("FIFO"), "{err}");
+            std::fs::remove_file(dir.path().join(SAFETENSORS_INDEX_FILE)).unwrap();
+            assert!(mkfifo(&dir.path().join(SAFETENSORS_INDEX_FILE)));
+            let err = source.safetensors_files().unwrap_err();
+            assert!(err.to_string().contains("FIFO"), "{err}");
+            std::fs::remove_file(dir.path().join(SAFETENSORS_INDEX_FILE)).unwrap();
+        }
+        // A sparse file: no 64 MiB written.
+        let file = std::fs::File::create(dir.path().join(SAFETENSORS_INDEX_FILE)).unwrap();
+        file.set_len(MAX_INDEX_BYTES + 1).unwrap();
+        let err = source.safetensors_files().unwrap_err();
+        assert!(matches!(&err, HubError::InvalidIndex(_)) && err.to_string().contains("more than"), "{err}");
     }
 
     #[test]
