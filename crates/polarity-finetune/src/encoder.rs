@@ -10,7 +10,7 @@ use polarity_core::backend::{TrainBackend, default_backend_name, default_device}
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_encoder::{CONFIG_FILE, EncoderClassifier, EncoderError, HfConfigJson, LoadReport};
 use polarity_hub::{HubError, RepoKind, RepoSource};
-use polarity_tokenize::{Encode, HfTokenizer, TokenizedExample};
+use polarity_tokenize::{Encode, HfTokenizer, ModelLimits, TokenizedExample};
 use polarity_train::{CrossEntropyObjective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, tokenize_examples};
 use serde::{Deserialize, Serialize};
 
@@ -126,6 +126,22 @@ impl EncoderFineTune {
         loaded.map_err(|e| self.encoder_error(e))
     }
 
+    /// Checks that `tokenizer`'s output fits `model` (ids inside its embeddings, `max_length` inside its
+    /// positions, a `[CLS]` in front to pool), so that no batch can index outside its tables.
+    fn check_pairing<B: Backend>(
+        &self,
+        model: &EncoderClassifier<B>,
+        tokenizer: &HfTokenizer,
+    ) -> Result<(), FinetuneError> {
+        Ok(tokenizer.check_model(&ModelLimits {
+            model: self.model.clone(),
+            vocab_size: model.vocab_size(),
+            max_positions: model.max_position_embeddings(),
+            type_vocab_size: model.type_vocab_size(),
+            pools_first_token: true,
+        })?)
+    }
+
     fn validate(&self) -> Result<(), FinetuneError> {
         if self.max_length < 2 {
             return Err(FinetuneError::InvalidSetting {
@@ -174,9 +190,10 @@ impl EncoderFineTune {
         self.validate()?;
         B::seed(device, self.trainer.seed);
         let tokenizer = self.tokenizer()?;
+        let (model, _) = self.load::<B>(device)?;
+        self.check_pairing(&model, &tokenizer)?;
         let train = tokenize_examples(&tokenizer, train)?;
         let eval = eval.map(|eval| tokenize_examples(&tokenizer, eval)).transpose()?;
-        let (model, _) = self.load::<B>(device)?;
         let outcome = self.train(model, &tokenizer, &train, eval.as_deref(), device)?;
         let summary = outcome.summary();
         Ok(FineTuned { classifier: self.classifier(outcome.model.valid(), tokenizer, device), summary })
@@ -204,6 +221,7 @@ impl EncoderFineTune {
         B::seed(device, self.trainer.seed);
         let (model, load_report) = self.load::<B>(device)?;
         let tokenizer = self.tokenizer()?;
+        self.check_pairing(&model, &tokenizer)?;
         let load_seconds = started.elapsed().as_secs_f64();
 
         let tokenized = TokenizedData::encode(&tokenizer, data)?;

@@ -9,7 +9,9 @@ use burn::tensor::backend::AutodiffBackend;
 use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_hub::{HubError, RepoKind, RepoSource};
-use polarity_llama::{LabelWords, Llama, LlamaConfig, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder};
+use polarity_llama::{
+    LLAMA_DEFAULT_TARGET_MODULES, LLAMA_TARGET_MODULES, LabelWords, Llama, LlamaConfig, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder,
+};
 use polarity_tokenize::{DEFAULT_TEMPLATE, Encode, PromptTemplate, TokenizedExample};
 use polarity_train::{TextClassifier, TrainOutcome, Trainer, TrainerConfig, Warmup, tokenize_examples};
 use serde::{Deserialize, Serialize};
@@ -142,6 +144,14 @@ impl LoraFineTune {
 
     fn llama_error(&self, source: LlamaError) -> FinetuneError {
         FinetuneError::Llama { model: self.model.clone(), source: Box::new(source) }
+    }
+
+    /// The trainer's settings and the adapters' (rank, alpha, dropout, targets), before the base is loaded:
+    /// a hostile rank is refused here, not after gigabytes of weights.
+    fn validate(&self) -> Result<(), FinetuneError> {
+        self.trainer.validate()?;
+        let lora = self.lora.clone().with_default_targets(&LLAMA_DEFAULT_TARGET_MODULES);
+        lora.validate(&LLAMA_TARGET_MODULES).map_err(|e| self.llama_error(e))
     }
 
     fn gguf_path(&self) -> Option<&Path> {
@@ -288,7 +298,7 @@ impl LoraFineTune {
         train: &dyn ExampleSource,
         eval: Option<&dyn ExampleSource>,
     ) -> Result<FineTuned<LoraTextClassifier<B::InnerBackend>>, FinetuneError> {
-        self.trainer.validate()?;
+        self.validate()?;
         B::seed(device, self.trainer.seed);
         let (base, tokenizer) = self.load_base::<B>(device)?;
         let (encoder, objective) = self.prompts(&tokenizer)?;
@@ -318,7 +328,7 @@ impl LoraFineTune {
         data: &ExperimentData,
     ) -> Result<Experiment<LoraTextClassifier<B::InnerBackend>>, FinetuneError> {
         let started = Instant::now();
-        self.trainer.validate()?;
+        self.validate()?;
         B::seed(device, self.trainer.seed);
         let (base, tokenizer) = self.load_base::<B>(device)?;
         let (encoder, objective) = self.prompts(&tokenizer)?;
