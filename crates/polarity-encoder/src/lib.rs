@@ -62,7 +62,7 @@ pub use bert::{BertConfig, BertForSequenceClassification, BertModel};
 pub use common::Activation;
 pub use distilbert::{DistilBertConfig, DistilBertForSequenceClassification, DistilBertModel};
 pub use error::EncoderError;
-pub use hf_config::{HfConfig, HfConfigJson};
+pub use hf_config::{HfConfig, HfConfigJson, limits};
 pub use polarity_checkpoint::{CheckpointError, LoadReport, TensorInfo};
 pub use pretrained::{CONFIG_FILE, HfModel, ParameterNaming, WEIGHTS_FILE};
 
