@@ -10,7 +10,8 @@ use polarity_core::backend::{TrainBackend, default_backend_name, default_device}
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_hub::{HubError, RepoKind, RepoSource};
 use polarity_llama::{
-    LLAMA_DEFAULT_TARGET_MODULES, LLAMA_TARGET_MODULES, LabelWords, Llama, LlamaConfig, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder,
+    LLAMA_DEFAULT_TARGET_MODULES, LLAMA_TARGET_MODULES, LabelWords, Llama, LlamaConfig, LlamaError, LlamaTokenizer,
+    LoraConfig, PromptEncoder,
 };
 use polarity_tokenize::{DEFAULT_TEMPLATE, Encode, PromptTemplate, TokenizedExample};
 use polarity_train::{TextClassifier, TrainOutcome, Trainer, TrainerConfig, Warmup, tokenize_examples};
