@@ -23,7 +23,7 @@ use burn::prelude::*;
 use clap::Parser;
 use polarity::backend::CpuBackend;
 use polarity::hub::{RepoKind, RepoSource};
-use polarity::llama::{IGNORE_INDEX, Llama, LoraConfig, causal_lm_loss};
+use polarity::llama::{IGNORE_INDEX, LLAMA_TARGET_MODULES, Llama, LoraConfig, causal_lm_loss};
 use polarity::reference::{ReferenceData, ReferenceTensor, write_tensors};
 
 type TrainBackend = Autodiff<CpuBackend>;
@@ -94,22 +94,10 @@ fn run() -> anyhow::Result<()> {
     ensure!(args.steps >= 1, "--steps must be at least 1 (a fresh lora_B is zero)");
     ensure!(args.steps <= 100_000, "--steps {} is more than this toy export needs (at most 100000)", args.steps);
     ensure!(args.lr.is_finite() && args.lr > 0.0, "--lr {} must be finite and positive", args.lr);
-    ensure!(
-        (1..=polarity_finetune::MAX_LORA_RANK).contains(&args.r),
-        "--r {} must be between 1 and {}",
-        args.r,
-        polarity_finetune::MAX_LORA_RANK
-    );
-    ensure!(
-        args.alpha.is_finite() && args.alpha > 0.0 && args.alpha <= polarity_finetune::MAX_LORA_ALPHA,
-        "--alpha {} must be finite, positive and at most {}",
-        args.alpha,
-        polarity_finetune::MAX_LORA_ALPHA
-    );
-    ensure!((0.0..1.0).contains(&args.dropout), "--dropout {} must be in [0, 1)", args.dropout);
     let device = Default::default();
     let source = RepoSource::parse(&args.model, RepoKind::Model);
     let config = LoraConfig::new(args.r, args.alpha).with_lora_dropout(args.dropout).with_target_modules(args.targets);
+    config.validate(&LLAMA_TARGET_MODULES)?;
 
     TrainBackend::seed(&device, args.seed);
     let base =

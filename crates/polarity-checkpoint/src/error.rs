@@ -20,8 +20,18 @@ impl fmt::Display for TensorInfo {
     }
 }
 
+/// How many tensors an error message names; the rest are counted (the error's fields keep them all).
+pub const LISTED_TENSORS: usize = 5;
+
+/// `count` tensors, the first [`LISTED_TENSORS`] named: a checkpoint of another model can miss hundreds,
+/// and one line naming them all is unreadable.
 fn list(tensors: &[TensorInfo]) -> String {
-    tensors.iter().map(TensorInfo::to_string).collect::<Vec<_>>().join(", ")
+    let named = tensors.iter().take(LISTED_TENSORS).map(TensorInfo::to_string).collect::<Vec<_>>().join(", ");
+    match tensors.len() {
+        n if n > LISTED_TENSORS => format!("{n} tensors: {named} and {} more", n - LISTED_TENSORS),
+        1 => format!("1 tensor: {named}"),
+        n => format!("{n} tensors: {named}"),
+    }
 }
 
 /// Why a checkpoint could not be read, applied to a model, or written.
@@ -53,7 +63,7 @@ pub enum CheckpointError {
     #[error("no checkpoint file to load")]
     NoFiles,
     /// Parameters of the model that the checkpoint lacks (and that may not keep their initialisation).
-    #[error("{checkpoint}: missing tensor(s) {} (shapes the model expects)", list(tensors))]
+    #[error("{checkpoint}: missing {} (shapes the model expects)", list(tensors))]
     MissingTensors {
         /// The checkpoint.
         checkpoint: String,
@@ -62,7 +72,7 @@ pub enum CheckpointError {
     },
     /// Checkpoint tensors that match no parameter of the model, where dropping them would silently
     /// change the model (a 13th layer when the config says 12, an adapter for a module not targeted).
-    #[error("{checkpoint}: tensor(s) {} match no parameter of the model", list(tensors))]
+    #[error("{checkpoint}: {} match no parameter of the model", list(tensors))]
     UnexpectedTensors {
         /// The checkpoint.
         checkpoint: String,
@@ -100,6 +110,33 @@ pub enum CheckpointError {
         tensor: String,
         /// The second key.
         duplicate: String,
+    },
+    /// The checkpoint holds no tensors at all (a vocabulary-only GGUF file, an empty safetensors file),
+    /// where the model expects some: said once rather than as every parameter missing.
+    #[error("{checkpoint} holds no tensors; the model expects {expected} (is it a weights file?)")]
+    NoTensors {
+        /// The checkpoint.
+        checkpoint: String,
+        /// How many tensors the model expects from it.
+        expected: usize,
+    },
+    /// A floating-point tensor holds NaN or infinite values (checked as its data is read, after the
+    /// conversion to the model's float type, so a finite f64 beyond f32's range counts too).
+    #[error(
+        "{checkpoint}: tensor {tensor} has {count} non-finite value(s) (the first, at flat index {first_index}, \
+         is {first_value})"
+    )]
+    NonFinite {
+        /// The file holding the tensor.
+        checkpoint: String,
+        /// The checkpoint key.
+        tensor: String,
+        /// How many values are NaN or infinite.
+        count: usize,
+        /// The flat (row-major, checkpoint layout) index of the first one.
+        first_index: usize,
+        /// The first one (NaN, inf or -inf).
+        first_value: f64,
     },
     /// A tensor that passed the checks could not be read or applied.
     #[error("{checkpoint}: cannot load tensor {tensor}: {reason}")]

@@ -14,9 +14,14 @@
 //! and the tensor, unless the mapping explicitly allows the difference (a fresh classification head is
 //! reported as initialised, a buffer or another task's head as ignored: [`LoadReport`]).
 //!
-//! Every check runs before burn-store sees a tensor: its `apply` moves the module out with `ptr::read`
-//! and has no panic guard, so a panic inside it (an integer tensor converted into a float parameter,
-//! say) would drop the module twice.
+//! Every check of keys, shapes and dtypes runs before burn-store sees a tensor: its `apply` moves the
+//! module out with `ptr::read` and has no panic guard, so a panic inside it (an integer tensor
+//! converted into a float parameter, say) would drop the module twice. Values are checked as each
+//! tensor's data is read, in the same pass that casts it: a NaN or infinite value is
+//! [`CheckpointError::NonFinite`] naming the tensor (reported as an error from the read, which
+//! burn-store handles without panicking). Checkpoint files must be regular files (a FIFO is an error,
+//! not a hang), and their headers are parsed by the `safetensors` crate, which bounds the header size
+//! and checks every tensor's offsets against the file.
 //!
 //! ```
 //! use burn::backend::NdArray;
@@ -51,20 +56,21 @@
 mod error;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use burn::module::{Module, ParamId};
 use burn::prelude::*;
-use burn::tensor::{DType, Element};
+use burn::tensor::{DType, Element, bf16, f16};
 pub use burn_store::TensorSnapshot;
 use burn_store::{
     ApplyError, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, SafetensorsStore, SafetensorsStoreError,
 };
 use polarity_core::params::{EnumVariants, FloatParam, float_params};
 
-pub use error::{CheckpointError, TensorInfo};
+pub use error::{CheckpointError, LISTED_TENSORS, TensorInfo};
 
 /// One tensor of a checkpoint, not read yet.
 #[derive(Clone)]
@@ -135,6 +141,9 @@ impl Checkpoint {
         };
         let mut tensors = Vec::new();
         for path in files {
+            // burn-store opens the file with a blocking `File::open`, which waits forever on a FIFO.
+            polarity_hub::files::open_regular(path)
+                .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
             let mut store = SafetensorsStore::from_file(path);
             let snapshots = store.get_all_snapshots().map_err(|e| match e {
                 SafetensorsStoreError::Io(source) => CheckpointError::Io { path: path.clone(), source },
@@ -239,6 +248,10 @@ impl Checkpoint {
             matched[index] = Some(position);
         }
 
+        let required = expected.iter().filter(|(key, _)| !mapping.may_be_missing(key)).count();
+        if tensors.is_empty() && required > 0 {
+            return Err(CheckpointError::NoTensors { checkpoint: name, expected: required });
+        }
         let mut missing = Vec::new();
         for ((key, param), found) in expected.iter().zip(&matched) {
             match found {
@@ -258,13 +271,14 @@ impl Checkpoint {
         let target = <B::FloatElem as Element>::dtype();
         let mut source_of: HashMap<String, &CheckpointTensor> = HashMap::new();
         let mut snapshots = Vec::with_capacity(report.loaded.len());
+        let first_non_finite: Rc<RefCell<Option<CheckpointError>>> = Rc::default();
         for ((_, param), found) in expected.iter().zip(&matched) {
             let Some(position) = *found else { continue };
             let tensor = &tensors[position];
             source_of.insert(param.name(), tensor);
-            // Re-keyed to the module path; the data is read (and cast) only when applied.
+            // Re-keyed to the module path; the data is read (and cast, and checked) only when applied.
             snapshots.push(TensorSnapshot::from_closure(
-                cast_to(&tensor.snapshot, target),
+                read_checked(tensor, target, Rc::clone(&first_non_finite)),
                 target,
                 tensor.snapshot.shape.clone(),
                 param.path.clone(),
@@ -279,6 +293,10 @@ impl Checkpoint {
                 .map_or_else(|| (name.clone(), path.to_string()), |t| (t.file.clone(), t.key.clone()));
             CheckpointError::TensorLoad { checkpoint, tensor, reason }
         };
+        // The typed error the read recorded, rather than burn-store's string of it.
+        if let Some(error) = first_non_finite.take() {
+            return Err(error);
+        }
         if let Some(error) = result.errors.first() {
             let path = match error {
                 ApplyError::ShapeMismatch { path, .. }
@@ -297,17 +315,66 @@ impl Checkpoint {
     }
 }
 
-/// The snapshot's data, converted to `target` when it is another float type (checkpoints may be f16,
-/// bf16 or f64).
-fn cast_to(
-    snapshot: &TensorSnapshot,
+/// A reader of the tensor's data: converted to `target` when it is another float type (checkpoints may
+/// be f16, bf16 or f64), then checked for NaN and infinite values. A non-finite value fails the read;
+/// the first such error is also kept in `first_non_finite`, typed, for [`Checkpoint::load_into`] to
+/// return.
+fn read_checked(
+    tensor: &CheckpointTensor,
     target: DType,
+    first_non_finite: Rc<RefCell<Option<CheckpointError>>>,
 ) -> Rc<dyn Fn() -> Result<TensorData, burn_store::TensorSnapshotError>> {
-    let read = snapshot.clone_data_fn();
-    if snapshot.dtype == target {
-        return read;
+    let read = tensor.snapshot.clone_data_fn();
+    let convert = tensor.snapshot.dtype != target;
+    let (file, key) = (tensor.file.clone(), tensor.key.clone());
+    Rc::new(move || {
+        let data = read()?;
+        let data = if convert { data.convert_dtype(target) } else { data };
+        let Some(found) = non_finite(&data) else { return Ok(data) };
+        let message =
+            format!("{} non-finite value(s), the first {} at index {}", found.count, found.value, found.index);
+        first_non_finite.borrow_mut().get_or_insert(CheckpointError::NonFinite {
+            checkpoint: file.clone(),
+            tensor: key.clone(),
+            count: found.count,
+            first_index: found.index,
+            first_value: found.value,
+        });
+        Err(burn_store::TensorSnapshotError::DataError(message))
+    })
+}
+
+/// Where a tensor holds NaN or infinite values.
+#[derive(Debug, PartialEq)]
+struct NonFinite {
+    count: usize,
+    index: usize,
+    value: f64,
+}
+
+/// The non-finite values of a float tensor, if any. The common case (none) is one pass of `is_finite`.
+fn non_finite(data: &TensorData) -> Option<NonFinite> {
+    fn scan<E: Copy>(values: &[E], finite: impl Fn(E) -> bool, wide: impl Fn(E) -> f64) -> Option<NonFinite> {
+        if values.iter().all(|&v| finite(v)) {
+            return None;
+        }
+        let mut bad = values.iter().enumerate().filter(|(_, v)| !finite(**v));
+        let (index, &first) = bad.next()?;
+        Some(NonFinite { count: 1 + bad.count(), index, value: wide(first) })
     }
-    Rc::new(move || read().map(|data| data.convert_dtype(target)))
+    let found = match data.dtype {
+        DType::F32 => data.as_slice::<f32>().ok().map(|v| scan(v, f32::is_finite, f64::from)),
+        DType::F64 => data.as_slice::<f64>().ok().map(|v| scan(v, f64::is_finite, |v| v)),
+        DType::F16 => data.as_slice::<f16>().ok().map(|v| scan(v, f16::is_finite, f64::from)),
+        DType::BF16 => data.as_slice::<bf16>().ok().map(|v| scan(v, bf16::is_finite, f64::from)),
+        dtype if dtype.is_float() => None,
+        _ => return None,
+    };
+    // Other float encodings (flex32), or bytes that cannot be viewed in place: element by element.
+    found.unwrap_or_else(|| {
+        let values: Vec<f64> = data.iter::<f64>().collect();
+        scan(&values, f64::is_finite, |v| v)
+    })
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, line
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, run_layers};
-use crate::hf_config::{HfConfig, HfConfigJson};
+use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, parameter_count, run_layers};
+use crate::hf_config::{HfConfig, HfConfigJson, limits};
 use crate::pretrained::{HfModel, ParameterNaming};
 use crate::{EncoderError, EncoderOutput, validate_batch};
 
@@ -196,28 +196,45 @@ impl HfConfig for BertConfig {
                 format!("{:?} is not supported (only \"absolute\")", hf.position_embedding_type),
             ));
         }
-        if hf.num_attention_heads == 0 || !hf.hidden_size.is_multiple_of(hf.num_attention_heads) {
-            return Err(config.invalid(
-                "num_attention_heads",
-                format!("{} does not divide hidden_size {}", hf.num_attention_heads, hf.hidden_size),
-            ));
+        let vocab_size = config.check_size("vocab_size", hf.vocab_size, 1, limits::MAX_VOCAB_SIZE)?;
+        let hidden = config.check_size("hidden_size", hf.hidden_size, 1, limits::MAX_HIDDEN_SIZE)?;
+        let layers = config.check_size("num_hidden_layers", hf.num_hidden_layers, 1, limits::MAX_LAYERS)?;
+        config.check_heads("num_attention_heads", hf.num_attention_heads, "hidden_size", hidden)?;
+        let intermediate =
+            config.check_size("intermediate_size", hf.intermediate_size, 1, limits::MAX_INTERMEDIATE_SIZE)?;
+        let positions =
+            config.check_size("max_position_embeddings", hf.max_position_embeddings, 1, limits::MAX_POSITIONS)?;
+        let types = config.check_size("type_vocab_size", hf.type_vocab_size, 1, limits::MAX_TYPE_VOCAB_SIZE)?;
+        let num_labels = config.num_labels()?;
+        config.check_parameter_count(
+            "hidden_size",
+            parameter_count(vocab_size + positions + types, hidden, intermediate, layers, num_labels),
+        )?;
+        if hf.pad_token_id >= vocab_size {
+            return Err(
+                config.invalid("pad_token_id", format!("is {}, outside vocab_size {vocab_size}", hf.pad_token_id))
+            );
         }
         Ok(BertConfig {
-            vocab_size: hf.vocab_size,
-            hidden_size: hf.hidden_size,
-            num_hidden_layers: hf.num_hidden_layers,
+            vocab_size,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
             num_attention_heads: hf.num_attention_heads,
-            intermediate_size: hf.intermediate_size,
-            max_position_embeddings: hf.max_position_embeddings,
-            type_vocab_size: hf.type_vocab_size,
+            intermediate_size: intermediate,
+            max_position_embeddings: positions,
+            type_vocab_size: types,
             hidden_act,
-            layer_norm_eps: hf.layer_norm_eps,
-            hidden_dropout_prob: hf.hidden_dropout_prob,
-            attention_probs_dropout_prob: hf.attention_probs_dropout_prob,
-            classifier_dropout: hf.classifier_dropout,
-            initializer_range: hf.initializer_range,
+            layer_norm_eps: config.check_positive("layer_norm_eps", hf.layer_norm_eps)?,
+            hidden_dropout_prob: config.check_probability("hidden_dropout_prob", hf.hidden_dropout_prob)?,
+            attention_probs_dropout_prob: config
+                .check_probability("attention_probs_dropout_prob", hf.attention_probs_dropout_prob)?,
+            classifier_dropout: hf
+                .classifier_dropout
+                .map(|p| config.check_probability("classifier_dropout", p))
+                .transpose()?,
+            initializer_range: config.check_non_negative("initializer_range", hf.initializer_range)?,
             pad_token_id: hf.pad_token_id,
-            num_labels: config.num_labels()?,
+            num_labels,
         })
     }
 

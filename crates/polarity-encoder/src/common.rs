@@ -104,6 +104,27 @@ pub(crate) fn init_linear<B: Backend>(d_input: usize, d_output: usize, std: f64,
 /// inside the initialiser, before the tensor is marked as requiring gradients, so that on an
 /// autodiff backend the parameter stays a leaf (a `Param::init_mapper` would make it a computed
 /// tensor without gradients).
+/// The parameters of an encoder of these sizes, roughly (embedding rows, then per layer the four attention
+/// projections and the feed-forward pair, then a `hidden`-wide pooler and the classifier), with checked
+/// arithmetic: `None` when it overflows. Used to refuse configs whose sizes are each plausible but whose
+/// product is not.
+pub(crate) fn parameter_count(
+    embedding_rows: usize,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    labels: usize,
+) -> Option<u64> {
+    let [rows, hidden, intermediate, layers, labels] =
+        [embedding_rows, hidden, intermediate, layers, labels].map(|n| n as u64);
+    let embeddings = rows.checked_mul(hidden)?;
+    let attention = hidden.checked_mul(hidden)?.checked_mul(4)?;
+    let feed_forward = hidden.checked_mul(intermediate)?.checked_mul(2)?;
+    let per_layer = attention.checked_add(feed_forward)?;
+    let head = hidden.checked_mul(hidden.checked_add(labels)?)?;
+    embeddings.checked_add(per_layer.checked_mul(layers)?)?.checked_add(head)
+}
+
 pub(crate) fn init_embedding<B: Backend>(
     count: usize,
     width: usize,

@@ -14,8 +14,8 @@ use polarity_kernels::{AttentionHeads, AttentionMask, LayerNorm, attention, line
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, run_layers};
-use crate::hf_config::{HfConfig, HfConfigJson};
+use crate::common::{Activation, add_positions, first_token, init_embedding, init_linear, parameter_count, run_layers};
+use crate::hf_config::{HfConfig, HfConfigJson, limits};
 use crate::pretrained::{HfModel, ParameterNaming};
 use crate::{EncoderError, EncoderOutput, validate_batch};
 
@@ -187,24 +187,38 @@ impl HfConfig for DistilBertConfig {
         let activation = Activation::from_hf_name(&hf.activation).ok_or_else(|| {
             config.invalid("activation", format!("{:?} is not a supported activation", hf.activation))
         })?;
-        if hf.n_heads == 0 || !hf.dim.is_multiple_of(hf.n_heads) {
-            return Err(config.invalid("n_heads", format!("{} does not divide dim {}", hf.n_heads, hf.dim)));
+        let vocab_size = config.check_size("vocab_size", hf.vocab_size, 1, limits::MAX_VOCAB_SIZE)?;
+        let dim = config.check_size("dim", hf.dim, 1, limits::MAX_HIDDEN_SIZE)?;
+        let layers = config.check_size("n_layers", hf.n_layers, 1, limits::MAX_LAYERS)?;
+        config.check_heads("n_heads", hf.n_heads, "dim", dim)?;
+        let hidden_dim = config.check_size("hidden_dim", hf.hidden_dim, 1, limits::MAX_INTERMEDIATE_SIZE)?;
+        let positions =
+            config.check_size("max_position_embeddings", hf.max_position_embeddings, 1, limits::MAX_POSITIONS)?;
+        let num_labels = config.num_labels()?;
+        config.check_parameter_count(
+            "dim",
+            parameter_count(vocab_size + positions, dim, hidden_dim, layers, num_labels),
+        )?;
+        if hf.pad_token_id >= vocab_size {
+            return Err(
+                config.invalid("pad_token_id", format!("is {}, outside vocab_size {vocab_size}", hf.pad_token_id))
+            );
         }
         Ok(DistilBertConfig {
-            vocab_size: hf.vocab_size,
-            dim: hf.dim,
-            n_layers: hf.n_layers,
+            vocab_size,
+            dim,
+            n_layers: layers,
             n_heads: hf.n_heads,
-            hidden_dim: hf.hidden_dim,
-            max_position_embeddings: hf.max_position_embeddings,
+            hidden_dim,
+            max_position_embeddings: positions,
             activation,
-            dropout: hf.dropout,
-            attention_dropout: hf.attention_dropout,
-            seq_classif_dropout: hf.seq_classif_dropout,
-            initializer_range: hf.initializer_range,
+            dropout: config.check_probability("dropout", hf.dropout)?,
+            attention_dropout: config.check_probability("attention_dropout", hf.attention_dropout)?,
+            seq_classif_dropout: config.check_probability("seq_classif_dropout", hf.seq_classif_dropout)?,
+            initializer_range: config.check_non_negative("initializer_range", hf.initializer_range)?,
             sinusoidal_pos_embds: hf.sinusoidal_pos_embds,
             pad_token_id: hf.pad_token_id,
-            num_labels: config.num_labels()?,
+            num_labels,
         })
     }
 

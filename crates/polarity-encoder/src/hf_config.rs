@@ -6,6 +6,11 @@
 //! defaults ([`HfConfigJson::deserialize`]), and writes it back field by field ([`HfConfig::to_hf`]).
 //! Errors name the file and the field: a missing required field is
 //! [`EncoderError::MissingConfigField`], a value of the wrong type [`EncoderError::InvalidConfigField`].
+//!
+//! Every value is checked here, where it is read, before a model is built from it ([`limits`]): sizes
+//! within generous bounds (and the parameter count they imply), probabilities in `[0, 1)`, epsilons finite
+//! and positive. An out-of-range value is [`EncoderError::InvalidConfigField`] naming the file, the field
+//! and the value.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -41,11 +46,35 @@ fn default_num_labels() -> usize {
     2
 }
 
+/// The bounds `config.json` values are checked against: far above any real encoder (BERT-large has 24
+/// layers of width 1024, XLM-R a 250,002-token vocabulary), far below what would exhaust memory or
+/// overflow a size computation.
+pub mod limits {
+    /// The largest `config.json` read, in bytes.
+    pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+    /// Vocabulary entries (`vocab_size`).
+    pub const MAX_VOCAB_SIZE: usize = 1 << 22;
+    /// Hidden width (`hidden_size`, `dim`).
+    pub const MAX_HIDDEN_SIZE: usize = 1 << 16;
+    /// Transformer layers (`num_hidden_layers`, `n_layers`).
+    pub const MAX_LAYERS: usize = 1024;
+    /// Feed-forward width (`intermediate_size`, `hidden_dim`).
+    pub const MAX_INTERMEDIATE_SIZE: usize = 1 << 18;
+    /// Positions (`max_position_embeddings`).
+    pub const MAX_POSITIONS: usize = 1 << 20;
+    /// Segment ids (`type_vocab_size`).
+    pub const MAX_TYPE_VOCAB_SIZE: usize = 1 << 12;
+    /// Classes (`num_labels`, or the size of `id2label`).
+    pub const MAX_LABELS: usize = 1 << 16;
+    /// Parameters the sizes imply together (the largest encoders have about 10 billion).
+    pub const MAX_PARAMETERS: u64 = 20_000_000_000;
+}
+
 impl HfConfigJson {
-    /// Reads and parses `path`.
+    /// Reads and parses `path`, a regular file of at most [`limits::MAX_CONFIG_BYTES`].
     pub fn read(path: &Path) -> Result<Self, EncoderError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| EncoderError::Io { path: path.to_path_buf(), source })?;
+        let text = polarity_hub::files::read_regular_to_string_within(path, limits::MAX_CONFIG_BYTES)
+            .map_err(|source| EncoderError::Io { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
@@ -92,10 +121,77 @@ impl HfConfigJson {
     }
 
     /// The number of classes, as transformers derives it: the size of `id2label` when present and not
-    /// empty, else `num_labels`, else 2.
+    /// empty, else `num_labels`, else 2; between 1 and [`limits::MAX_LABELS`].
     pub fn num_labels(&self) -> Result<usize, EncoderError> {
         let common = self.deserialize::<CommonFields>()?;
-        Ok(common.id2label.filter(|labels| !labels.is_empty()).map_or(common.num_labels, |labels| labels.len()))
+        match common.id2label.filter(|labels| !labels.is_empty()) {
+            Some(labels) => self.check_size("id2label", labels.len(), 1, limits::MAX_LABELS),
+            None => self.check_size("num_labels", common.num_labels, 1, limits::MAX_LABELS),
+        }
+    }
+
+    /// `value` of `field` if it is in `min..=max`, else [`EncoderError::InvalidConfigField`] naming both.
+    pub fn check_size(&self, field: &'static str, value: usize, min: usize, max: usize) -> Result<usize, EncoderError> {
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(self.invalid(field, format!("is {value}, expected {min} to {max}")))
+        }
+    }
+
+    /// `value` of `field` if it is a probability a dropout can use: finite, in `[0, 1)` (1 would zero
+    /// every activation; burn's dropout panics outside `[0, 1]`).
+    pub fn check_probability(&self, field: &'static str, value: f64) -> Result<f64, EncoderError> {
+        if (0.0..1.0).contains(&value) {
+            Ok(value)
+        } else {
+            Err(self.invalid(field, format!("is {value}, expected a probability in [0, 1)")))
+        }
+    }
+
+    /// `value` of `field` if it is finite and positive (a layer-norm epsilon).
+    pub fn check_positive(&self, field: &'static str, value: f64) -> Result<f64, EncoderError> {
+        if value.is_finite() && value > 0.0 {
+            Ok(value)
+        } else {
+            Err(self.invalid(field, format!("is {value}, expected a finite number above 0")))
+        }
+    }
+
+    /// `value` of `field` if it is finite and not negative (a standard deviation).
+    pub fn check_non_negative(&self, field: &'static str, value: f64) -> Result<f64, EncoderError> {
+        if value.is_finite() && value >= 0.0 {
+            Ok(value)
+        } else {
+            Err(self.invalid(field, format!("is {value}, expected a finite number of at least 0")))
+        }
+    }
+
+    /// Fails unless `heads` divides `hidden` (the heads split the hidden width evenly).
+    pub fn check_heads(
+        &self,
+        field: &'static str,
+        heads: usize,
+        hidden_field: &str,
+        hidden: usize,
+    ) -> Result<(), EncoderError> {
+        if heads == 0 || heads > hidden || !hidden.is_multiple_of(heads) {
+            return Err(self.invalid(field, format!("is {heads}, which does not divide {hidden_field} {hidden}")));
+        }
+        Ok(())
+    }
+
+    /// Fails when the parameters the sizes imply exceed [`limits::MAX_PARAMETERS`]; `count` computes them
+    /// with checked arithmetic (`None` on overflow).
+    pub fn check_parameter_count(&self, field: &'static str, count: Option<u64>) -> Result<(), EncoderError> {
+        match count {
+            Some(count) if count <= limits::MAX_PARAMETERS => Ok(()),
+            Some(count) => Err(self.invalid(
+                field,
+                format!("and the other sizes imply {count} parameters, more than {}", limits::MAX_PARAMETERS),
+            )),
+            None => Err(self.invalid(field, "and the other sizes imply more parameters than a u64 holds")),
+        }
     }
 
     /// An [`EncoderError::InvalidConfigField`] for `field`.

@@ -62,7 +62,7 @@ pub use bert::{BertConfig, BertForSequenceClassification, BertModel};
 pub use common::Activation;
 pub use distilbert::{DistilBertConfig, DistilBertForSequenceClassification, DistilBertModel};
 pub use error::EncoderError;
-pub use hf_config::{HfConfig, HfConfigJson};
+pub use hf_config::{HfConfig, HfConfigJson, limits};
 pub use polarity_checkpoint::{CheckpointError, LoadReport, TensorInfo};
 pub use pretrained::{CONFIG_FILE, HfModel, ParameterNaming, WEIGHTS_FILE};
 
@@ -195,6 +195,31 @@ impl<B: Backend> EncoderClassifier<B> {
                 Self::DistilBert(DistilBertForSequenceClassification::from_config(&config, device))
             }
         })
+    }
+
+    /// Rows of the token embedding (`vocab_size`): every input id must be below it.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Bert(model) => model.config().vocab_size,
+            Self::DistilBert(model) => model.config().vocab_size,
+        }
+    }
+
+    /// The longest sequence the position embeddings cover (`max_position_embeddings`).
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            Self::Bert(model) => model.config().max_position_embeddings,
+            Self::DistilBert(model) => model.config().max_position_embeddings,
+        }
+    }
+
+    /// Rows of the segment embedding (`type_vocab_size`): every token type id must be below it. `None`
+    /// for DistilBERT, which reads no token type ids.
+    pub fn type_vocab_size(&self) -> Option<usize> {
+        match self {
+            Self::Bert(model) => Some(model.config().type_vocab_size),
+            Self::DistilBert(_) => None,
+        }
     }
 
     /// Which architecture this is.

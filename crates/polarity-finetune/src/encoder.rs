@@ -10,8 +10,7 @@ use polarity_core::backend::{TrainBackend, default_backend_name, default_device}
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_encoder::{CONFIG_FILE, EncoderClassifier, EncoderError, HfConfigJson, LoadReport};
 use polarity_hub::{HubError, RepoKind, RepoSource};
-use polarity_tokenize::{Encode, HfTokenizer, TokenizedExample};
-use polarity_train::checkpoint::ModelSignature;
+use polarity_tokenize::{Encode, HfTokenizer, ModelLimits, TokenizedExample};
 use polarity_train::{CrossEntropyObjective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, tokenize_examples};
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +129,22 @@ impl EncoderFineTune {
         loaded.map_err(|e| self.encoder_error(e))
     }
 
+    /// Checks that `tokenizer`'s output fits `model` (ids inside its embeddings, `max_length` inside its
+    /// positions, a `[CLS]` in front to pool), so that no batch can index outside its tables.
+    fn check_pairing<B: Backend>(
+        &self,
+        model: &EncoderClassifier<B>,
+        tokenizer: &HfTokenizer,
+    ) -> Result<(), FinetuneError> {
+        Ok(tokenizer.check_model(&ModelLimits {
+            model: self.model.clone(),
+            vocab_size: model.vocab_size(),
+            max_positions: model.max_position_embeddings(),
+            type_vocab_size: model.type_vocab_size(),
+            pools_first_token: true,
+        })?)
+    }
+
     /// Checks the recipe's settings before anything is loaded: [`max_length`](Self::max_length) at least
     /// [`MIN_ENCODER_MAX_LENGTH`] (room for `[CLS]`, `[SEP]` and one token) and the trainer's settings
     /// ([`TrainerConfig::validate`]). The maximum length is checked against the model's position embeddings
@@ -143,24 +158,6 @@ impl EncoderFineTune {
             });
         }
         Ok(self.trainer.validate()?)
-    }
-
-    /// An error if [`max_length`](Self::max_length) exceeds what `model`'s position embeddings cover.
-    fn check_max_length<B: Backend>(&self, model: &EncoderClassifier<B>) -> Result<(), FinetuneError> {
-        let signature = ModelSignature::of::<B, _>(model);
-        let positions = signature
-            .params
-            .iter()
-            .find(|param| param.name.ends_with("position_embeddings.weight"))
-            .and_then(|param| param.shape.first().copied());
-        match positions {
-            Some(positions) if self.max_length > positions => Err(FinetuneError::InvalidSetting {
-                field: "max_length",
-                value: format!("{} for {} (max_position_embeddings {positions})", self.max_length, self.model),
-                reason: "longer than the model's position embeddings",
-            }),
-            _ => Ok(()),
-        }
     }
 
     fn train<B: AutodiffBackend>(
@@ -200,10 +197,10 @@ impl EncoderFineTune {
         self.validate()?;
         B::seed(device, self.trainer.seed);
         let tokenizer = self.tokenizer()?;
+        let (model, _) = self.load::<B>(device)?;
+        self.check_pairing(&model, &tokenizer)?;
         let train = tokenize_examples(&tokenizer, train)?;
         let eval = eval.map(|eval| tokenize_examples(&tokenizer, eval)).transpose()?;
-        let (model, _) = self.load::<B>(device)?;
-        self.check_max_length(&model)?;
         let outcome = self.train(model, &tokenizer, &train, eval.as_deref(), device)?;
         let summary = outcome.summary();
         Ok(FineTuned { classifier: self.classifier(outcome.model.valid(), tokenizer, device), summary })
@@ -230,8 +227,8 @@ impl EncoderFineTune {
         self.validate()?;
         B::seed(device, self.trainer.seed);
         let (model, load_report) = self.load::<B>(device)?;
-        self.check_max_length(&model)?;
         let tokenizer = self.tokenizer()?;
+        self.check_pairing(&model, &tokenizer)?;
         let load_seconds = started.elapsed().as_secs_f64();
 
         let tokenized = TokenizedData::encode(&tokenizer, data)?;

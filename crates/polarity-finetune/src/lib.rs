@@ -84,7 +84,7 @@ pub use evaluate::{
     AnswerTally, ClassifyBy, EvalMethod, EvaluationReport, REFERENCE_MAX_NEW_TOKENS, evaluate_by_generation,
     evaluate_by_scores,
 };
-pub use lora::{LoraFineTune, LoraTextClassifier, MAX_LORA_ALPHA, MAX_LORA_RANK, MAX_NEW_TOKENS};
+pub use lora::{LoraFineTune, LoraTextClassifier, MAX_NEW_TOKENS};
 pub use objective::{CausalLmObjective, answer_loss};
 pub use report::{
     DataReport, ModelReport, RecipeConfig, RunReport, Timings, WeightInit, WeightMemoryReport, peak_rss_bytes,

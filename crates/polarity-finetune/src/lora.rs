@@ -9,7 +9,10 @@ use burn::tensor::backend::AutodiffBackend;
 use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_hub::{HubError, RepoKind, RepoSource};
-use polarity_llama::{LabelWords, Llama, LlamaConfig, LlamaError, LlamaTokenizer, LoraConfig, PromptEncoder};
+use polarity_llama::{
+    LLAMA_DEFAULT_TARGET_MODULES, LLAMA_TARGET_MODULES, LabelWords, Llama, LlamaConfig, LlamaError, LlamaTokenizer,
+    LoraConfig, PromptEncoder,
+};
 use polarity_tokenize::{DEFAULT_TEMPLATE, Encode, PromptTemplate, TokenizedExample};
 use polarity_train::{TextClassifier, TrainOutcome, Trainer, TrainerConfig, Warmup, tokenize_examples};
 use serde::{Deserialize, Serialize};
@@ -20,11 +23,6 @@ use crate::objective::CausalLmObjective;
 use crate::report::{ModelReport, RecipeConfig, RunReport, Timings, WeightInit, WeightMemoryReport, peak_rss_bytes};
 use crate::{Experiment, ExperimentData, FinetuneError, InferenceBackend};
 
-/// The largest LoRA rank a recipe accepts: adapters of rank `r` add `r * (in + out)` parameters per projection,
-/// so a rank from a typo (or `usize::MAX`) would ask for terabytes.
-pub const MAX_LORA_RANK: usize = 1024;
-/// The largest LoRA alpha a recipe accepts (the update is scaled by `alpha / r`).
-pub const MAX_LORA_ALPHA: f64 = 65_536.0;
 /// The most tokens [`ClassifyBy::Generation`] may generate before its answer is parsed.
 pub const MAX_NEW_TOKENS: usize = 4096;
 
@@ -148,32 +146,18 @@ impl LoraFineTune {
         self
     }
 
-    /// Checks the recipe's settings before anything is loaded: the LoRA rank `r` in 1..=[`MAX_LORA_RANK`],
-    /// `lora_alpha` finite in (0, [`MAX_LORA_ALPHA`]], `lora_dropout` in [0, 1), a maximum length of at least 1,
+    /// Checks the recipe's settings before anything is loaded: the adapters' settings as an adapter file's
+    /// are checked ([`LoraConfig::validate`](polarity_llama::LoraConfig::validate): rank, alpha, dropout, targets),
+    /// a maximum length of at least 1,
     /// generation's `max_new_tokens` in 1..=[`MAX_NEW_TOKENS`], and the trainer's settings
     /// ([`TrainerConfig::validate`]). Each error names the setting and its value.
     pub fn validate(&self) -> Result<(), FinetuneError> {
         let invalid = |field: &'static str, value: String, reason: &'static str| {
             Err(FinetuneError::InvalidSetting { field, value, reason })
         };
-        let lora = &self.lora;
-        if !(1..=MAX_LORA_RANK).contains(&lora.r) {
-            return invalid("lora.r", lora.r.to_string(), "the LoRA rank must be between 1 and 1024");
-        }
-        if !(lora.lora_alpha.is_finite() && lora.lora_alpha > 0.0 && lora.lora_alpha <= MAX_LORA_ALPHA) {
-            return invalid(
-                "lora.lora_alpha",
-                lora.lora_alpha.to_string(),
-                "must be finite, positive and at most 65536",
-            );
-        }
-        if !(0.0..1.0).contains(&lora.lora_dropout) {
-            return invalid(
-                "lora.lora_dropout",
-                lora.lora_dropout.to_string(),
-                "a dropout probability must be in [0, 1)",
-            );
-        }
+        // The adapters' bounds are the ones adapter files are held to (rank, alpha, dropout, targets).
+        let lora = self.lora.clone().with_default_targets(&LLAMA_DEFAULT_TARGET_MODULES);
+        lora.validate(&LLAMA_TARGET_MODULES).map_err(|e| self.llama_error(e))?;
         if self.max_length == 0 {
             return invalid("max_length", "0".into(), "the prompt needs at least one token");
         }

@@ -6,7 +6,7 @@
 //!
 //! - [`open_regular`] / [`read_regular`] / [`read_regular_to_string`] open without blocking and refuse
 //!   anything that is not a regular file (symbolic links to regular files, as in the hub cache, are
-//!   fine);
+//!   fine); [`read_regular_to_string_within`] also bounds the size;
 //! - [`join_inside`] joins a name read from a file to the directory it must stay in, refusing absolute
 //!   names, `..` and empty names.
 //!
@@ -82,7 +82,24 @@ pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
 
 /// Reads a whole regular UTF-8 file (see [`open_regular`]); errors name the path.
 pub fn read_regular_to_string(path: &Path) -> io::Result<String> {
-    let bytes = read_regular(path)?;
+    read_regular_to_string_within(path, u64::MAX)
+}
+
+/// [`read_regular_to_string`] for a file of at most `limit` bytes: a larger one (a config or index that
+/// is not what its name says) is an [`io::ErrorKind::InvalidData`] error naming the path and both sizes,
+/// before anything is read.
+pub fn read_regular_to_string_within(path: &Path, limit: u64) -> io::Result<String> {
+    let file = open_regular(path).map_err(|error| with_path(path, error))?;
+    let size = file.metadata().map_err(|error| with_path(path, error))?.len();
+    if size > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is {size} bytes, more than the {limit} such a file may have", path.display()),
+        ));
+    }
+    let mut bytes = Vec::new();
+    // `take`: the file may grow between the size check and the read.
+    file.take(limit).read_to_end(&mut bytes).map_err(|error| with_path(path, error))?;
     String::from_utf8(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{} is not UTF-8 text", path.display())))
 }

@@ -79,6 +79,16 @@ pub enum HubError {
     /// A sharded checkpoint's `model.safetensors.index.json` is unreadable or malformed.
     #[error(transparent)]
     InvalidIndex(#[from] InvalidIndex),
+    /// A file of a local model directory exists but cannot be used: not a regular file (a FIFO, a
+    /// directory, a device) or unreadable.
+    #[error("{path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why ([`files::open_regular`]'s error).
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where [`RepoSource::safetensors_files`] looked for a model's weights without finding them.
@@ -194,6 +204,12 @@ impl RepoSource {
                 let path = dir.join(file);
                 if path.is_file() {
                     Ok(path)
+                } else if path.exists() {
+                    // A FIFO or directory of that name: say what it is rather than "not found".
+                    let source = files::open_regular(&path)
+                        .err()
+                        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+                    Err(HubError::Unreadable { path, source })
                 } else {
                     Err(HubError::MissingLocalFile { dir: dir.clone(), file: file.to_string() })
                 }
@@ -217,6 +233,8 @@ impl RepoSource {
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 /// The index of a sharded checkpoint (`weight_map`: tensor name -> shard file).
 pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// The largest `model.safetensors.index.json` read (Llama-3-405B's is under 2 MiB).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 impl RepoSource {
     /// The safetensors files of a model checkpoint: `model.safetensors`, or the shards that
@@ -224,8 +242,18 @@ impl RepoSource {
     /// file-name order. Cached files are preferred, so an offline hub cache needs only one of the two.
     ///
     /// A model with neither file (in its directory, in the hub cache offline, or on the hub) is
-    /// [`HubError::NoWeights`], saying where both were looked for.
+    /// [`HubError::NoWeights`], saying where both were looked for. The index must be a regular file of
+    /// at most [`MAX_INDEX_BYTES`]; a shard name that is absolute or climbs out of the model's directory
+    /// (`../x`) is [`HubError::InvalidIndex`], never followed.
     pub fn safetensors_files(&self) -> Result<Vec<PathBuf>, HubError> {
+        // A FIFO or directory under either name is an error about it, not "no weights".
+        if let RepoSource::Local(dir) = self
+            && let Some(name) = [SAFETENSORS_INDEX_FILE, SAFETENSORS_FILE]
+                .into_iter()
+                .find(|name| dir.join(name).exists() && !dir.join(name).is_file())
+        {
+            self.file(name)?;
+        }
         if !self.has_cached(SAFETENSORS_INDEX_FILE) {
             if self.has_cached(SAFETENSORS_FILE) {
                 return Ok(vec![self.file(SAFETENSORS_FILE)?]);
@@ -236,23 +264,25 @@ impl RepoSource {
         }
         let index_path = self.file(SAFETENSORS_INDEX_FILE)?;
         let invalid = |reason: String| HubError::from(InvalidIndex { path: index_path.clone(), reason });
-        let text = std::fs::read_to_string(&index_path).map_err(|e| invalid(e.to_string()))?;
+        let text =
+            files::read_regular_to_string_within(&index_path, MAX_INDEX_BYTES).map_err(|e| invalid(e.to_string()))?;
         let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let weight_map = index
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
-        let mut shards: Vec<&str> = Vec::new();
+        // A set: an index may map a million tensors to a handful of shards.
+        let mut shards = std::collections::BTreeSet::new();
         for (tensor, shard) in weight_map {
             let shard = shard.as_str().ok_or_else(|| invalid(format!("the shard of {tensor:?} is not a string")))?;
-            if !shards.contains(&shard) {
-                shards.push(shard);
-            }
+            // Shard names come from the file: one that leaves the model's directory is refused, not followed.
+            let dir = index_path.parent().unwrap_or(Path::new(""));
+            files::join_inside(dir, shard).map_err(|e| invalid(format!("the shard of {tensor:?}: {e}")))?;
+            shards.insert(shard);
         }
         if shards.is_empty() {
             return Err(invalid("the weight map is empty".into()));
         }
-        shards.sort_unstable();
         shards.into_iter().map(|shard| self.file(shard)).collect()
     }
 
@@ -437,6 +467,50 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("model.safetensors nor model.safetensors.index.json"), "{message}");
         assert!(message.contains(&dir.path().display().to_string()), "{message}");
+    }
+
+    fn index(dir: &Path, shards: &[&str]) {
+        let map: serde_json::Map<String, serde_json::Value> =
+            shards.iter().enumerate().map(|(i, shard)| (format!("t{i}"), serde_json::Value::from(*shard))).collect();
+        let text = serde_json::json!({"metadata": {}, "weight_map": map}).to_string();
+        std::fs::write(dir.join(SAFETENSORS_INDEX_FILE), text).unwrap();
+    }
+
+    #[test]
+    fn shard_names_that_leave_the_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = RepoSource::Local(dir.path().to_path_buf());
+        std::fs::write(dir.path().join("a.safetensors"), b"x").unwrap();
+        index(dir.path(), &["a.safetensors", "a.safetensors"]);
+        assert_eq!(source.safetensors_files().unwrap(), [dir.path().join("a.safetensors")]);
+        for hostile in ["../model.safetensors", "/etc/passwd", "sub/../../x", ""] {
+            index(dir.path(), &["a.safetensors", hostile]);
+            let err = source.safetensors_files().unwrap_err();
+            assert!(matches!(&err, HubError::InvalidIndex(_)), "{hostile:?}: {err}");
+            assert!(err.to_string().contains(&format!("{hostile:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn fifos_and_oversized_indexes_are_errors_not_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = RepoSource::Local(dir.path().to_path_buf());
+        let mkfifo = |path: &Path| std::process::Command::new("mkfifo").arg(path).status().unwrap().success();
+        if mkfifo(&dir.path().join("shard.safetensors")) {
+            index(dir.path(), &["shard.safetensors"]);
+            let err = source.safetensors_files().unwrap_err();
+            assert!(matches!(&err, HubError::Unreadable { .. }) && err.to_string().contains("FIFO"), "{err}");
+            std::fs::remove_file(dir.path().join(SAFETENSORS_INDEX_FILE)).unwrap();
+            assert!(mkfifo(&dir.path().join(SAFETENSORS_INDEX_FILE)));
+            let err = source.safetensors_files().unwrap_err();
+            assert!(err.to_string().contains("FIFO"), "{err}");
+            std::fs::remove_file(dir.path().join(SAFETENSORS_INDEX_FILE)).unwrap();
+        }
+        // A sparse file: no 64 MiB written.
+        let file = std::fs::File::create(dir.path().join(SAFETENSORS_INDEX_FILE)).unwrap();
+        file.set_len(MAX_INDEX_BYTES + 1).unwrap();
+        let err = source.safetensors_files().unwrap_err();
+        assert!(matches!(&err, HubError::InvalidIndex(_)) && err.to_string().contains("more than"), "{err}");
     }
 
     #[test]

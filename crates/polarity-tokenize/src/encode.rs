@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
+use std::str::FromStr;
+
 use polarity_hub::{RepoKind, RepoSource};
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::TokenizeError;
 
@@ -47,12 +49,38 @@ pub trait Encode: Send + Sync {
     }
 }
 
+/// The largest `tokenizer.json` read, in bytes (Llama 3's is 9 MB, the largest published ones ~35 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 512 << 20;
+
+/// What a model can take as input, to check a tokenizer against it ([`HfTokenizer::check_model`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// The model, for messages (its hub id or directory).
+    pub model: String,
+    /// Rows of the token embedding: every id the tokenizer can produce must be below it.
+    pub vocab_size: usize,
+    /// Position embeddings: the truncation length may not exceed it.
+    pub max_positions: usize,
+    /// Rows of the segment embedding, if the model reads token type ids.
+    pub type_vocab_size: Option<usize>,
+    /// Whether the model classifies from its first token (BERT's `[CLS]`): then the tokenizer must put a
+    /// special token there, or the first word of every text would be pooled.
+    pub pools_first_token: bool,
+}
+
 /// A Hugging Face `tokenizer.json` with truncation to `max_length` and padding switched off.
+///
+/// Loading checks what the tokenizers crate would silently get wrong: a truncation length that leaves no
+/// room for text beside the special tokens the post-processor adds (the crate then switches truncation
+/// off, or panics in debug builds). [`check_model`](Self::check_model) checks the pairing with a model:
+/// ids inside its embedding, the length inside its positions, a leading special token for a classifier
+/// that pools the first one.
 #[derive(Clone)]
 pub struct HfTokenizer {
     tokenizer: Tokenizer,
     max_length: Option<usize>,
     pad_id: u32,
+    source: String,
 }
 
 impl std::fmt::Debug for HfTokenizer {
@@ -76,19 +104,32 @@ impl HfTokenizer {
     /// statistics).
     pub fn from_pretrained_untruncated(model: &str) -> Result<Self, TokenizeError> {
         let path = RepoSource::parse(model, RepoKind::Model).file("tokenizer.json")?;
-        Self::new(Self::read(&path)?, None)
+        Ok(Self::new(Self::read(&path)?, None)?.named(path.display().to_string()))
     }
 
     /// A `tokenizer.json` file, truncating to `max_length`.
     pub fn from_file(path: impl AsRef<Path>, max_length: usize) -> Result<Self, TokenizeError> {
-        Self::new(Self::read(path.as_ref())?, Some(max_length))
+        let path = path.as_ref();
+        Ok(Self::new(Self::read(path)?, Some(max_length))?.named(path.display().to_string()))
     }
 
+    /// Parses `path`, a regular file (a FIFO is an error, not a hang) of at most [`MAX_TOKENIZER_BYTES`].
     fn read(path: &Path) -> Result<Tokenizer, TokenizeError> {
-        Tokenizer::from_file(path).map_err(|e| TokenizeError::Load { path: path.to_path_buf(), reason: e.to_string() })
+        let load_error = |reason: String| TokenizeError::Load { path: path.to_path_buf(), reason };
+        let text = polarity_hub::files::read_regular_to_string_within(path, MAX_TOKENIZER_BYTES)
+            .map_err(|e| load_error(e.to_string()))?;
+        Tokenizer::from_str(&text).map_err(|e| load_error(e.to_string()))
+    }
+
+    /// The same tokenizer, called `source` in messages (its file).
+    fn named(self, source: String) -> Self {
+        Self { source, ..self }
     }
 
     /// Wraps an existing tokenizer (for example one rebuilt from GGUF metadata); `None` disables truncation.
+    ///
+    /// A `max_length` must leave room for one token of text beside the special tokens the post-processor
+    /// adds (`[CLS]` and `[SEP]` for BERT: at least 3), else [`TokenizeError::Truncation`].
     pub fn new(mut tokenizer: Tokenizer, max_length: Option<usize>) -> Result<Self, TokenizeError> {
         // The pad id the checkpoint declares, before its padding is switched off.
         let pad_id = tokenizer
@@ -103,13 +144,71 @@ impl HfTokenizer {
             strategy: TruncationStrategy::LongestFirst,
             stride: 0,
         });
-        if let Some(0) = max_length {
-            return Err(TokenizeError::Truncation { max_length: 0, reason: "must be at least 1".into() });
+        // tokenizers subtracts the special tokens from the limit unchecked: below them it panics (debug)
+        // or wraps around and stops truncating (release); equal to them it keeps no text at all.
+        let special = tokenizer.get_post_processor().map_or(0, |processor| processor.added_tokens(false));
+        if let Some(max_length) = max_length.filter(|&max_length| max_length <= special) {
+            return Err(TokenizeError::Truncation {
+                max_length,
+                reason: format!(
+                    "must be at least {}: the tokenizer adds {special} special token(s) and needs room for one of text",
+                    special + 1
+                ),
+            });
         }
         tokenizer
             .with_truncation(truncation)
             .map_err(|e| TokenizeError::Truncation { max_length: max_length.unwrap_or(0), reason: e.to_string() })?;
-        Ok(Self { tokenizer, max_length, pad_id })
+        Ok(Self { tokenizer, max_length, pad_id, source: "the tokenizer".into() })
+    }
+
+    /// Checks that this tokenizer's output fits `model`: every id it can produce (added tokens included)
+    /// is a row of the model's embedding, every token type id of its template a row of the segment
+    /// embedding, the truncation length within the position embeddings, and, for a model that pools the
+    /// first token, a special token first. A text encoded by a tokenizer that passes can never index
+    /// outside the model's tables.
+    pub fn check_model(&self, model: &ModelLimits) -> Result<(), TokenizeError> {
+        let mismatch = |problem: String| TokenizeError::ModelMismatch {
+            tokenizer: self.source.clone(),
+            model: model.model.clone(),
+            problem,
+        };
+        let vocab = self.tokenizer.get_vocab(true);
+        if let Some((token, &id)) = vocab.iter().max_by_key(|(_, id)| **id)
+            && id as usize >= model.vocab_size
+        {
+            return Err(mismatch(format!(
+                "token {token:?} has id {id}, outside the model's vocab_size {} (the tokenizer has {} tokens with \
+                 its added ones)",
+                model.vocab_size,
+                vocab.len()
+            )));
+        }
+        match self.max_length {
+            None => return Err(mismatch("the tokenizer does not truncate; the model needs a maximum length".into())),
+            Some(max_length) if max_length > model.max_positions => {
+                return Err(mismatch(format!(
+                    "max_length {max_length} exceeds the model's max_position_embeddings {}",
+                    model.max_positions
+                )));
+            }
+            Some(_) => {}
+        }
+        // One probe word shows the template: its special tokens and token type ids.
+        let probe = self.tokenizer.encode("a", true).map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        if model.pools_first_token && probe.get_special_tokens_mask().first() != Some(&1) {
+            return Err(mismatch(
+                "the tokenizer adds no special token in front (no post-processor adding [CLS]), so the classifier \
+                 would pool the first word of each text"
+                    .into(),
+            ));
+        }
+        if let Some(types) = model.type_vocab_size
+            && let Some(&type_id) = probe.get_type_ids().iter().find(|&&t| t as usize >= types)
+        {
+            return Err(mismatch(format!("token type id {type_id} is outside the model's type_vocab_size {types}")));
+        }
+        Ok(())
     }
 
     /// The wrapped tokenizer (truncation and padding as configured here).

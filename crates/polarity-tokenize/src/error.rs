@@ -16,7 +16,7 @@ pub enum TokenizeError {
     /// The tokenizer could not be resolved by hub id or directory.
     #[error(transparent)]
     Hub(#[from] polarity_hub::HubError),
-    /// A truncation setting the tokenizer rejects (say, a maximum length of 0).
+    /// A truncation length the tokenizer cannot honour (no room for text beside its special tokens).
     #[error("invalid truncation to {max_length} tokens: {reason}")]
     Truncation {
         /// The maximum length asked for.
@@ -43,6 +43,16 @@ pub enum TokenizeError {
     /// A label word that the tokenizer splits into nothing.
     #[error("label word {0:?} encodes to no tokens")]
     EmptyLabelWord(String),
+    /// A tokenizer whose output does not fit the model it is paired with.
+    #[error("tokenizer {tokenizer} does not fit model {model}: {problem}")]
+    ModelMismatch {
+        /// The tokenizer (its file).
+        tokenizer: String,
+        /// The model.
+        model: String,
+        /// What does not fit, with the values and the limit.
+        problem: String,
+    },
     /// A batch size of zero.
     #[error("batch size must be at least 1")]
     ZeroBatchSize,

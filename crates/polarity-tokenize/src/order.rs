@@ -73,7 +73,7 @@ impl BatchOrder for LengthBucketed {
         let mut order: Vec<usize> = (0..lengths.len()).collect();
         order.shuffle(&mut rng);
         let mut batches = Vec::with_capacity(lengths.len().div_ceil(batch_size));
-        for chunk in order.chunks_mut(batch_size * self.chunk_batches.max(1)) {
+        for chunk in order.chunks_mut(batch_size.saturating_mul(self.chunk_batches.max(1))) {
             // Stable sort on a shuffled chunk: ties stay in random order.
             chunk.sort_by_key(|&i| lengths[i]);
             batches.extend(chunk.chunks(batch_size).map(<[usize]>::to_vec));

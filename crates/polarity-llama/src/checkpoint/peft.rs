@@ -18,6 +18,8 @@ use crate::llama::{LLAMA_DEFAULT_TARGET_MODULES, LLAMA_TARGET_MODULES, Llama};
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 /// PEFT's adapter weights file.
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// The largest `adapter_config.json` read, in bytes (PEFT writes about 1 KiB).
+pub const MAX_ADAPTER_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The fields of PEFT's `adapter_config.json` that change what a LoRA adapter computes.
 #[derive(Deserialize)]
@@ -87,13 +89,19 @@ impl LoraConfig {
             target_modules,
             use_rslora: peft.use_rslora.unwrap_or(false),
         };
-        config.validate(&LLAMA_TARGET_MODULES)?;
+        // Name the file in what the shared check says.
+        config.validate(&LLAMA_TARGET_MODULES).map_err(|error| match error {
+            LlamaError::InvalidConfig(reason) => LlamaError::InvalidConfig(format!("adapter_config.json: {reason}")),
+            other => other,
+        })?;
         Ok(config)
     }
 
-    /// Reads PEFT's `adapter_config.json`.
+    /// Reads PEFT's `adapter_config.json`: a regular file (a FIFO is an error, not a hang) of at most
+    /// [`MAX_ADAPTER_CONFIG_BYTES`].
     pub fn from_peft_file(path: &Path) -> Result<Self, LlamaError> {
-        let json = std::fs::read_to_string(path).map_err(|e| LlamaError::io(path, e))?;
+        let json = polarity_hub::files::read_regular_to_string_within(path, MAX_ADAPTER_CONFIG_BYTES)
+            .map_err(|e| LlamaError::io(path, e))?;
         Self::from_peft_json(&json)
     }
 
@@ -142,7 +150,9 @@ pub(super) fn peft_key(module_path: &str) -> String {
 impl<B: Backend> Llama<B> {
     /// Attaches the PEFT adapter in `source` (a directory or hub id with `adapter_config.json` and
     /// `adapter_model.safetensors`). Every adapter the config implies must be in the file, with PEFT's
-    /// shapes, and every tensor in the file must belong to one.
+    /// shapes and a float dtype, and every tensor in the file must belong to one; a NaN or infinite
+    /// value is [`CheckpointError::NonFinite`] naming the tensor. The config's rank, alpha and dropout
+    /// are checked first ([`LoraConfig::validate`]), before any adapter is allocated.
     pub fn load_lora(self, source: &RepoSource) -> Result<(Self, LoraConfig), LlamaError> {
         let config = LoraConfig::from_peft_file(&source.file(ADAPTER_CONFIG_FILE)?)?;
         let weights = source.file(ADAPTER_WEIGHTS_FILE)?;

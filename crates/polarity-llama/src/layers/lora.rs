@@ -53,6 +53,12 @@ pub struct LoraConfig {
     pub use_rslora: bool,
 }
 
+/// The largest LoRA rank accepted (PEFT's adapters use 4 to 256; a rank from a flag or a file above this
+/// would allocate adapters as large as the model).
+pub const MAX_LORA_RANK: usize = 4096;
+/// The largest scaling `lora_alpha / r` accepted (alpha is typically r to 2r: a scaling of 0.5 to 2).
+pub const MAX_LORA_SCALING: f64 = 1e4;
+
 impl LoraConfig {
     /// The factor applied to the low-rank update.
     pub fn scaling(&self) -> f64 {
@@ -73,11 +79,27 @@ impl LoraConfig {
         self
     }
 
-    /// Checks the rank and dropout, and that the targets are among `known_modules` (the names of the
-    /// model's adaptable projections) and not empty.
+    /// Checks the rank (1 to [`MAX_LORA_RANK`]), `lora_alpha` (finite, above 0, with a scaling of at most
+    /// [`MAX_LORA_SCALING`]: 0 or a negative alpha would load an adapter that silently does nothing or the
+    /// opposite) and dropout (in `[0, 1)`), and that the targets are among `known_modules` (the names of
+    /// the model's adaptable projections) and not empty.
     pub fn validate(&self, known_modules: &[&str]) -> Result<(), LlamaError> {
-        if self.r == 0 {
-            return Err(LlamaError::InvalidConfig("LoRA rank r must be positive".into()));
+        if !(1..=MAX_LORA_RANK).contains(&self.r) {
+            return Err(LlamaError::InvalidConfig(format!("LoRA rank r {} is not in 1 to {MAX_LORA_RANK}", self.r)));
+        }
+        if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+            return Err(LlamaError::InvalidConfig(format!(
+                "lora_alpha {} is not a finite number above 0",
+                self.lora_alpha
+            )));
+        }
+        if self.scaling() > MAX_LORA_SCALING {
+            return Err(LlamaError::InvalidConfig(format!(
+                "lora_alpha {} with r {} scales the update by {}, more than {MAX_LORA_SCALING}",
+                self.lora_alpha,
+                self.r,
+                self.scaling()
+            )));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(LlamaError::InvalidConfig(format!("lora_dropout {} is not in [0, 1)", self.lora_dropout)));
