@@ -160,6 +160,20 @@ impl EncoderFineTune {
         Ok(self.trainer.validate()?)
     }
 
+    /// An error if [`max_length`](Self::max_length) exceeds `model`'s position embeddings: checked as soon as the
+    /// model is loaded, before the tokenizer is read.
+    fn check_max_length<B: Backend>(&self, model: &EncoderClassifier<B>) -> Result<(), FinetuneError> {
+        let positions = model.max_position_embeddings();
+        if self.max_length > positions {
+            return Err(FinetuneError::InvalidSetting {
+                field: "max_length",
+                value: format!("{} for {} (max_position_embeddings {positions})", self.max_length, self.model),
+                reason: "longer than the model's position embeddings",
+            });
+        }
+        Ok(())
+    }
+
     fn train<B: AutodiffBackend>(
         &self,
         model: EncoderClassifier<B>,
@@ -227,6 +241,7 @@ impl EncoderFineTune {
         self.validate()?;
         B::seed(device, self.trainer.seed);
         let (model, load_report) = self.load::<B>(device)?;
+        self.check_max_length(&model)?;
         let tokenizer = self.tokenizer()?;
         self.check_pairing(&model, &tokenizer)?;
         let load_seconds = started.elapsed().as_secs_f64();

@@ -7,10 +7,8 @@ mod common;
 use burn::backend::{Autodiff, NdArray};
 use polarity_core::{Example, Sentiment};
 use polarity_data::ImdbDataset;
+use polarity_finetune::{ClassifyBy, DataConfig, EncoderFineTune, ExperimentData, FinetuneError, LoraFineTune};
 use polarity_llama::layers::lora::MAX_LORA_RANK;
-use polarity_finetune::{
-    ClassifyBy, DataConfig, EncoderFineTune, ExperimentData, FinetuneError, LoraFineTune,
-};
 use polarity_testkit::{CappedAllocator, expect_error, no_panic};
 use polarity_train::{TrainError, TrainerConfig, Warmup};
 
@@ -156,7 +154,7 @@ fn hostile_encoder_max_lengths_are_refused() {
     let mut recipe = EncoderFineTune::new(&model).with_max_length(65);
     recipe.trainer = recipe.trainer.clone().with_epochs(1).with_progress(false);
     let result = no_panic("--max-length 65", || recipe.run_on::<B>(&device, "ndarray", &data())).map(|_| ());
-    expect_error("--max-length 65", result, &["max_length 65", "max_position_embeddings 64"]);
+    expect_error("--max-length 65", result, &["max_length = 65", "max_position_embeddings 64"]);
     let result = no_panic("--max-length 18446744073709551615", || {
         recipe.clone().with_max_length(usize::MAX).run_on::<B>(&device, "ndarray", &data())
     });

@@ -135,9 +135,8 @@ impl LlamaTokenizer {
     ///
     /// The path must be a regular file: a FIFO or a directory is an error, not a hang.
     pub fn from_file(path: &Path) -> Result<Self, LlamaError> {
-        let bytes = polarity_hub::files::read_regular(path).map_err(|e| LlamaError::io(path, e))?;
         let tokenizer =
-            Tokenizer::from_bytes(&bytes).map_err(|e| LlamaError::Tokenizer(format!("{}: {e}", path.display())))?;
+            polarity_tokenize::read_tokenizer_json(path).map_err(|e| LlamaError::Tokenizer(e.to_string()))?;
         let find = |names: &[&str]| names.iter().find_map(|name| tokenizer.token_to_id(name));
         let bos = find(&["<|begin_of_text|>", "<s>", "<|endoftext|>"]);
         let eos = find(&["<|eot_id|>", "<|end_of_text|>", "</s>", "<|im_end|>", "<|endoftext|>"]);

@@ -242,13 +242,23 @@ pub fn fuzz_for(name: &str, budget: Duration, max_iterations: usize, mut attempt
     iterations
 }
 
-/// Asserts that `result` is an error and that its message mentions every one of `needles`; returns the
-/// message. For "a typed error that names the file, field or value".
-pub fn expect_error<T: Debug, E: std::fmt::Display>(input: &str, result: Result<T, E>, needles: &[&str]) -> String {
+/// Asserts that `result` is an error and that its message, with its causes, mentions every one of `needles`;
+/// returns that message (the error's own line, then each cause it does not already say, after `: `). For "a
+/// typed error that names the file, field or value".
+pub fn expect_error<T: Debug, E: std::error::Error>(input: &str, result: Result<T, E>, needles: &[&str]) -> String {
     match result {
         Ok(value) => panic!("{input}: accepted, expected an error; got {value:?}"),
         Err(error) => {
-            let message = error.to_string();
+            let mut message = error.to_string();
+            let mut cause = error.source();
+            while let Some(source) = cause {
+                let text = source.to_string();
+                if !message.contains(&text) {
+                    message.push_str(": ");
+                    message.push_str(&text);
+                }
+                cause = source.source();
+            }
             for needle in needles {
                 assert!(message.contains(needle), "{input}: the error does not mention {needle:?}: {message}");
             }

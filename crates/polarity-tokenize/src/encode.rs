@@ -113,12 +113,8 @@ impl HfTokenizer {
         Ok(Self::new(Self::read(path)?, Some(max_length))?.named(path.display().to_string()))
     }
 
-    /// Parses `path`, a regular file (a FIFO is an error, not a hang) of at most [`MAX_TOKENIZER_BYTES`].
     fn read(path: &Path) -> Result<Tokenizer, TokenizeError> {
-        let load_error = |reason: String| TokenizeError::Load { path: path.to_path_buf(), reason };
-        let text = polarity_hub::files::read_regular_to_string_within(path, MAX_TOKENIZER_BYTES)
-            .map_err(|e| load_error(e.to_string()))?;
-        Tokenizer::from_str(&text).map_err(|e| load_error(e.to_string()))
+        read_tokenizer_json(path)
     }
 
     /// The same tokenizer, called `source` in messages (its file).
@@ -239,5 +235,26 @@ impl Encode for HfTokenizer {
 
     fn pad_id(&self) -> u32 {
         self.pad_id
+    }
+}
+
+/// Reads `path`, a `tokenizer.json`: a regular file (a FIFO is an error, not a hang) of at most
+/// [`MAX_TOKENIZER_BYTES`], parsed by [`parse_tokenizer_json`].
+pub fn read_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizeError> {
+    let text = polarity_hub::files::read_regular_to_string_within(path, MAX_TOKENIZER_BYTES)
+        .map_err(|e| TokenizeError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
+    parse_tokenizer_json(&text, path)
+}
+
+/// Parses the text of a `tokenizer.json` (`path` names it in errors): valid JSON that the tokenizers crate
+/// accepts, else [`TokenizeError::Load`]. The JSON's syntax is checked first because tokenizers 0.22 panics,
+/// rather than failing, on some malformed files (a decoder with a non-string key); a panic inside tokenizers is
+/// caught and reported as an error as well.
+pub fn parse_tokenizer_json(text: &str, path: &Path) -> Result<Tokenizer, TokenizeError> {
+    let load_error = |reason: String| TokenizeError::Load { path: path.to_path_buf(), reason };
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| load_error(format!("not valid JSON: {e}")))?;
+    match std::panic::catch_unwind(|| Tokenizer::from_str(text)) {
+        Ok(parsed) => parsed.map_err(|e| load_error(e.to_string())),
+        Err(_) => Err(load_error("the tokenizers crate could not parse it (it panicked)".into())),
     }
 }

@@ -28,7 +28,9 @@ pub mod order;
 pub mod prompt;
 
 pub use batcher::{PaddingBatcher, TokenizedExample};
-pub use encode::{Encode, HfTokenizer, MAX_TOKENIZER_BYTES, ModelLimits, TokenIds};
+pub use encode::{
+    Encode, HfTokenizer, MAX_TOKENIZER_BYTES, ModelLimits, TokenIds, parse_tokenizer_json, read_tokenizer_json,
+};
 pub use error::TokenizeError;
 pub use order::{BatchOrder, InOrder, LengthBucketed, PaddingReport, Shuffled, padding_fraction};
 pub use prompt::{DEFAULT_TEMPLATE, PromptTemplate, label_word_ids};

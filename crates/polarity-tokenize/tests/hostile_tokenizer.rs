@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use polarity_testkit::{CappedAllocator, Mutator, expect_error, fuzz_for, make_fifo, within};
-use polarity_tokenize::{Encode, HfTokenizer, ModelLimits, TokenizeError};
+use polarity_tokenize::{Encode, HfTokenizer, ModelLimits, TokenizeError, parse_tokenizer_json};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
@@ -126,7 +126,7 @@ fn a_fifo_tokenizer_is_an_error_not_a_hang() {
 
 /// Loads the mutated text, encodes two reviews and checks it against BERT-base: any outcome but a panic.
 fn attempt(text: &str, max_length: usize) {
-    let Ok(tokenizer) = Tokenizer::from_str(text) else { return };
+    let Ok(tokenizer) = parse_tokenizer_json(text, Path::new("tokenizer.json")) else { return };
     let Ok(tokenizer) = HfTokenizer::new(tokenizer, Some(max_length)) else { return };
     if let Ok(ids) = tokenizer.encode_batch(&["A moving film, beautifully shot.", "Two hours I will never get back"]) {
         assert!(ids.iter().all(|row| row.len() <= max_length), "truncation to {max_length} did not hold");
