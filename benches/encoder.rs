@@ -14,7 +14,9 @@
 //!   encoders' reference inference workload (`polarity::bench::Workload::encoder_reference`: balanced,
 //!   seeded test reviews, batch 32, truncated at 256).
 //! - `train_step`: one MiniLM training step at batch 16, sequence 256 on `Autodiff<backend>`: forward
-//!   with dropout, cross-entropy, backward, and an AdamW step through burn's optimizer.
+//!   with dropout, cross-entropy, backward, and an AdamW step through burn's optimizer; on flex also the
+//!   reference models' step, BERT-base and DistilBERT (random weights) at batch 16, sequence 256 (the
+//!   recipes' batch size; tens of seconds per step on two cores).
 //! - `gemm`: one `[512, 768] x [768, 768]` matmul, the shape of a hidden-size projection, in FLOP/s.
 //!
 //! Inputs are real IMDB test reviews (rows `0..n/2` negative and `12500..12500+n/2` positive, as
@@ -167,7 +169,8 @@ fn train_step<B: AutodiffBackend, O: Optimizer<EncoderClassifier<B>, B>>(
     optimizer.step(LR, model, grads)
 }
 
-fn train_step_on<B: AutodiffBackend>(c: &mut Criterion, backend: &str) {
+/// MiniLM's step; with `reference_shapes` also BERT-base's and DistilBERT's.
+fn train_step_on<B: AutodiffBackend>(c: &mut Criterion, backend: &str, reference_shapes: bool) {
     let device = B::Device::default();
     let mut group = c.benchmark_group("train_step");
     common::configure(&mut group, 60);
@@ -177,13 +180,20 @@ fn train_step_on<B: AutodiffBackend>(c: &mut Criterion, backend: &str) {
     group.throughput(Throughput::Elements(16));
     // transformers' AdamW defaults (weight decay 0.01, eps 1e-8), as the PyTorch reference uses.
     let mut optimizer = AdamWConfig::new().with_weight_decay(0.01).with_epsilon(1e-8).init();
-    let mut model = Some(minilm::<B>(&device));
-    group.bench_function(format!("minilm/{backend}/b16_s256"), |b| {
-        b.iter(|| {
-            let updated = train_step(model.take().expect("model"), &mut optimizer, &objective, &batch, &device);
-            model = Some(updated);
-        })
-    });
+    let mut bench_model = |name: String, model: EncoderClassifier<B>| {
+        let mut model = Some(model);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let updated = train_step(model.take().expect("model"), &mut optimizer, &objective, &batch, &device);
+                model = Some(updated);
+            })
+        });
+    };
+    bench_model(format!("minilm/{backend}/b16_s256"), minilm::<B>(&device));
+    if reference_shapes {
+        bench_model(format!("bert_base_random/{backend}/b16_s256"), bert_base::<B>(&device));
+        bench_model(format!("distilbert_base_random/{backend}/b16_s256"), distilbert_base::<B>(&device));
+    }
     group.finish();
 }
 
@@ -213,8 +223,8 @@ fn forward(c: &mut Criterion) {
 }
 
 fn training(c: &mut Criterion) {
-    train_step_on::<Autodiff<NdArray<f32>>>(c, "ndarray");
-    train_step_on::<Autodiff<Flex<f32>>>(c, "flex");
+    train_step_on::<Autodiff<NdArray<f32>>>(c, "ndarray", false);
+    train_step_on::<Autodiff<Flex<f32>>>(c, "flex", true);
 }
 
 criterion_group!(benches, gemm, forward, training);

@@ -374,13 +374,24 @@ def run_encoders(results, args):
     if not args.skip_train:
         batch = review_batch(tokenizer, texts, labels, 16, 256)
         bench_train_step(results, "train_step/minilm/b16_s256", minilm, batch, args.iterations)
+        if not args.skip_random:
+            # The reference models' step at the recipes' batch size (random weights, as in benches/encoder.rs).
+            bert = BertForSequenceClassification(BertConfig(num_labels=2))
+            bench_train_step(results, "train_step/bert_base_random/b16_s256", bert, batch, args.iterations)
+            del bert
+            distilbert = DistilBertForSequenceClassification(DistilBertConfig(num_labels=2))
+            inputs = {k: v for k, v in batch.items() if k != "token_type_ids"}
+            bench_train_step(results, "train_step/distilbert_base_random/b16_s256", distilbert, inputs, args.iterations)
+            del distilbert
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per measurement")
-    parser.add_argument("--skip-random", action="store_true", help="skip the random bert-base / distilbert shapes")
+    parser.add_argument(
+        "--skip-random", action="store_true", help="skip the random bert-base / distilbert shapes (forward and training)"
+    )
     parser.add_argument("--skip-train", action="store_true", help="skip the MiniLM training step")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--llama", action="store_true", help="measure benches/llama.rs's workloads instead")

@@ -141,3 +141,15 @@ fn the_presets_rows_are_valid() {
         }
     }
 }
+
+#[test]
+fn a_fifo_in_a_results_directory_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    polarity_testkit::make_fifo(&plan).unwrap();
+    let error = polarity_testkit::within("FIFO plan.json", std::time::Duration::from_secs(10), move || {
+        polarity_bench::compare::read_json::<serde_json::Value>(&plan).map(|_| ())
+    });
+    let message = polarity_testkit::expect_error("FIFO plan.json", error, &["plan.json", "FIFO"]);
+    assert!(!message.contains('\n'), "{message}");
+}

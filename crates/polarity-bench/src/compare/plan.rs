@@ -304,7 +304,8 @@ impl ModelFamily {
         let config = RepoSource::parse(model, RepoKind::Model)
             .file("config.json")
             .map_err(|e| unsupported(format!("no config.json: {e}")))?;
-        let text = std::fs::read_to_string(&config).map_err(|e| unsupported(format!("{}: {e}", config.display())))?;
+        let text = polarity_hub::files::read_regular_to_string_within(&config, 16 << 20)
+            .map_err(|e| unsupported(format!("{}: {e}", config.display())))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| unsupported(format!("{}: {e}", config.display())))?;
         match json.get("model_type").and_then(|v| v.as_str()) {

@@ -128,10 +128,9 @@ pub struct Plan {
 /// Reads a JSON file into `T`, naming the file in any error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, BenchError> {
     let read_error = |reason: String| BenchError::Read { path: path.to_path_buf(), reason };
-    if !path.is_file() {
-        return Err(read_error("not a regular file".into()));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| read_error(e.to_string()))?;
+    // A report is kilobytes; the bound keeps a wrong path (a dataset, a device) from being read whole.
+    let text =
+        polarity_hub::files::read_regular_to_string_within(path, 64 << 20).map_err(|e| read_error(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| read_error(e.to_string()))
 }
 
