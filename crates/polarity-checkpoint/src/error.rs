@@ -23,10 +23,11 @@ impl fmt::Display for TensorInfo {
 /// How many tensors an error message names; the rest are counted (the error's fields keep them all).
 pub const LISTED_TENSORS: usize = 5;
 
-/// `count` tensors, the first [`LISTED_TENSORS`] named: a checkpoint of another model can miss hundreds,
-/// and one line naming them all is unreadable.
-fn list(tensors: &[TensorInfo]) -> String {
-    let named = tensors.iter().take(LISTED_TENSORS).map(TensorInfo::to_string).collect::<Vec<_>>().join(", ");
+/// `count` tensors, the first [`LISTED_TENSORS`] named (`24 tensors: a, b, c, d, e and 19 more`): a checkpoint of
+/// another model can miss hundreds, and one line naming them all is unreadable. Every loader's list of tensors
+/// in an error goes through it.
+pub fn summarize_tensors<T: fmt::Display>(tensors: &[T]) -> String {
+    let named = tensors.iter().take(LISTED_TENSORS).map(T::to_string).collect::<Vec<_>>().join(", ");
     match tensors.len() {
         n if n > LISTED_TENSORS => format!("{n} tensors: {named} and {} more", n - LISTED_TENSORS),
         1 => format!("1 tensor: {named}"),
@@ -63,7 +64,7 @@ pub enum CheckpointError {
     #[error("no checkpoint file to load")]
     NoFiles,
     /// Parameters of the model that the checkpoint lacks (and that may not keep their initialisation).
-    #[error("{checkpoint}: missing {} (shapes the model expects)", list(tensors))]
+    #[error("{checkpoint}: missing {} (shapes the model expects)", summarize_tensors(tensors))]
     MissingTensors {
         /// The checkpoint.
         checkpoint: String,
@@ -72,7 +73,7 @@ pub enum CheckpointError {
     },
     /// Checkpoint tensors that match no parameter of the model, where dropping them would silently
     /// change the model (a 13th layer when the config says 12, an adapter for a module not targeted).
-    #[error("{checkpoint}: {} match no parameter of the model", list(tensors))]
+    #[error("{checkpoint}: {} match no parameter of the model", summarize_tensors(tensors))]
     UnexpectedTensors {
         /// The checkpoint.
         checkpoint: String,

@@ -70,7 +70,7 @@ use burn_store::{
 };
 use polarity_core::params::{EnumVariants, FloatParam, float_params};
 
-pub use error::{CheckpointError, LISTED_TENSORS, TensorInfo};
+pub use error::{CheckpointError, LISTED_TENSORS, TensorInfo, summarize_tensors};
 
 /// One tensor of a checkpoint, not read yet.
 #[derive(Clone)]

@@ -251,13 +251,14 @@ fn token_batch<B: Backend>(
     limits: &InputLimits,
     device: &B::Device,
 ) -> Result<TokenBatch<B>, EncoderError> {
-    let (shape, input_ids) = fixture.i64("input_ids")?;
+    // Every value checked against its table before a model sees it (ids, segments, a 0/1 mask).
+    let (shape, input_ids) = fixture.token_ids("input_ids", limits.vocab_size)?;
     let [batch, seq_len] = <[usize; 2]>::try_from(shape)
         .map_err(|_| EncoderError::InvalidInput(format!("input_ids must be [batch, seq], found {shape:?}")))?;
-    let (mask_shape, attention_mask) = fixture.i64("attention_mask")?;
+    let (mask_shape, attention_mask) = fixture.i64_in("attention_mask", 0..2, &[])?;
     let zeros;
     let (type_shape, token_type_ids) = if fixture.names().contains(&"token_type_ids") {
-        fixture.i64("token_type_ids")?
+        fixture.i64_in("token_type_ids", 0..i64::try_from(limits.type_vocab_size).unwrap_or(i64::MAX), &[])?
     } else {
         zeros = vec![0i64; input_ids.len()];
         (shape, zeros.as_slice())
@@ -266,23 +267,6 @@ fn token_batch<B: Backend>(
         return Err(EncoderError::InvalidInput(format!(
             "input_ids {shape:?}, attention_mask {mask_shape:?} and token_type_ids {type_shape:?} differ in shape"
         )));
-    }
-    let out_of_range =
-        |values: &[i64], limit: usize| values.iter().find(|&&v| v < 0 || v as u64 >= limit as u64).copied();
-    if let Some(id) = out_of_range(input_ids, limits.vocab_size) {
-        return Err(EncoderError::InvalidInput(format!(
-            "token id {id} is outside the vocabulary of {}",
-            limits.vocab_size
-        )));
-    }
-    if let Some(t) = out_of_range(token_type_ids, limits.type_vocab_size) {
-        return Err(EncoderError::InvalidInput(format!(
-            "token type {t} is outside type_vocab_size {}",
-            limits.type_vocab_size
-        )));
-    }
-    if let Some(m) = out_of_range(attention_mask, 2) {
-        return Err(EncoderError::InvalidInput(format!("attention_mask value {m} is not 0 or 1")));
     }
     if seq_len > limits.max_positions {
         return Err(EncoderError::InvalidInput(format!(

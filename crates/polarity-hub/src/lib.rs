@@ -273,10 +273,10 @@ impl RepoSource {
             .ok_or_else(|| invalid("no \"weight_map\" object".into()))?;
         // A set: an index may map a million tensors to a handful of shards.
         let mut shards = std::collections::BTreeSet::new();
+        let dir = index_path.parent().unwrap_or(Path::new(""));
         for (tensor, shard) in weight_map {
             let shard = shard.as_str().ok_or_else(|| invalid(format!("the shard of {tensor:?} is not a string")))?;
             // Shard names come from the file: one that leaves the model's directory is refused, not followed.
-            let dir = index_path.parent().unwrap_or(Path::new(""));
             files::join_inside(dir, shard).map_err(|e| invalid(format!("the shard of {tensor:?}: {e}")))?;
             shards.insert(shard);
         }

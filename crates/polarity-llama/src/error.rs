@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use polarity_checkpoint::summarize_tensors;
 use thiserror::Error;
 
 /// Everything that can go wrong in polarity-llama: configs, checkpoints (safetensors, GGUF, PEFT
@@ -159,7 +160,7 @@ pub enum LlamaError {
     },
     /// Layer tensors (`blk.N.*`) for layers the file's `llama.block_count` does not declare: loading
     /// would silently run a model without them.
-    #[error("{file}: {} belong to layers beyond llama.block_count = {block_count}", summarize(tensors))]
+    #[error("{file}: {} belong to layers beyond llama.block_count = {block_count}", summarize_tensors(tensors))]
     GgufLayersBeyondBlockCount {
         /// The GGUF file (or `<GGUF bytes>`).
         file: String,
@@ -283,17 +284,6 @@ pub enum LlamaError {
         /// What is wrong.
         what: String,
     },
-}
-
-/// A list of names for a one-line message: the count and the first few names, never hundreds.
-pub(crate) fn summarize(names: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let shown = names.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
-    match names.len() {
-        1 => format!("tensor {shown}"),
-        n if n <= SHOWN => format!("{n} tensors ({shown})"),
-        n => format!("{n} tensors ({shown} and {} more)", n - SHOWN),
-    }
 }
 
 impl LlamaError {

@@ -77,14 +77,6 @@ fn fixture_error(fixture: &Fixture, what: impl Into<String>) -> LlamaError {
     LlamaError::Fixture { dir: fixture.dir.clone(), what: what.into() }
 }
 
-fn meta_str<'a>(fixture: &'a Fixture, key: &str) -> Result<&'a str, LlamaError> {
-    fixture
-        .meta
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| fixture_error(fixture, format!("meta.json has no string {key:?}")))
-}
-
 /// Where a relative path from meta.json may be, in the order of the module documentation.
 fn path_candidates(fixture: &Fixture, relative: &str) -> Vec<PathBuf> {
     let mut bases = vec![fixture.dir.clone()];
@@ -115,21 +107,6 @@ fn int_tensor<B: Backend, const D: usize>(
     Ok(Tensor::from_data(TensorData::new(values.to_vec(), shape.to_vec()), device))
 }
 
-/// Checks that the fixture's integer tensor `name` holds token ids of a `vocab_size` vocabulary (and
-/// [`IGNORE_INDEX`](crate::IGNORE_INDEX) where `labels`): [`LlamaError::TokenIdOutOfRange`] otherwise.
-fn check_token_ids(fixture: &Fixture, name: &str, vocab_size: usize, labels: bool) -> Result<(), LlamaError> {
-    let (_, values) = fixture.i64(name)?;
-    let valid = |id: i64| (labels && id == crate::IGNORE_INDEX) || usize::try_from(id).is_ok_and(|id| id < vocab_size);
-    match values.iter().copied().find(|&id| !valid(id)) {
-        Some(id) => Err(LlamaError::TokenIdOutOfRange {
-            what: format!("fixture {}: {name}", fixture.dir.display()),
-            id,
-            vocab_size,
-        }),
-        None => Ok(()),
-    }
-}
-
 /// Compares `ours` with the fixture tensor `reference`; a shape difference fails the check.
 fn compare(
     fixture: &Fixture,
@@ -158,14 +135,15 @@ fn verify_lora<B: Backend>(
 ) -> Result<Vec<TensorCheck>, LlamaError> {
     let model_spec = match model_override {
         Some(spec) => spec.to_string(),
-        None => fixture_path(fixture, meta_str(fixture, "model_dir")?).display().to_string(),
+        None => fixture_path(fixture, fixture.meta_str("model_dir")?).display().to_string(),
     };
-    let adapter_dir = fixture_path(fixture, meta_str(fixture, "adapter_dir")?);
+    let adapter_dir = fixture_path(fixture, fixture.meta_str("adapter_dir")?);
     let base = Llama::<Autodiff<B>>::from_pretrained(&RepoSource::parse(&model_spec, RepoKind::Model), device)?;
 
     // Ids past the embedding table would index out of it inside the forward pass: refused here.
-    check_token_ids(fixture, "input_ids", base.vocab_size(), false)?;
-    check_token_ids(fixture, "lora_labels", base.vocab_size(), true)?;
+    fixture.token_ids("input_ids", base.vocab_size())?;
+    let vocab = i64::try_from(base.vocab_size()).unwrap_or(i64::MAX);
+    fixture.i64_in("lora_labels", 0..vocab, &[crate::IGNORE_INDEX])?;
     let input_ids = int_tensor::<Autodiff<B>, 2>(fixture, "input_ids", device)?;
     let attention_mask = int_tensor::<Autodiff<B>, 2>(fixture, "attention_mask", device)?;
     let labels = int_tensor::<Autodiff<B>, 2>(fixture, "lora_labels", device)?;
@@ -223,7 +201,7 @@ fn prompt_model<B: Backend>(
 ) -> Result<(Llama<B>, LlamaTokenizer), LlamaError> {
     let spec = match model_override {
         Some(spec) => spec.to_string(),
-        None => meta_str(fixture, "model_path")?.to_string(),
+        None => fixture.meta_str("model_path")?.to_string(),
     };
     if spec.ends_with(".gguf") {
         let path = if Path::new(&spec).exists() { PathBuf::from(&spec) } else { fixture_path(fixture, &spec) };
