@@ -10,7 +10,9 @@
 //! - `forward`: inference, no autodiff. MiniLM (`sentence-transformers/all-MiniLM-L6-v2`, real weights
 //!   from the hub cache, fresh classification head) at batch 32, sequence 128, 256 and 512; BERT-base and
 //!   DistilBERT shapes with random weights (configs built here with the real hyper-parameters) at
-//!   batch 8, sequence 128. `minilm/{backend}/reference_b32_max256` is MiniLM on the first batch of the
+//!   batch 8, sequence 128; on CPUs with AVX512-BF16 MiniLM at 256 and the two reference shapes again
+//!   with bf16 products and f32 accumulation (`flex-bf16`: autocast, as `--precision bf16` evaluates).
+//!   `minilm/{backend}/reference_b32_max256` is MiniLM on the first batch of the
 //!   encoders' reference inference workload (`polarity::bench::Workload::encoder_reference`: balanced,
 //!   seeded test reviews, batch 32, truncated at 256).
 //! - `train_step`: one MiniLM training step at batch 16, sequence 256 on `Autodiff<backend>`: forward
@@ -35,12 +37,14 @@ use std::time::Duration;
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use polarity::bench::{Selection, Workload};
 use polarity::data::{ImdbDataset, Split, hub};
 use polarity::hub::{RepoKind, RepoSource};
+use polarity::kernels::autocast::autocast;
 use polarity::tokenize::{Encode, HfTokenizer, PaddingBatcher, TokenizedExample};
 use polarity::train::{CrossEntropyObjective, Objective};
 use polarity::{Example, TokenBatch};
@@ -126,9 +130,43 @@ fn bench_forward<B: Backend>(
     model: &EncoderClassifier<B>,
     batch: TokenBatch<B>,
 ) {
+    bench_forward_in(group, name, model, batch, None);
+}
+
+/// [`bench_forward`] with the products in `compute_dtype` (autocast, as `--precision` runs evaluation).
+fn bench_forward_in<B: Backend>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    model: &EncoderClassifier<B>,
+    batch: TokenBatch<B>,
+    compute_dtype: Option<FloatDType>,
+) {
     group.throughput(Throughput::Elements(batch.dims()[0] as u64));
     model.validate(&batch).expect("the batch fits the model");
-    group.bench_function(name, |b| b.iter(|| model.forward(batch.clone()).into_data()));
+    group.bench_function(name, |b| b.iter(|| autocast(compute_dtype, || model.forward(batch.clone()).into_data())));
+}
+
+/// The flex lines again with bf16 products (`flex-bf16`), on CPUs with AVX512-BF16: MiniLM at 256,
+/// BERT-base and DistilBERT at 128.
+fn forward_bf16(c: &mut Criterion) {
+    if !polarity::kernels::bf16_products_available() {
+        eprintln!("skipping forward/*/flex-bf16: this CPU has no AVX512-BF16");
+        return;
+    }
+    let device = Default::default();
+    let mut group = c.benchmark_group("forward");
+    common::configure(&mut group, 20);
+    let bf16 = Some(FloatDType::BF16);
+    let model = minilm::<Flex<f32>>(&device);
+    bench_forward_in(&mut group, "minilm/flex-bf16/b32_s256", &model, review_batch(32, 256, &device), bf16);
+    drop(model);
+    let batch = review_batch::<Flex<f32>>(8, 128, &device);
+    let bert = bert_base::<Flex<f32>>(&device);
+    bench_forward_in(&mut group, "bert_base_random/flex-bf16/b8_s128", &bert, batch.clone(), bf16);
+    drop(bert);
+    let distilbert = distilbert_base::<Flex<f32>>(&device);
+    bench_forward_in(&mut group, "distilbert_base_random/flex-bf16/b8_s128", &distilbert, batch, bf16);
+    group.finish();
 }
 
 fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
@@ -227,5 +265,5 @@ fn training(c: &mut Criterion) {
     train_step_on::<Autodiff<Flex<f32>>>(c, "flex", true);
 }
 
-criterion_group!(benches, gemm, forward, training);
+criterion_group!(benches, gemm, forward, forward_bf16, training);
 criterion_main!(benches);

@@ -6,6 +6,8 @@
 //!     --model sentence-transformers/all-MiniLM-L6-v2 --train-size 2000 --test-size 1000 \
 //!     --max-length 256 --epochs 1 --lr 5e-5 --batch-size 16 --warmup-ratio 0.1 --json minilm.json
 //! cargo run --release --features cuda --example finetune_encoder -- ...   # on an NVIDIA GPU
+//! cargo build --release --features mpi --example finetune_encoder
+//! mpirun -n 2 target/release/examples/finetune_encoder ...   # data-parallel: 2 ranks, batch 2 x --batch-size
 //! ```
 //!
 //! The best epoch is picked on `--validation-size` reviews held out of the train split, or on the test
@@ -19,6 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
 use polarity_data::hub;
 use polarity_finetune::{DataConfig, EncoderFineTune};
 use polarity_train::BestMetric;
@@ -92,7 +95,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     recipe.validate()?;
     data.validate()?;
 
-    let experiment = recipe.run(&data.load()?)?;
+    // Under `mpirun -n N` (built with `--features mpi`) this process is one of N ranks: each trains on its
+    // share of every batch, and rank 0 alone prints and writes. The handle keeps MPI up until the end.
+    let world = polarity_train::world_from_env()?;
+    let (device, backend) = (default_device()?, default_backend_name());
+    let experiment = recipe.run_on_rank::<TrainBackend>(&device, backend, &data.load()?, world.clone())?;
+    if world.rank() != 0 {
+        return Ok(());
+    }
     println!("\n{}", experiment.report);
     if let Some(dir) = &args.output {
         recipe.export(&experiment.classifier, dir)?;

@@ -8,6 +8,8 @@
 //! cargo run --release --example finetune_llama_lora -- ... --qlora   # the frozen base stays 4-bit
 //! cargo run --release --features cuda --example finetune_llama_lora -- \
 //!     --model meta-llama/Meta-Llama-3-8B-Instruct --qlora --max-length 256   # where the hub is reachable
+//! cargo build --release --features mpi --example finetune_llama_lora
+//! mpirun -n 2 target/release/examples/finetune_llama_lora ...   # data-parallel: 2 ranks, batch 2 x --batch-size
 //! ```
 //!
 //! The model is a llama.cpp `.gguf` file, or a hub id or directory with `config.json`, safetensors and
@@ -21,6 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
 use polarity_data::hub;
 use polarity_finetune::{ClassifyBy, DataConfig, LoraFineTune, REFERENCE_MAX_NEW_TOKENS};
 use polarity_llama::LoraConfig;
@@ -117,7 +120,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     recipe.validate()?;
     data.validate()?;
 
-    let experiment = recipe.run(&data.load()?)?;
+    // Under `mpirun -n N` (built with `--features mpi`) this process is one of N ranks: each trains on its
+    // share of every batch, and rank 0 alone prints and writes. The handle keeps MPI up until the end.
+    let world = polarity_train::world_from_env()?;
+    let (device, backend) = (default_device()?, default_backend_name());
+    let experiment = recipe.run_on_rank::<TrainBackend>(&device, backend, &data.load()?, world.clone())?;
+    if world.rank() != 0 {
+        return Ok(());
+    }
     println!("\n{}", experiment.report);
     if let Some(dir) = &args.adapter_out {
         recipe.save_adapter(&experiment.classifier, dir)?;

@@ -9,6 +9,8 @@ By default it measures the encoder workloads, with torch.set_num_threads(2) (the
   real weights, fresh 2-class head) at batch 32, sequence 128, 256 and 512; bert-base-uncased and
   distilbert-base-uncased shapes with random weights (transformers' default BertConfig /
   DistilBertConfig are exactly those) at batch 8, sequence 128;
+- with --bf16, MiniLM at 256 and the two random shapes again under torch.autocast("cpu", dtype=torch.bfloat16)
+  (bf16 products, float32 weights; oneDNN's AVX512-BF16 / AMX kernels where the CPU has them);
 - train_step: MiniLM at batch 16, sequence 256, train mode (dropout on): forward, cross-entropy,
   backward, AdamW step (lr 5e-5, weight decay 0.01, eps 1e-8), zero_grad;
 - gemm: a [512, 768] x [768, 768] float32 matmul in torch and numpy, in GFLOP/s.
@@ -133,15 +135,16 @@ def report(results, name, samples, times):
     )
 
 
-def bench_forward(results, name, model, batch, iterations):
+def bench_forward(results, name, model, batch, iterations, bf16=False):
+    """Times inference; with bf16, under torch.autocast("cpu", dtype=torch.bfloat16) (the weights stay float32)."""
     model.eval()
     # DistilBERT takes no token_type_ids.
     accepted = {"input_ids", "attention_mask"} | ({"token_type_ids"} if model.config.model_type == "bert" else set())
     inputs = {k: v for k, v in batch.items() if k in accepted}
 
     def step():
-        with torch.inference_mode():
-            model(**inputs).logits.numpy()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(**inputs).logits.float().numpy()
 
     report(results, name, batch["input_ids"].shape[0], timed(step, iterations))
 
@@ -361,14 +364,22 @@ def run_encoders(results, args):
     for seq in (128, 256, 512):
         batch = review_batch(tokenizer, texts, labels, 32, seq)
         bench_forward(results, f"forward/minilm/b32_s{seq}", minilm, batch, args.iterations)
+        if args.bf16 and seq == 256:
+            bench_forward(results, "forward/minilm/bf16/b32_s256", minilm, batch, args.iterations, bf16=True)
 
     if not args.skip_random:
         batch = review_batch(tokenizer, texts, labels, 8, 128)
         bert = BertForSequenceClassification(BertConfig(num_labels=2))
         bench_forward(results, "forward/bert_base_random/b8_s128", bert, batch, args.iterations)
+        if args.bf16:
+            bench_forward(results, "forward/bert_base_random/bf16/b8_s128", bert, batch, args.iterations, bf16=True)
         del bert
         distilbert = DistilBertForSequenceClassification(DistilBertConfig(num_labels=2))
         bench_forward(results, "forward/distilbert_base_random/b8_s128", distilbert, batch, args.iterations)
+        if args.bf16:
+            bench_forward(
+                results, "forward/distilbert_base_random/bf16/b8_s128", distilbert, batch, args.iterations, bf16=True
+            )
         del distilbert
 
     if not args.skip_train:
@@ -393,6 +404,12 @@ def main():
         "--skip-random", action="store_true", help="skip the random bert-base / distilbert shapes (forward and training)"
     )
     parser.add_argument("--skip-train", action="store_true", help="skip the MiniLM training step")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time MiniLM at 256 and the random BERT-base / DistilBERT forward under bf16 autocast "
+        "(benches/encoder.rs's flex-bf16 lines)",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--llama", action="store_true", help="measure benches/llama.rs's workloads instead")
     parser.add_argument("--gguf", default=SMOLLM2_GGUF, help=f"--llama: SmolLM2's GGUF file (default {SMOLLM2_GGUF})")

@@ -105,3 +105,16 @@ pub mod cuda {
         }
     }
 }
+
+static SEEDED_DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the process's lock on the backend's random generator, from a seed to the last draw it governs.
+///
+/// burn's CPU backends keep one generator per process: code that seeds it and then draws (random weights,
+/// lazily initialised parameters, dropout masks) can see another thread's draws in between. Model
+/// construction in the recipes holds this guard from `B::seed` to the last initialised parameter, so that
+/// ranks of a data-parallel group running as threads (and tests on parallel threads) build the same
+/// weights from the same seed. A panicking holder does not poison the lock for the others.
+pub fn seeded_draws() -> std::sync::MutexGuard<'static, ()> {
+    SEEDED_DRAWS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -116,3 +116,42 @@ impl<B: Backend> ModuleVisitor<B> for Lister {
         });
     }
 }
+
+struct Materializer;
+
+impl<B: Backend> ModuleVisitor<B> for Materializer {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        // A lazy parameter draws its initial values on its first read.
+        let _ = param.val();
+    }
+}
+
+/// Draws the values of `module`'s lazily initialised parameters now, from the backend's generator as it
+/// stands, rather than at their first use (where a training step's reseeding would decide them).
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    module.visit(&mut Materializer);
+}
+
+struct Checksum<B: Backend> {
+    sum: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Checksum<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        // The squares weigh each value differently from the plain sum, so swapped or sign-flipped values show.
+        let term = value.clone().sum() + value.square().sum().mul_scalar(0.5);
+        self.sum = Some(match self.sum.take() {
+            Some(sum) => sum + term,
+            None => term,
+        });
+    }
+}
+
+/// A number summarising all of `module`'s float parameter values (their sum plus half their sum of
+/// squares): equal for equal weights, so replicas that should hold the same model can compare it.
+pub fn weights_checksum<B: Backend, M: Module<B>>(module: &M) -> f64 {
+    let mut checksum = Checksum::<B> { sum: None };
+    module.visit(&mut checksum);
+    checksum.sum.map_or(0.0, |sum| sum.into_scalar().elem::<f64>())
+}

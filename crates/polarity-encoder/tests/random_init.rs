@@ -47,7 +47,7 @@ fn batch<B: Backend>(device: &B::Device) -> TokenBatch<B> {
 
 fn check_random_classifier(model: &str, architecture: EncoderArchitecture, parameters: usize) {
     let device = Default::default();
-    let _draws = polarity_testkit::seeded_draws();
+    let _draws = polarity_core::backend::seeded_draws();
     Fast::seed(&device, 42);
     let (classifier, report) = EncoderClassifier::<Fast>::from_config_random(&config(model), &device).unwrap();
     assert_eq!(classifier.architecture(), architecture);
@@ -90,7 +90,7 @@ fn random_classifiers_follow_the_seed_and_the_initializer_range() {
     let config = HfConfigJson::parse(text, "config.json".as_ref()).unwrap();
     let device = Default::default();
     let weights = |seed: u64| {
-        let _draws = polarity_testkit::seeded_draws();
+        let _draws = polarity_core::backend::seeded_draws();
         Fast::seed(&device, seed);
         let (classifier, _) = EncoderClassifier::<Fast>::from_config_random(&config, &device).unwrap();
         let EncoderClassifier::Bert(bert) = classifier else { panic!("a BERT config builds a BERT") };

@@ -1,17 +1,22 @@
 //! Full fine-tuning of a BERT or DistilBERT classifier: [`EncoderFineTune`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
+use polarity_core::backend::{TrainBackend, default_backend_name, default_device, seeded_draws};
+use polarity_core::params::materialize;
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_encoder::{CONFIG_FILE, EncoderClassifier, EncoderError, HfConfigJson, LoadReport};
 use polarity_hub::{HubError, RepoKind, RepoSource};
 use polarity_tokenize::{Encode, HfTokenizer, ModelLimits, TokenizedExample};
-use polarity_train::{CrossEntropyObjective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, tokenize_examples};
+use polarity_train::{
+    Collective, CrossEntropyObjective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, tokenize_examples,
+    world_from_env,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::data::TokenizedData;
@@ -174,6 +179,20 @@ impl EncoderFineTune {
         Ok(())
     }
 
+    /// [`load`](Self::load) from the trainer's seed, with every fresh parameter (the new classification
+    /// head, or all of them with [`WeightInit::Random`]) drawn before it returns, under the process's lock
+    /// on the generator: ranks running as threads build the same model.
+    fn seeded_load<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(EncoderClassifier<B>, LoadReport), FinetuneError> {
+        let _draws = seeded_draws();
+        B::seed(device, self.trainer.seed);
+        let (model, report) = self.load::<B>(device)?;
+        materialize::<B, _>(&model);
+        Ok((model, report))
+    }
+
     fn train<B: AutodiffBackend>(
         &self,
         model: EncoderClassifier<B>,
@@ -181,8 +200,9 @@ impl EncoderFineTune {
         train: &[TokenizedExample],
         eval: Option<&[TokenizedExample]>,
         device: &B::Device,
+        collective: Arc<dyn Collective>,
     ) -> Result<TrainOutcome<EncoderClassifier<B>>, FinetuneError> {
-        let trainer = Trainer::<B>::new(self.trainer.clone(), device.clone());
+        let trainer = Trainer::<B>::new(self.trainer.clone(), device.clone()).with_collective(collective);
         Ok(trainer.fit(model, &CrossEntropyObjective::new(tokenizer.pad_id()), train, eval)?)
     }
 
@@ -209,13 +229,12 @@ impl EncoderFineTune {
         eval: Option<&dyn ExampleSource>,
     ) -> Result<FineTuned<EncoderTextClassifier<B::InnerBackend>>, FinetuneError> {
         self.validate()?;
-        B::seed(device, self.trainer.seed);
         let tokenizer = self.tokenizer()?;
-        let (model, _) = self.load::<B>(device)?;
+        let (model, _) = self.seeded_load::<B>(device)?;
         self.check_pairing(&model, &tokenizer)?;
         let train = tokenize_examples(&tokenizer, train)?;
         let eval = eval.map(|eval| tokenize_examples(&tokenizer, eval)).transpose()?;
-        let outcome = self.train(model, &tokenizer, &train, eval.as_deref(), device)?;
+        let outcome = self.train(model, &tokenizer, &train, eval.as_deref(), device, world_from_env()?)?;
         let summary = outcome.summary();
         Ok(FineTuned { classifier: self.classifier(outcome.model.valid(), tokenizer, device), summary })
     }
@@ -230,17 +249,31 @@ impl EncoderFineTune {
         self.run_on::<TrainBackend>(&default_device()?, default_backend_name(), data)
     }
 
-    /// [`run`](Self::run) on any autodiff backend and device; `backend` names it in the report.
+    /// [`run`](Self::run) on any autodiff backend and device; `backend` names it in the report. Under an MPI
+    /// launcher the process trains as one rank of the group ([`world_from_env`]).
     pub fn run_on<B: AutodiffBackend>(
         &self,
         device: &B::Device,
         backend: &str,
         data: &ExperimentData,
     ) -> Result<Experiment<EncoderTextClassifier<B::InnerBackend>>, FinetuneError> {
+        self.run_on_rank::<B>(device, backend, data, world_from_env()?)
+    }
+
+    /// [`run_on`](Self::run_on) as one rank of a data-parallel group (see [`Collective`]; a
+    /// [`LocalGroup`](polarity_train::LocalGroup) rank per device of this process, or the MPI world):
+    /// every rank calls it with the same recipe and data, reads its shard of each global batch of
+    /// `batch_size x world_size` reviews, and returns the same trained model and report.
+    pub fn run_on_rank<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        backend: &str,
+        data: &ExperimentData,
+        collective: Arc<dyn Collective>,
+    ) -> Result<Experiment<EncoderTextClassifier<B::InnerBackend>>, FinetuneError> {
         let started = Instant::now();
         self.validate()?;
-        B::seed(device, self.trainer.seed);
-        let (model, load_report) = self.load::<B>(device)?;
+        let (model, load_report) = self.seeded_load::<B>(device)?;
         self.check_max_length(&model)?;
         let tokenizer = self.tokenizer()?;
         self.check_pairing(&model, &tokenizer)?;
@@ -260,9 +293,8 @@ impl EncoderFineTune {
             tokenized.mean_train_tokens(),
             self.max_length
         );
-        // Counted after training: `num_params` materialises lazy parameters, and a fresh head drawn here would
-        // take other random numbers than the ones the trainer's seeded first step gives it.
-        let outcome = self.train(model, &tokenizer, &tokenized.train, Some(tokenized.selection()), device)?;
+        let outcome =
+            self.train(model, &tokenizer, &tokenized.train, Some(tokenized.selection()), device, collective)?;
         let training = outcome.summary();
         let model = outcome.model.valid();
         let parameters = model.num_params();
@@ -272,7 +304,7 @@ impl EncoderFineTune {
             &model,
             &tokenized.test,
             self.trainer.eval_batch_size,
-            self.trainer.precision,
+            self.trainer.evaluation_precision(),
             EvalMethod::ClassScores,
             device,
         )?;

@@ -1,12 +1,14 @@
 //! LoRA and QLoRA tuning of a Llama-architecture causal LM as a sentiment classifier: [`LoraFineTune`].
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use polarity_core::backend::{TrainBackend, default_backend_name, default_device};
+use polarity_core::backend::{TrainBackend, default_backend_name, default_device, seeded_draws};
+use polarity_core::params::materialize;
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_hub::{HubError, RepoKind, RepoSource};
 use polarity_llama::{
@@ -14,7 +16,9 @@ use polarity_llama::{
     LoraConfig, PromptEncoder,
 };
 use polarity_tokenize::{DEFAULT_TEMPLATE, Encode, PromptTemplate, TokenizedExample};
-use polarity_train::{TextClassifier, TrainOutcome, Trainer, TrainerConfig, Warmup, tokenize_examples};
+use polarity_train::{
+    Collective, TextClassifier, TrainOutcome, Trainer, TrainerConfig, Warmup, tokenize_examples, world_from_env,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::data::TokenizedData;
@@ -251,6 +255,20 @@ impl LoraFineTune {
         Ok((encoder, objective))
     }
 
+    /// [`load_base`](Self::load_base) from the trainer's seed under the process's lock on the generator,
+    /// every parameter drawn before it returns (random weights), so that ranks running as threads build the
+    /// same base.
+    fn seeded_load_base<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(Llama<B>, LlamaTokenizer), FinetuneError> {
+        let _draws = seeded_draws();
+        B::seed(device, self.trainer.seed);
+        let (base, tokenizer) = self.load_base::<B>(device)?;
+        materialize::<B, _>(&base);
+        Ok((base, tokenizer))
+    }
+
     fn train<B: AutodiffBackend>(
         &self,
         base: Llama<B>,
@@ -258,10 +276,17 @@ impl LoraFineTune {
         train: &[TokenizedExample],
         eval: Option<&[TokenizedExample]>,
         device: &B::Device,
+        collective: Arc<dyn Collective>,
     ) -> Result<TrainOutcome<Llama<B>>, FinetuneError> {
-        let model = base.with_lora(&self.lora).map_err(|e| self.llama_error(e))?;
-        // Counting materialises the adapters' lazy lora_A here, from the recipe's seeded stream, before the
-        // trainer reseeds its first step: the draw the LoRA runs have always used.
+        // The adapters' lora_A are drawn here, from the trainer's seed, under the process's lock on the
+        // generator (ranks running as threads draw the same adapters), before the trainer reseeds its steps.
+        let model = {
+            let _draws = seeded_draws();
+            B::seed(device, self.trainer.seed);
+            let model = base.with_lora(&self.lora).map_err(|e| self.llama_error(e))?;
+            materialize::<B, _>(&model);
+            model
+        };
         let trainable = trainable_parameters(&model);
         tracing::info!(
             "LoRA r={} alpha={} dropout={} on {} ({trainable} trainable parameters); {} epochs of {} examples",
@@ -272,7 +297,7 @@ impl LoraFineTune {
             self.trainer.epochs,
             train.len()
         );
-        let trainer = Trainer::<B>::new(self.trainer.clone(), device.clone());
+        let trainer = Trainer::<B>::new(self.trainer.clone(), device.clone()).with_collective(collective);
         Ok(trainer.fit(model, objective, train, eval)?)
     }
 
@@ -301,7 +326,7 @@ impl LoraFineTune {
         data: &[TokenizedExample],
         device: &B::Device,
     ) -> Result<EvaluationReport, FinetuneError> {
-        let (batch_size, precision) = (self.trainer.eval_batch_size, self.trainer.precision);
+        let (batch_size, precision) = (self.trainer.eval_batch_size, self.trainer.evaluation_precision());
         match self.classify_by {
             ClassifyBy::LabelWords => {
                 evaluate_by_scores(objective, model, data, batch_size, precision, EvalMethod::LabelWords, device)
@@ -320,12 +345,11 @@ impl LoraFineTune {
         eval: Option<&dyn ExampleSource>,
     ) -> Result<FineTuned<LoraTextClassifier<B::InnerBackend>>, FinetuneError> {
         self.validate()?;
-        B::seed(device, self.trainer.seed);
-        let (base, tokenizer) = self.load_base::<B>(device)?;
+        let (base, tokenizer) = self.seeded_load_base::<B>(device)?;
         let (encoder, objective) = self.prompts(&tokenizer)?;
         let train = tokenize_examples(&encoder, train)?;
         let eval = eval.map(|eval| tokenize_examples(&encoder, eval)).transpose()?;
-        let outcome = self.train(base, &objective, &train, eval.as_deref(), device)?;
+        let outcome = self.train(base, &objective, &train, eval.as_deref(), device, world_from_env()?)?;
         let summary = outcome.summary();
         Ok(FineTuned { classifier: self.classifier(outcome.model.valid(), encoder, objective, device), summary })
     }
@@ -341,17 +365,31 @@ impl LoraFineTune {
         self.run_on::<TrainBackend>(&default_device()?, default_backend_name(), data)
     }
 
-    /// [`run`](Self::run) on any autodiff backend and device; `backend` names it in the report.
+    /// [`run`](Self::run) on any autodiff backend and device; `backend` names it in the report. Under an MPI
+    /// launcher the process trains as one rank of the group ([`world_from_env`]).
     pub fn run_on<B: AutodiffBackend>(
         &self,
         device: &B::Device,
         backend: &str,
         data: &ExperimentData,
     ) -> Result<Experiment<LoraTextClassifier<B::InnerBackend>>, FinetuneError> {
+        self.run_on_rank::<B>(device, backend, data, world_from_env()?)
+    }
+
+    /// [`run_on`](Self::run_on) as one rank of a data-parallel group (see [`Collective`]; a
+    /// [`LocalGroup`](polarity_train::LocalGroup) rank per device of this process, or the MPI world):
+    /// every rank calls it with the same recipe and data, reads its shard of each global batch of
+    /// `batch_size x world_size` reviews, and returns the same trained model and report.
+    pub fn run_on_rank<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        backend: &str,
+        data: &ExperimentData,
+        collective: Arc<dyn Collective>,
+    ) -> Result<Experiment<LoraTextClassifier<B::InnerBackend>>, FinetuneError> {
         let started = Instant::now();
         self.validate()?;
-        B::seed(device, self.trainer.seed);
-        let (base, tokenizer) = self.load_base::<B>(device)?;
+        let (base, tokenizer) = self.seeded_load_base::<B>(device)?;
         let (encoder, objective) = self.prompts(&tokenizer)?;
         let memory = base.weight_memory();
         let load_seconds = started.elapsed().as_secs_f64();
@@ -381,7 +419,7 @@ impl LoraFineTune {
         } else {
             None
         };
-        let outcome = self.train(base, &objective, train, tokenized.validation.as_deref(), device)?;
+        let outcome = self.train(base, &objective, train, tokenized.validation.as_deref(), device, collective)?;
         let training = outcome.summary();
         let trainable_parameters = trainable_parameters(&outcome.model);
         let model = outcome.model.valid();

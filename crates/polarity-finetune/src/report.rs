@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 use polarity_core::{Precision, TrainingSummary};
+use polarity_train::TrainerConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::evaluate::EvaluationReport;
@@ -17,6 +18,16 @@ pub enum RecipeConfig {
     Encoder(EncoderFineTune),
     /// LoRA or QLoRA tuning of a causal LM.
     Lora(LoraFineTune),
+}
+
+impl RecipeConfig {
+    /// The recipe's trainer settings.
+    pub fn trainer(&self) -> &TrainerConfig {
+        match self {
+            Self::Encoder(recipe) => &recipe.trainer,
+            Self::Lora(recipe) => &recipe.trainer,
+        }
+    }
 }
 
 /// The reviews a run used.
@@ -207,7 +218,11 @@ impl fmt::Display for RunReport {
             WeightInit::Random => ", random weights",
         };
         writeln!(f, "model                {} ({}{init}, {best})", model.source, model.architecture)?;
-        writeln!(f, "backend              {}, {} products", model.backend, model.precision)?;
+        let evaluation = match self.recipe.trainer().eval_precision {
+            Some(precision) if precision != model.precision => format!(" ({precision} in evaluation)"),
+            _ => String::new(),
+        };
+        writeln!(f, "backend              {}, {} products{evaluation}", model.backend, model.precision)?;
         writeln!(
             f,
             "parameters           {} ({} trainable, {:.3}%)",

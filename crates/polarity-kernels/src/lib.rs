@@ -38,6 +38,7 @@
 
 pub mod autocast;
 mod autodiff;
+mod bf16_product;
 pub mod composed;
 mod dispatch;
 mod flex;
@@ -48,6 +49,7 @@ mod product;
 mod reduce;
 mod threading;
 
+pub use bf16_product::{bf16_products_available, clear_packed_weights, packed_weight_count};
 pub use dispatch::{Path, path_of};
 pub use ops::attention::{AttentionHeads, AttentionMask, attention};
 pub use ops::dropout::dropout;

@@ -103,7 +103,7 @@ fn random_model(heads: usize, kv_heads: usize, tied: bool) -> polarity_llama::Ll
 }
 
 fn random_model_on<B: Backend>(heads: usize, kv_heads: usize, tied: bool) -> polarity_llama::Llama<B> {
-    let _draws = polarity_testkit::seeded_draws();
+    let _draws = polarity_core::backend::seeded_draws();
     B::seed(&Default::default(), 3);
     LlamaConfig::new(50, 32, 48, 2, heads, kv_heads)
         .with_tie_word_embeddings(tied)

@@ -10,8 +10,7 @@
 //! - [`no_panic`] and [`within`]: run one attempt, turning a panic or a hang into a test failure that
 //!   names the input;
 //! - [`fuzz_for`]: a mutation loop bounded in time and in iterations, so the suite stays fast;
-//! - [`make_fifo`]: a named pipe where a regular file is expected;
-//! - [`seeded_draws`]: a lock for tests that seed the backend's global random generator and then draw.
+//! - [`make_fifo`]: a named pipe where a regular file is expected.
 //!
 //! ```
 //! use polarity_testkit::Mutator;
@@ -333,16 +332,4 @@ mod tests {
             fuzz_for("time", Duration::from_millis(20), usize::MAX, |_| std::thread::sleep(Duration::from_millis(5)));
         assert!(ran < 20, "{ran}");
     }
-}
-
-static SEEDED_DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Holds the test binary's lock on the backend's random generator.
-///
-/// burn's CPU backends keep one global generator: a test that seeds it and then draws (random weights,
-/// dropout masks) can see another test's draws in between, since the harness runs tests on parallel
-/// threads. Every such test holds this guard from the seed to its last draw. A panicking holder does not
-/// poison the lock for the others.
-pub fn seeded_draws() -> std::sync::MutexGuard<'static, ()> {
-    SEEDED_DRAWS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -254,6 +254,13 @@ pub(crate) struct TrainState {
     pub loss_scaler: Option<LossScaler>,
     /// The model's type and parameter shapes.
     pub model: ModelSignature,
+    /// The ranks of the data-parallel group that wrote it (each rank's shard depends on it).
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// Where a run's steps fall: what a resumed state's position is checked against.
@@ -266,7 +273,13 @@ pub(crate) struct RunShape {
 }
 
 impl TrainState {
-    pub fn fresh(config: &TrainerConfig, data: Fingerprint, total_steps: usize, model: ModelSignature) -> Self {
+    pub fn fresh(
+        config: &TrainerConfig,
+        data: Fingerprint,
+        total_steps: usize,
+        model: ModelSignature,
+        world_size: usize,
+    ) -> Self {
         Self {
             format: FORMAT,
             config: config.trajectory(),
@@ -286,6 +299,7 @@ impl TrainState {
                 .needs_loss_scaling()
                 .then(|| LossScaler::new(config.initial_loss_scale, 2000)),
             model,
+            world_size,
         }
     }
 
@@ -315,6 +329,13 @@ impl TrainState {
                 })
                 .collect();
             return mismatch(format!("the configuration differs: {}", differences.join(", ")));
+        }
+        if self.world_size != fresh.world_size {
+            return mismatch(format!(
+                "it was written by a data-parallel run of {} rank(s) and this run has {}: each rank's share of \
+                 the batches depends on the number of ranks, so resume with {} rank(s)",
+                self.world_size, fresh.world_size, self.world_size
+            ));
         }
         if self.data != fresh.data {
             return mismatch(format!(

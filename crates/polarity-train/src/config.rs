@@ -172,6 +172,11 @@ pub struct TrainerConfig {
     /// loss scaling for f16); parameters and optimiser state stay f32.
     #[serde(default)]
     pub precision: Precision,
+    /// The type of the evaluation passes' products when it differs from [`precision`](Self::precision): for
+    /// instance bf16 inference (fast on CPUs with AVX512-BF16) of a model trained in f32. `None` evaluates in
+    /// `precision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_precision: Option<Precision>,
     /// f16 only: the loss scale of the first step (PyTorch's `init_scale`, 2^16); it then halves on
     /// overflow and doubles after 2000 finite steps ([`LossScaler`](crate::LossScaler)).
     #[serde(default = "default_initial_loss_scale")]
@@ -204,6 +209,7 @@ impl Default for TrainerConfig {
             train_order: TrainOrder::default(),
             best_metric: Some(BestMetric::Accuracy),
             precision: Precision::F32,
+            eval_precision: None,
             initial_loss_scale: default_initial_loss_scale(),
             checkpoint: None,
             progress: true,
@@ -249,12 +255,20 @@ impl TrainerConfig {
         with_best_metric: best_metric: Option<BestMetric>,
         /// Sets [`precision`](Self::precision).
         with_precision: precision: Precision,
+        /// Sets [`eval_precision`](Self::eval_precision).
+        with_eval_precision: eval_precision: Option<Precision>,
         /// Sets [`initial_loss_scale`](Self::initial_loss_scale).
         with_initial_loss_scale: initial_loss_scale: f64,
         /// Sets [`checkpoint`](Self::checkpoint).
         with_checkpoint: checkpoint: Option<CheckpointConfig>,
         /// Sets [`progress`](Self::progress).
         with_progress: progress: bool,
+    }
+
+    /// The type of the evaluation passes' products: [`eval_precision`](Self::eval_precision), else
+    /// [`precision`](Self::precision).
+    pub fn evaluation_precision(&self) -> Precision {
+        self.eval_precision.unwrap_or(self.precision)
     }
 
     /// Checks every value's range: counts at least 1 and at most their `MAX_*` bound (so that no product of

@@ -69,6 +69,14 @@ pub enum TrainError {
         /// What differs.
         what: String,
     },
+    /// A data-parallel group failed: another rank stopped, or the ranks disagree on what to reduce.
+    #[error("rank {rank}: the data-parallel group failed: {reason}")]
+    Collective {
+        /// The rank that reports it.
+        rank: usize,
+        /// What happened.
+        reason: String,
+    },
     /// A model or objective that cannot handle its input (a wrong score shape, a sequence too long, ...).
     #[error("model error: {0}")]
     Model(String),

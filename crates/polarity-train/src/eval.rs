@@ -9,6 +9,7 @@ use polarity_tokenize::{BatchOrder, InOrder, TokenizedExample};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::distributed::{Collective, shard_range};
 use crate::objective::{BatchScorer, check_scores};
 
 /// The outcome of an evaluation pass.
@@ -82,6 +83,51 @@ where
     matrix.update(&gold, &predicted)?;
     Ok(Evaluation {
         report: matrix.report(),
+        seconds,
+        samples_per_second: data.len() as f64 / seconds.max(f64::MIN_POSITIVE),
+    })
+}
+
+/// [`evaluate`] in a data-parallel group: each rank scores its contiguous shard of `data`, and the
+/// confusion matrices are summed over the ranks, so every rank returns the metrics of the whole set.
+/// The seconds are this rank's, up to the merge (which waits for the slowest rank).
+pub fn evaluate_sharded<B, M, S>(
+    collective: &dyn Collective,
+    scorer: &S,
+    model: &M,
+    data: &[TokenizedExample],
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Evaluation, TrainError>
+where
+    B: Backend,
+    S: BatchScorer<B, M>,
+{
+    if collective.world_size() <= 1 {
+        return evaluate(scorer, model, data, batch_size, device);
+    }
+    if data.is_empty() {
+        return Err(TrainError::EmptyDataset { which: "evaluation set" });
+    }
+    let start = Instant::now();
+    let shard = &data[shard_range(data.len(), collective.rank(), collective.world_size())];
+    let mut matrix = ConfusionMatrix::default();
+    if !shard.is_empty() {
+        let predictions = predict(scorer, model, shard, batch_size, device)?;
+        let gold: Vec<Sentiment> = shard.iter().map(|item| item.label).collect();
+        let predicted: Vec<Sentiment> = predictions.iter().map(|p| p.label).collect();
+        matrix.update(&gold, &predicted)?;
+    }
+    // Counts stay exact in f32 up to 2^24 examples per cell.
+    let mut counts: Vec<f32> = matrix.counts.iter().flatten().map(|&count| count as f32).collect();
+    collective.all_reduce_sum(&mut counts)?;
+    let mut merged = ConfusionMatrix::default();
+    for (cell, count) in merged.counts.iter_mut().flatten().zip(counts) {
+        *cell = count as u64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Evaluation {
+        report: merged.report(),
         seconds,
         samples_per_second: data.len() as f64 / seconds.max(f64::MIN_POSITIVE),
     })

@@ -102,10 +102,13 @@
 
 pub mod checkpoint;
 mod config;
+mod distributed;
 mod error;
 mod eval;
 mod finetune;
 mod grads;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod objective;
 mod scaler;
 mod schedule;
@@ -115,10 +118,15 @@ pub use config::{
     BestMetric, CheckpointConfig, MAX_BATCH_SIZE, MAX_CHUNK_BATCHES, MAX_EPOCHS, MAX_GRAD_ACCUM, TrainOrder,
     TrainerConfig, Warmup,
 };
+pub use distributed::{
+    Collective, LocalGroup, LocalRank, SingleProcess, WORLD_SIZE_VARIABLES, shard_range, world_from_env,
+};
 pub use error::TrainError;
-pub use eval::{Evaluation, evaluate, predict};
+pub use eval::{Evaluation, evaluate, evaluate_sharded, predict};
 pub use finetune::{TextClassifier, TextFineTuner, tokenize_examples};
 pub use grads::{ParamGroups, ParamInfo, clip_factor, clip_grad_norm, grad_norm, scale_grads, split_grads};
+#[cfg(feature = "mpi")]
+pub use mpi::MpiCollective;
 pub use objective::{BatchScorer, CrossEntropyObjective, Objective, label_tensor};
 pub use scaler::LossScaler;
 pub use schedule::LinearWarmupDecay;

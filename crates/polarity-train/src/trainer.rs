@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::lr_scheduler::LrScheduler;
@@ -16,7 +17,8 @@ use polarity_metrics::ClassificationReport;
 use polarity_tokenize::TokenizedExample;
 
 use crate::checkpoint::{self, Best, Fingerprint, ModelSignature, RunShape, TrainState};
-use crate::eval::evaluate;
+use crate::distributed::{Collective, SingleProcess, all_reduce_grads, check_replicas, shard_range};
+use crate::eval::evaluate_sharded;
 use crate::grads::{ParamGroups, clip_factor, grad_norm, scale_grads, split_grads};
 use crate::{BestMetric, LinearWarmupDecay, LossScaler, Objective, TrainError, TrainerConfig};
 
@@ -72,6 +74,7 @@ pub struct Trainer<B: AutodiffBackend> {
     config: TrainerConfig,
     device: B::Device,
     interrupt_after: Option<usize>,
+    collective: Arc<dyn Collective>,
 }
 
 /// An error unless the model loaded from `file` has the parameters `expected` (the run's model's): a record whose
@@ -90,8 +93,10 @@ fn check_loaded<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
 }
 
-/// A step's dropout seed: a SplitMix64 mix of the run's seed and the step.
-fn step_seed(seed: u64, step: usize) -> u64 {
+/// A step's dropout seed: a SplitMix64 mix of the run's seed, the step and the rank (rank 0's seeds are
+/// those of a single process; other ranks draw other masks for their examples).
+fn step_seed(seed: u64, step: usize, rank: usize) -> u64 {
+    let seed = seed ^ (rank as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
     let mut z = seed ^ (step as u64).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -101,7 +106,23 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 impl<B: AutodiffBackend> Trainer<B> {
     /// A trainer running on `device`.
     pub fn new(config: TrainerConfig, device: B::Device) -> Self {
-        Self { config, device, interrupt_after: None }
+        Self { config, device, interrupt_after: None, collective: Arc::new(SingleProcess) }
+    }
+
+    /// Makes this trainer one rank of a data-parallel group (see [`Collective`]): each rank reads its shard
+    /// of every global batch of `batch_size x world_size` examples ([`TrainerConfig::batch_size`] is the
+    /// batch of one rank, as HF's `per_device_train_batch_size`), the gradients are summed over the ranks
+    /// before every optimiser step, evaluation is sharded, and only rank 0 writes checkpoints and draws
+    /// the progress bar. Every rank must start from the same model (same weights, seeded).
+    pub fn with_collective(mut self, collective: Arc<dyn Collective>) -> Self {
+        self.collective = collective;
+        self
+    }
+
+    /// This trainer's place in its data-parallel group ([`SingleProcess`] unless
+    /// [`with_collective`](Self::with_collective) set another).
+    pub fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
     }
 
     /// The configuration.
@@ -122,10 +143,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         self
     }
 
-    /// Optimiser steps per epoch for `examples` training examples: `ceil(ceil(examples / batch) / accum)`
-    /// (a last, partial accumulation still makes a step, as in HF Trainer).
+    /// Optimiser steps per epoch for `examples` training examples: `ceil(ceil(examples / global batch) /
+    /// accum)`, the global batch being `batch_size x world_size` (a last, partial accumulation still makes a
+    /// step, as in HF Trainer).
     pub fn steps_per_epoch(&self, examples: usize) -> usize {
-        examples.div_ceil(self.config.batch_size.max(1)).div_ceil(self.config.grad_accum.max(1))
+        let global_batch = self.config.batch_size.max(1).saturating_mul(self.collective.world_size());
+        examples.div_ceil(global_batch).div_ceil(self.config.grad_accum.max(1))
     }
 
     /// Trains `model` on `train`, evaluating on `eval` after every epoch.
@@ -136,6 +159,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// scheduled learning rate: decayed parameters and biases/norm weights in two groups. Forward
     /// passes run under the configured [`precision`](TrainerConfig::precision); with f16 the loss is
     /// scaled and a step whose gradients overflow is skipped ([`LossScaler`]).
+    ///
+    /// In a data-parallel group ([`with_collective`](Self::with_collective)) every rank calls `fit` with
+    /// the same data; a rank that fails tells the others, whose runs then stop with
+    /// [`TrainError::Collective`] instead of waiting for it.
     pub fn fit<M, O>(
         &self,
         model: M,
@@ -147,7 +174,33 @@ impl<B: AutodiffBackend> Trainer<B> {
         M: AutodiffModule<B>,
         O: Objective<B, M>,
     {
+        let outcome = self.fit_rank(model, objective, train, eval);
+        if let Err(error) = &outcome
+            && self.collective.world_size() > 1
+        {
+            self.collective.abort(&error.to_string());
+        }
+        outcome
+    }
+
+    fn fit_rank<M, O>(
+        &self,
+        model: M,
+        objective: &O,
+        train: &[TokenizedExample],
+        eval: Option<&[TokenizedExample]>,
+    ) -> Result<TrainOutcome<M>, TrainError>
+    where
+        M: AutodiffModule<B>,
+        O: Objective<B, M>,
+    {
         let config = &self.config;
+        let collective = self.collective.as_ref();
+        let (rank, world_size) = (collective.rank(), collective.world_size());
+        let writes = rank == 0;
+        let global_batch = config.batch_size.checked_mul(world_size).ok_or_else(|| {
+            TrainError::InvalidConfig(format!("batch size {} x {world_size} ranks overflows", config.batch_size))
+        })?;
         config.validate()?;
         let compute_dtype = config.precision.compute_dtype();
         if train.is_empty() {
@@ -177,7 +230,8 @@ impl<B: AutodiffBackend> Trainer<B> {
 
         let mut model = model;
         let signature = ModelSignature::of::<B, M>(&model);
-        let mut state = TrainState::fresh(config, Fingerprint::of(train, eval), total_steps, signature.clone());
+        let mut state =
+            TrainState::fresh(config, Fingerprint::of(train, eval), total_steps, signature.clone(), world_size);
         let mut best_model: Option<M> = None;
         let mut resumed_from = None;
         let existing = match &config.checkpoint {
@@ -222,19 +276,22 @@ impl<B: AutodiffBackend> Trainer<B> {
             state = loaded;
             resumed_from = Some(path);
         }
+        if world_size > 1 {
+            check_replicas::<B, M>(collective, &model)?;
+        }
         schedule = schedule.at_step(state.global_step);
         // After a resume the parameter ids are the checkpoint's, so group them only now.
         let no_decay: HashSet<ParamId> = ParamGroups::of::<B, M>(&model).no_decay_ids();
 
-        let bar = self.progress_bar(total_steps, state.global_step);
+        let bar = self.progress_bar(total_steps, state.global_step, writes);
         let mut last_checkpoint = resumed_from.clone();
 
         while state.epoch < config.epochs {
             let epoch = state.epoch;
-            let order = config.train_order.batches(&lengths, config.batch_size, config.seed, epoch)?;
+            let order = config.train_order.batches(&lengths, global_batch, config.seed, epoch)?;
             for step_batches in order.chunks(config.grad_accum).skip(state.steps_in_epoch) {
                 let started = Instant::now();
-                B::seed(&self.device, step_seed(config.seed, state.global_step));
+                B::seed(&self.device, step_seed(config.seed, state.global_step, rank));
                 let step = state.global_step + 1;
                 let step_samples: usize = step_batches.iter().map(Vec::len).sum();
                 let mut accumulator = GradientsAccumulator::<M>::new();
@@ -242,7 +299,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let mut step_loss = 0.0;
                 // f16: the loss is scaled up before the backward pass and the gradients down after.
                 let loss_scale = state.loss_scaler.map_or(1.0, |scaler| scaler.scale());
-                for (micro_batch, indices) in step_batches.iter().enumerate() {
+                // Each loss is weighted by its share of the step's examples over all ranks, so that the
+                // gradients summed over micro-batches and ranks are those of the whole global batch.
+                let weighted = step_batches.len() > 1 || world_size > 1;
+                for (micro_batch, global_indices) in step_batches.iter().enumerate() {
+                    let indices = &global_indices[shard_range(global_indices.len(), rank, world_size)];
+                    if indices.is_empty() {
+                        continue;
+                    }
                     let items: Vec<&TokenizedExample> = indices.iter().map(|&i| &train[i]).collect();
                     let loss = autocast(compute_dtype, || objective.loss(&model, &items, &self.device))?;
                     if loss.dims() != [1] {
@@ -254,7 +318,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     }
                     let weight = items.len() as f64 / step_samples as f64;
                     step_loss += value * weight;
-                    let share = if step_batches.len() > 1 { weight } else { 1.0 };
+                    let share = if weighted { weight } else { 1.0 };
                     let factor = share * loss_scale;
                     let loss = if factor != 1.0 { loss.mul_scalar(factor) } else { loss };
                     let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -264,7 +328,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                         single = Some(grads);
                     }
                 }
-                let grads = single.unwrap_or_else(|| accumulator.grads());
+                let mut grads = single.unwrap_or_else(|| accumulator.grads());
+                if world_size > 1 {
+                    let mut extras = [step_loss as f32];
+                    grads = all_reduce_grads::<B, M>(collective, &model, grads, &mut extras, &self.device)?;
+                    step_loss = f64::from(extras[0]);
+                }
                 let norm = grad_norm::<B, M>(&model, &grads) / loss_scale;
                 let apply = match state.loss_scaler.as_mut() {
                     Some(scaler) => {
@@ -311,6 +380,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 tracing::debug!(step, loss = step_loss, lr, grad_norm = norm, "step");
 
                 if let Some(checkpointing) = &config.checkpoint
+                    && writes
                     && checkpointing.every_steps > 0
                     && step.is_multiple_of(checkpointing.every_steps)
                 {
@@ -331,8 +401,9 @@ impl<B: AutodiffBackend> Trainer<B> {
 
             // End of epoch: evaluate, report, keep the best.
             let evaluation = match eval {
-                Some(data) => Some(autocast(compute_dtype, || {
-                    evaluate::<B::InnerBackend, M::InnerModule, O>(
+                Some(data) => Some(autocast(config.evaluation_precision().compute_dtype(), || {
+                    evaluate_sharded::<B::InnerBackend, M::InnerModule, O>(
+                        collective,
                         objective,
                         &model.valid(),
                         data,
@@ -342,6 +413,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 })?),
                 None => None,
             };
+            // The bf16 copies packed for this evaluation belong to weights the next step replaces.
+            polarity_kernels::clear_packed_weights();
             let report = EpochReport {
                 epoch: epoch + 1,
                 train_loss: state.epoch_loss_sum / state.steps_in_epoch.max(1) as f64,
@@ -370,7 +443,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 };
                 if state.best.is_none_or(|best| value > best.value) {
                     state.best = Some(Best { epoch: epoch + 1, value });
-                    if let Some(checkpointing) = &config.checkpoint {
+                    if let Some(checkpointing) = &config.checkpoint
+                        && writes
+                    {
                         checkpoint::save_best::<B, M>(&checkpointing.dir, epoch + 1, &model)?;
                     }
                     best_model = Some(model.clone());
@@ -385,7 +460,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             state.epoch_loss_sum = 0.0;
             state.epoch_samples = 0;
             state.epoch_train_seconds = 0.0;
-            if let Some(checkpointing) = &config.checkpoint {
+            if let Some(checkpointing) = &config.checkpoint
+                && writes
+            {
                 last_checkpoint = Some(checkpoint::save::<B, M, _>(
                     &checkpointing.dir,
                     checkpointing.keep_last,
@@ -416,10 +493,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         })
     }
 
-    fn progress_bar(&self, total_steps: usize, position: usize) -> ProgressBar {
+    /// The run's progress bar, drawn when configured and `draws` (rank 0 of a group).
+    fn progress_bar(&self, total_steps: usize, position: usize, draws: bool) -> ProgressBar {
         let bar = ProgressBar::with_draw_target(
             Some(total_steps as u64),
-            if self.config.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+            if self.config.progress && draws { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
         );
         let style = ProgressStyle::with_template("[{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar());
@@ -435,8 +513,9 @@ mod tests {
 
     #[test]
     fn step_seeds_differ_by_step_and_seed() {
-        assert_ne!(step_seed(42, 0), step_seed(42, 1));
-        assert_ne!(step_seed(42, 0), step_seed(43, 0));
-        assert_eq!(step_seed(42, 7), step_seed(42, 7));
+        assert_ne!(step_seed(42, 0, 0), step_seed(42, 1, 0));
+        assert_ne!(step_seed(42, 0, 0), step_seed(43, 0, 0));
+        assert_ne!(step_seed(42, 0, 0), step_seed(42, 0, 1));
+        assert_eq!(step_seed(42, 7, 1), step_seed(42, 7, 1));
     }
 }

@@ -33,6 +33,22 @@ fn fit(config: TrainerConfig, seed: u64) -> Result<TrainOutcome<Bag<F>>, TrainEr
 }
 
 #[test]
+fn an_evaluation_precision_leaves_training_in_f32() {
+    let reference = fit(config(Precision::F32), 5).unwrap();
+    let outcome = fit(config(Precision::F32).with_eval_precision(Some(Precision::Bf16)), 5).unwrap();
+    assert_eq!(max_abs_diff(&params(&reference.model), &params(&outcome.model)), 0.0);
+    for (a, b) in outcome.history.iter().zip(&reference.history) {
+        assert_eq!(a.train_loss, b.train_loss);
+        assert!((a.eval_accuracy.unwrap() - b.eval_accuracy.unwrap()).abs() <= 0.05, "{a:?} vs {b:?}");
+    }
+    assert_eq!(
+        config(Precision::F16).with_eval_precision(Some(Precision::Bf16)).evaluation_precision(),
+        Precision::Bf16
+    );
+    assert_eq!(config(Precision::F16).evaluation_precision(), Precision::F16);
+}
+
+#[test]
 fn half_precision_runs_learn_like_f32_and_keep_f32_parameters() {
     let reference = fit(config(Precision::F32), 3).unwrap();
     assert!(reference.loss_scaler.is_none());

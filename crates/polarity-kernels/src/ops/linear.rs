@@ -15,12 +15,13 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
+use burn::tensor::{FloatDType, TensorPrimitive};
 use burn_flex::Flex;
 use rayon::prelude::*;
 
 use crate::autocast::cast_target;
 use crate::autodiff::{finish, fused_node, into_autodiff, into_tensor};
+use crate::bf16_product::{self, bf16_products_available};
 use crate::dispatch::{Op, Path};
 use crate::flex::{self, new_flex};
 use crate::ops::dropout;
@@ -38,12 +39,14 @@ pub fn linear_with<B: Backend, const D: usize>(
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
     let dtype = x.dtype();
+    if let Some(precision) = fused_precision(&x, &weight, bias.as_ref(), None) {
+        return fused_linear(x, weight, bias, None, precision);
+    }
     match cast_target(dtype) {
         Some(target) => {
             let bias = bias.map(|bias| bias.cast(target));
             burn::tensor::module::linear(x.cast(target), weight.cast(target), bias).cast(dtype)
         }
-        None if fits_linear(&x, &weight, bias.as_ref(), None) => fused_linear(x, weight, bias, None),
         None => burn::tensor::module::linear(x, weight, bias),
     }
 }
@@ -104,9 +107,8 @@ pub fn linear_residual<B: Backend, const D: usize>(
     residual: Tensor<B, D>,
 ) -> Tensor<B, D> {
     let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()));
-    // Autocast off for `x`'s type: the same rule as `linear_with`'s fused path.
-    if cast_target(x.dtype()).is_none() && fits_linear(&x, &weight, bias.as_ref(), Some(&residual)) {
-        return fused_linear(x, weight, bias, Some(residual));
+    if let Some(precision) = fused_precision(&x, &weight, bias.as_ref(), Some(&residual)) {
+        return fused_linear(x, weight, bias, Some(residual), precision);
     }
     let projected = linear(layer, x);
     match dropout {
@@ -136,6 +138,31 @@ fn fits_linear<B: Backend, const D: usize>(
     fits && LINEAR.path::<B>(dtypes) == Path::FlexInference
 }
 
+/// The operand type of the fused product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProductPrecision {
+    F32,
+    /// bf16 operands, f32 accumulation ([`crate::bf16_product`]).
+    Bf16,
+}
+
+/// Whether [`linear`] runs as one fused product, and in which type: float32 without autocast, bf16
+/// under bf16 autocast on CPUs with AVX512-BF16 (elsewhere autocast keeps burn's cast-and-multiply,
+/// which computes the same bf16 products).
+fn fused_precision<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+    residual: Option<&Tensor<B, D>>,
+) -> Option<ProductPrecision> {
+    let precision = match cast_target(x.dtype()) {
+        None => ProductPrecision::F32,
+        Some(FloatDType::BF16) if bf16_products_available() => ProductPrecision::Bf16,
+        Some(_) => return None,
+    };
+    fits_linear(x, weight, bias, residual).then_some(precision)
+}
+
 /// `x weight + bias + residual` as one GEMM on float32 burn-flex tensors (shapes as [`fits_linear`]
 /// checked). The output starts as the residual (in its own buffer when no other tensor shares it) or
 /// as the bias rows, and the product accumulates into it; the weight is read through its strides.
@@ -144,6 +171,7 @@ fn fused_linear<B: Backend, const D: usize>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
     residual: Option<Tensor<B, D>>,
+    precision: ProductPrecision,
 ) -> Tensor<B, D> {
     let mut dims = x.dims();
     let [k, n] = weight.dims();
@@ -177,7 +205,10 @@ fn fused_linear<B: Backend, const D: usize>(
         row_stride,
         col_stride,
     };
-    add_product(x.storage(), matrix, output.storage_mut());
+    match precision {
+        ProductPrecision::F32 => add_product(x.storage(), matrix, output.storage_mut()),
+        ProductPrecision::Bf16 => bf16_product::add_product(x.storage(), &weight, matrix, output.storage_mut()),
+    }
     flex::from_flex(output)
 }
 

@@ -1,0 +1,372 @@
+//! Linear-layer products with bfloat16 operands and float32 accumulation, for CPUs with AVX512-BF16
+//! (AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and later).
+//!
+//! One `vdpbf16ps` multiplies 32 bf16 pairs and adds them to 16 f32 lanes: twice the multiply-adds of
+//! an f32 FMA on the same register width, from half the bytes. Under
+//! [`autocast`](crate::autocast::autocast)`(Some(FloatDType::BF16), ..)` the inference linear layers
+//! of the CPU default ([`linear`](crate::linear), [`linear_residual`](crate::linear_residual)) run
+//! here: the activations are rounded to bf16 (round to nearest even, as PyTorch's autocast casts)
+//! and the products accumulate in f32 into the bias rows or the residual, as the f32 path does.
+//!
+//! The weights are rounded to bf16 and laid out for the kernel once per weight, not per call: the
+//! packed copy is kept in a process-wide cache keyed by the weight's buffer. The cache holds a
+//! reference to that buffer, so the buffer cannot be freed and reused, nor written in place (burn-flex
+//! copies a shared buffer before writing): a cached entry always matches the weight's values. An
+//! entry is dropped once the cache holds the last reference to its buffer (checked on every
+//! insertion), or by [`clear_packed_weights`].
+//!
+//! Layouts (`MR` x `NR` tiles of the output, 8 x 48):
+//! - weight `[k, n]` -> panels of `NR` columns, each `[ceil(k / 2)][NR]` 32-bit pairs
+//!   `(w[2p, j], w[2p + 1, j])` (an odd `k` and the last panel's missing columns padded with zeros);
+//! - input `[m, k]` -> bf16 rows padded to an even width, rows padded to a multiple of `MR`: a pair
+//!   `(x[i, 2p], x[i, 2p + 1])` is then one 32-bit word, broadcast to all lanes by the kernel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::Bytes;
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use crate::product::StridedMatrix;
+
+/// Output rows per kernel tile.
+const MR: usize = 8;
+/// Output columns per kernel tile (three 16-lane registers).
+const NR: usize = 48;
+/// Rows of the output per task (a multiple of `MR`): with `KC` pairs, the task's input rows stay in
+/// the core's L2 while its weight panels pass through.
+const MC: usize = 64;
+/// Columns of the output per task (a multiple of `NR`).
+const NC: usize = 384;
+/// Input pairs per pass over a tile: one weight panel slice (`KC * NR * 4` bytes, 72 KB) for the
+/// tiles of a task's rows.
+const KC: usize = 384;
+/// Products below this many multiply-adds run on the calling thread.
+const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// Whether this CPU runs bf16 products ([`autocast`](crate::autocast::autocast) with
+/// `FloatDType::BF16` makes the CPU default's inference linear layers faster only where it does).
+///
+/// ```
+/// // On any machine: true only with AVX512-BF16 (and AVX512F/BW) present.
+/// let _fast = polarity_kernels::bf16_products_available();
+/// ```
+pub fn bf16_products_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bf16")
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> bool {
+    false
+}
+
+/// Drops every packed bf16 weight the process holds (and with it the cache's reference to each
+/// weight's buffer). Entries of dropped models go on their own at the next insertion; this frees
+/// them now, e.g. after the last bf16 inference of a long-running program.
+pub fn clear_packed_weights() {
+    cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+}
+
+/// The packed copies held now (for tests and diagnostics).
+pub fn packed_weight_count() -> usize {
+    cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+}
+
+/// A weight `[k, n]` rounded to bf16 in the kernel's panel layout.
+#[derive(Debug)]
+struct PackedWeight {
+    k: usize,
+    n: usize,
+    pairs: usize,
+    panels: Vec<u32>,
+}
+
+/// Identifies a weight view: its buffer, offset, strides and shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct WeightKey {
+    buffer: usize,
+    offset: usize,
+    strides: [isize; 2],
+    dims: [usize; 2],
+}
+
+struct CacheEntry {
+    /// Keeps the buffer alive and shared, so that its address is not reused and it is not written in place.
+    buffer: Arc<Bytes>,
+    packed: Arc<PackedWeight>,
+}
+
+fn cache() -> &'static Mutex<HashMap<WeightKey, CacheEntry>> {
+    static CACHE: OnceLock<Mutex<HashMap<WeightKey, CacheEntry>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The packed copy of `weight` (a float32 `[k, n]` burn-flex view read as `matrix`), packing it on first use.
+fn packed(weight: &FlexTensor, matrix: StridedMatrix) -> Arc<PackedWeight> {
+    let buffer = weight.data_arc();
+    let key = WeightKey {
+        buffer: Arc::as_ptr(&buffer) as usize,
+        offset: matrix.offset,
+        strides: [matrix.row_stride, matrix.col_stride],
+        dims: [matrix.rows, matrix.cols],
+    };
+    if let Some(entry) = cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+        return Arc::clone(&entry.packed);
+    }
+    // Packed outside the lock: other threads' products need not wait (two threads packing the same
+    // weight at once both succeed, and the second insertion replaces the first with equal values).
+    let packed = Arc::new(pack(matrix));
+    let mut cache = cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache.retain(|_, entry| Arc::strong_count(&entry.buffer) > 1);
+    cache.insert(key, CacheEntry { buffer, packed: Arc::clone(&packed) });
+    packed
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as its upper 16 bits; NaN stays a (quiet) NaN.
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+fn pack(matrix: StridedMatrix) -> PackedWeight {
+    let (k, n) = (matrix.rows, matrix.cols);
+    let pairs = k.div_ceil(2);
+    let mut panels = vec![0u32; n.div_ceil(NR) * pairs * NR];
+    let at = |row: usize, col: usize| {
+        let index = matrix.offset as isize + row as isize * matrix.row_stride + col as isize * matrix.col_stride;
+        matrix.data[index as usize]
+    };
+    panels.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel_index, panel)| {
+        let first = panel_index * NR;
+        for col in first..n.min(first + NR) {
+            for pair in 0..pairs {
+                let low = bf16_bits(at(2 * pair, col)) as u32;
+                let high = if 2 * pair + 1 < k { bf16_bits(at(2 * pair + 1, col)) as u32 } else { 0 };
+                panel[pair * NR + col - first] = low | (high << 16);
+            }
+        }
+    });
+    PackedWeight { k, n, pairs, panels }
+}
+
+/// `output += input x weight` with bf16 operands, for row-major `input: [rows, k]`, the float32
+/// `[k, n]` burn-flex weight `weight` (read as `matrix`, its view) and row-major `output: [rows, n]`.
+/// Call only where [`bf16_products_available`].
+pub(crate) fn add_product(input: &[f32], weight: &FlexTensor, matrix: StridedMatrix, output: &mut [f32]) {
+    assert!(bf16_products_available(), "bf16 products need AVX512-BF16");
+    assert!(matrix.in_bounds());
+    let packed = packed(weight, matrix);
+    multiply(input, &packed, output);
+}
+
+fn multiply(input: &[f32], weight: &PackedWeight, output: &mut [f32]) {
+    let (k, n, pairs) = (weight.k, weight.n, weight.pairs);
+    assert!(k > 0 && input.len().is_multiple_of(k));
+    let rows = input.len() / k;
+    assert_eq!(output.len(), rows * n);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let parallel = rows * k * n >= PARALLEL_PRODUCT;
+    let padded_rows = rows.div_ceil(MR) * MR;
+    let mut converted = vec![0u32; padded_rows * pairs];
+    let convert = |(source, target): (&[f32], &mut [u32])| {
+        for (row, out) in source.chunks_exact(k).zip(target.chunks_exact_mut(pairs)) {
+            convert_row(row, out);
+        }
+    };
+    let task_rows = 64;
+    if parallel {
+        input.par_chunks(task_rows * k).zip(converted.par_chunks_mut(task_rows * pairs)).for_each(convert);
+    } else {
+        input.chunks(task_rows * k).zip(converted.chunks_mut(task_rows * pairs)).for_each(convert);
+    }
+
+    let tasks: Vec<[usize; 2]> =
+        (0..rows.div_ceil(MC)).flat_map(|i| (0..n.div_ceil(NC)).map(move |j| [i * MC, j * NC])).collect();
+    let output = SharedOutput(output.as_mut_ptr());
+    let run = |&[row, col]: &[usize; 2]| {
+        // SAFETY: tasks cover disjoint `[MC, NC]` blocks of `output`, whose length is `rows * n`.
+        unsafe { block(&converted, pairs, weight, output, rows, n, [row, col]) }
+    };
+    if parallel {
+        tasks.par_iter().for_each(run);
+    } else {
+        tasks.iter().for_each(run);
+    }
+}
+
+/// The output pointer shared by the tasks, each writing its own block.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+// SAFETY: the tasks write disjoint blocks (see `multiply`).
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+/// One task: the output block at `[row, col]` (at most `MC` x `NC`), all of `k`.
+///
+/// # Safety
+/// `output` points at `rows * n` floats; no other thread touches this block.
+#[allow(clippy::too_many_arguments)] // the task's operands; a struct would only rename them
+unsafe fn block(
+    input: &[u32],
+    pairs: usize,
+    weight: &PackedWeight,
+    output: SharedOutput,
+    rows: usize,
+    n: usize,
+    [row, col]: [usize; 2],
+) {
+    let (row_end, col_end) = ((row + MC).min(rows), (col + NC).min(n));
+    let mut first_pair = 0;
+    while first_pair < pairs {
+        let depth = KC.min(pairs - first_pair);
+        for tile_col in (col..col_end).step_by(NR) {
+            let panel = &weight.panels[(tile_col / NR) * pairs * NR + first_pair * NR..][..depth * NR];
+            for tile_row in (row..row_end).step_by(MR) {
+                let a = &input[tile_row * pairs + first_pair..];
+                let (tile_rows, tile_cols) = ((row_end - tile_row).min(MR), (col_end - tile_col).min(NR));
+                // SAFETY: `output + tile_row * n + tile_col` starts this task's tile; a full tile has
+                // `MR` rows of `NR` in-bounds columns at stride `n`; the input holds `MR` padded rows
+                // of `pairs` words from `tile_row`, the panel `depth * NR` words.
+                unsafe {
+                    let c = output.0.add(tile_row * n + tile_col);
+                    if tile_rows == MR && tile_cols == NR {
+                        kernel(depth, a.as_ptr(), pairs, panel.as_ptr(), c, n);
+                    } else {
+                        // An edge tile: through a full-size scratch tile.
+                        let mut scratch = [0f32; MR * NR];
+                        for r in 0..tile_rows {
+                            std::ptr::copy_nonoverlapping(c.add(r * n), scratch.as_mut_ptr().add(r * NR), tile_cols);
+                        }
+                        kernel(depth, a.as_ptr(), pairs, panel.as_ptr(), scratch.as_mut_ptr(), NR);
+                        for r in 0..tile_rows {
+                            std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR), c.add(r * n), tile_cols);
+                        }
+                    }
+                }
+            }
+        }
+        first_pair += depth;
+    }
+}
+
+/// One input row to bf16 pairs (the last pair's high half zero when the row's width is odd).
+fn convert_row(row: &[f32], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_products_available() {
+        // SAFETY: the CPU has the features `convert_row_avx512` is compiled for.
+        return unsafe { convert_row_avx512(row, out) };
+    }
+    convert_row_scalar(row, out);
+}
+
+fn convert_row_scalar(row: &[f32], out: &mut [u32]) {
+    for (pair, word) in row.chunks(2).zip(out.iter_mut()) {
+        let low = bf16_bits(pair[0]) as u32;
+        let high = pair.get(1).map_or(0, |x| bf16_bits(*x) as u32);
+        *word = low | (high << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
+fn convert_row_avx512(row: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let whole = row.len() / 32 * 32;
+    for (source, target) in row[..whole].chunks_exact(32).zip(out.chunks_exact_mut(16)) {
+        // SAFETY: `source` holds 32 floats and `target` 16 words (64 bytes); unaligned loads and stores.
+        unsafe {
+            let low = _mm512_loadu_ps(source.as_ptr());
+            let high = _mm512_loadu_ps(source.as_ptr().add(16));
+            // The second argument fills the lower 16 elements: the row's order is kept.
+            let converted = _mm512_cvtne2ps_pbh(high, low);
+            _mm512_storeu_si512(target.as_mut_ptr().cast(), std::mem::transmute::<__m512bh, __m512i>(converted));
+        }
+    }
+    convert_row_scalar(&row[whole..], &mut out[whole / 2..]);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel(_: usize, _: *const u32, _: usize, _: *const u32, _: *mut f32, _: usize) {
+    unreachable!("bf16 products are only offered on x86_64 with AVX512-BF16")
+}
+
+/// `c[MR, NR] += a[MR, 2 * depth] x b[2 * depth, NR]`: `a` holds `MR` rows of pairs at stride
+/// `a_stride` words, `b` a panel of `depth` x `NR` pairs, `c` rows at stride `c_stride` floats.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; the pointers reach the elements described.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f")]
+unsafe fn kernel(depth: usize, a: *const u32, a_stride: usize, b: *const u32, c: *mut f32, c_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: in bounds by the caller's contract; unaligned loads and stores throughout.
+    unsafe {
+        let mut sums = [[_mm512_setzero_ps(); NR / 16]; MR];
+        for pair in 0..depth {
+            let row = b.add(pair * NR);
+            let columns: [__m512bh; NR / 16] =
+                std::array::from_fn(|v| std::mem::transmute(_mm512_loadu_si512(row.add(16 * v).cast())));
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let broadcast: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * a_stride + pair) as i32));
+                for (lane, column) in sum.iter_mut().zip(&columns) {
+                    *lane = _mm512_dpbf16_ps(*lane, broadcast, *column);
+                }
+            }
+        }
+        for (r, sum) in sums.iter().enumerate() {
+            for (v, lane) in sum.iter().enumerate() {
+                let out = c.add(r * c_stride + 16 * v);
+                _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), *lane));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x` through bf16 and back.
+    fn rounded(x: f32) -> f32 {
+        f32::from_bits((bf16_bits(x) as u32) << 16)
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(rounded(1.0), 1.0);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(rounded(1.0 + 1.0 / 256.0), 1.0);
+        // 1 + 3 * 2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to the even one, 1 + 2^-6.
+        assert_eq!(rounded(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(rounded(-2.5), -2.5);
+        assert!(rounded(f32::NAN).is_nan());
+        assert_eq!(rounded(f32::INFINITY), f32::INFINITY);
+    }
+
+    #[test]
+    fn the_vector_conversion_matches_the_scalar_one() {
+        if !bf16_products_available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let row: Vec<f32> = (0..77).map(|i| ((i * 7919) % 1013) as f32 * 0.37 - 150.0 + 1.0 / (i + 1) as f32).collect();
+        let (mut vector, mut scalar) = (vec![0u32; 39], vec![0u32; 39]);
+        convert_row(&row, &mut vector);
+        convert_row_scalar(&row, &mut scalar);
+        assert_eq!(vector, scalar);
+    }
+}

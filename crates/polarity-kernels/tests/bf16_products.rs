@@ -1,0 +1,157 @@
+//! The CPU default's bf16 linear layers (AVX512-BF16) against the exact products of the bf16-rounded
+//! operands, and the packed-weight cache's lifetime rules. On a CPU without AVX512-BF16 each test
+//! says so and checks nothing else (bf16 autocast then takes burn's cast-and-multiply path).
+
+use std::sync::Mutex;
+
+use burn::backend::Flex;
+use burn::nn::LinearConfig;
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use polarity_kernels::autocast::autocast;
+use polarity_kernels::{bf16_products_available, linear_residual, linear_with, packed_weight_count};
+
+/// The tests count cache entries: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn available() -> bool {
+    let available = bf16_products_available();
+    if !available {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+    }
+    available
+}
+
+/// Deterministic values spread over several binades, with ties and exact bf16 values among them.
+fn values(count: usize, seed: usize) -> Vec<f32> {
+    (0..count).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 313.0).collect()
+}
+
+fn tensor(values: Vec<f32>, dims: [usize; 2]) -> Tensor<Flex, 2> {
+    Tensor::from_data(TensorData::new(values, dims), &Default::default())
+}
+
+fn bf16(x: f32) -> f64 {
+    half_round(x) as f64
+}
+
+/// Round to nearest even at bf16's 8 mantissa bits, independently of the kernels' own conversion.
+fn half_round(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let lower = bits & 0xffff;
+    let mut upper = bits >> 16;
+    if lower > 0x8000 || (lower == 0x8000 && upper & 1 == 1) {
+        upper += 1;
+    }
+    f32::from_bits(upper << 16)
+}
+
+/// `x w + b` from the bf16-rounded `x` and `w`, in f64.
+fn reference(x: &[f32], w: &[f32], bias: &[f32], [rows, k, n]: [usize; 3]) -> Vec<f32> {
+    let mut out = vec![0f32; rows * n];
+    for r in 0..rows {
+        for c in 0..n {
+            let dot: f64 = (0..k).map(|i| bf16(x[r * k + i]) * bf16(w[i * n + c])).sum();
+            out[r * n + c] = (dot + bias[c] as f64) as f32;
+        }
+    }
+    out
+}
+
+fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        // f32 accumulation of up to 1001 products of magnitude <= 11 (the f64 reference is exact).
+        assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{what}: element {i}: {a} vs {e}");
+    }
+}
+
+#[test]
+fn bf16_linear_layers_compute_the_rounded_operands_products() {
+    let _serial = serial();
+    if !available() {
+        return;
+    }
+    // Edge tiles in both directions, an odd width, one row, and shapes past the parallel threshold.
+    for (case, [rows, k, n]) in
+        [[1, 1, 1], [3, 5, 7], [13, 77, 50], [8, 48, 48], [200, 384, 100], [130, 768, 97], [70, 1001, 400]]
+            .into_iter()
+            .enumerate()
+    {
+        let (x, w, bias) = (values(rows * k, case), values(k * n, case + 10), values(n, case + 20));
+        let expected = reference(&x, &w, &bias, [rows, k, n]);
+        let actual = autocast(Some(FloatDType::BF16), || {
+            linear_with(
+                tensor(x.clone(), [rows, k]),
+                tensor(w.clone(), [k, n]),
+                Some(tensor(bias.clone(), [1, n]).reshape([n])),
+            )
+        });
+        assert_eq!(actual.dtype(), burn::tensor::DType::F32);
+        assert_close(&actual.into_data().to_vec::<f32>().unwrap(), &expected, &format!("[{rows}, {k}] x [{k}, {n}]"));
+
+        // The same weight as a transposed view of its `[n, k]` transpose.
+        let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+        let view = tensor(transposed, [n, k]).transpose();
+        let actual = autocast(Some(FloatDType::BF16), || {
+            linear_with(tensor(x.clone(), [rows, k]), view, Some(tensor(bias.clone(), [1, n]).reshape([n])))
+        });
+        assert_close(&actual.into_data().to_vec::<f32>().unwrap(), &expected, &format!("transposed view, case {case}"));
+    }
+}
+
+#[test]
+fn bf16_products_accumulate_into_the_residual() {
+    let _serial = serial();
+    if !available() {
+        return;
+    }
+    let device = Default::default();
+    let layer = LinearConfig::new(96, 50).init::<Flex>(&device);
+    let x = Tensor::<Flex, 3>::from_data(TensorData::new(values(2 * 9 * 96, 1), [2, 9, 96]), &device);
+    let residual = Tensor::<Flex, 3>::from_data(TensorData::new(values(2 * 9 * 50, 2), [2, 9, 50]), &device);
+    let fused = autocast(Some(FloatDType::BF16), || linear_residual(&layer, None, x.clone(), residual.clone()));
+    let separate = autocast(Some(FloatDType::BF16), || polarity_kernels::linear(&layer, x)) + residual;
+    let (fused, separate) = (fused.into_data().to_vec::<f32>().unwrap(), separate.into_data().to_vec::<f32>().unwrap());
+    assert_close(&fused, &separate, "linear_residual");
+}
+
+#[test]
+fn packed_weights_follow_their_buffers() {
+    let _serial = serial();
+    if !available() {
+        return;
+    }
+    polarity_kernels::clear_packed_weights();
+    let [rows, k, n] = [4, 32, 16];
+    let x = tensor(values(rows * k, 3), [rows, k]);
+    let product = |w: &Tensor<Flex, 2>| {
+        autocast(Some(FloatDType::BF16), || linear_with(x.clone(), w.clone(), None))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let w = tensor(values(k * n, 4), [k, n]);
+    let first = product(&w);
+    assert_eq!(packed_weight_count(), 1, "the weight is packed once");
+    assert_eq!(product(&w), first, "and reused");
+    assert_eq!(packed_weight_count(), 1);
+
+    // A changed weight is a new buffer: packed anew, with its own values.
+    let doubled = w.clone() * 2.0;
+    let second = product(&doubled);
+    assert_eq!(packed_weight_count(), 2);
+    first.iter().zip(&second).for_each(|(a, b)| assert_eq!(2.0 * a, *b, "doubling is exact in bf16"));
+
+    // Dropped weights leave the cache at the next insertion.
+    drop((w, doubled));
+    let other = tensor(values(k * n, 5), [k, n]);
+    product(&other);
+    assert_eq!(packed_weight_count(), 1, "only the live weight stays");
+    polarity_kernels::clear_packed_weights();
+    assert_eq!(packed_weight_count(), 0);
+}
