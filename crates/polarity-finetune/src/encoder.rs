@@ -294,7 +294,7 @@ impl EncoderFineTune {
             self.max_length
         );
         let outcome =
-            self.train(model, &tokenizer, &tokenized.train, Some(tokenized.selection()), device, collective)?;
+            self.train(model, &tokenizer, &tokenized.train, Some(tokenized.selection()), device, collective.clone())?;
         let training = outcome.summary();
         let model = outcome.model.valid();
         let parameters = model.num_params();
@@ -307,6 +307,7 @@ impl EncoderFineTune {
             self.trainer.evaluation_precision(),
             EvalMethod::ClassScores,
             device,
+            collective.as_ref(),
         )?;
 
         let report = RunReport {

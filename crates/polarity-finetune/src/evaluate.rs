@@ -9,7 +9,7 @@ use polarity_kernels::autocast::autocast;
 use polarity_llama::{GeneratedAnswers, Llama, LlamaTokenizer, generate_answers_for_ids};
 use polarity_metrics::{ClassificationReport, ConfusionMatrix};
 use polarity_tokenize::TokenizedExample;
-use polarity_train::BatchScorer;
+use polarity_train::{BatchScorer, Collective, shard_range};
 use serde::{Deserialize, Serialize};
 
 use crate::FinetuneError;
@@ -89,7 +89,10 @@ impl EvaluationReport {
 }
 
 /// Evaluates `model` on `data` by the class scores `scorer` gives (in order, `batch_size` per forward
-/// pass, products in `precision`).
+/// pass, products in `precision`). In a data-parallel group each rank scores its shard and every rank
+/// returns the metrics of the whole set ([`polarity_train::evaluate_sharded`]); pass
+/// [`SingleProcess`](polarity_train::SingleProcess) otherwise.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_by_scores<B, M, S>(
     scorer: &S,
     model: &M,
@@ -98,19 +101,23 @@ pub fn evaluate_by_scores<B, M, S>(
     precision: Precision,
     method: EvalMethod,
     device: &B::Device,
+    collective: &dyn Collective,
 ) -> Result<EvaluationReport, FinetuneError>
 where
     B: Backend,
     S: BatchScorer<B, M>,
 {
-    let evaluation =
-        autocast(precision.compute_dtype(), || polarity_train::evaluate(scorer, model, data, batch_size, device))?;
+    let evaluation = autocast(precision.compute_dtype(), || {
+        polarity_train::evaluate_sharded(collective, scorer, model, data, batch_size, device)
+    })?;
     Ok(EvaluationReport::new(method, evaluation.report, data, evaluation.seconds))
 }
 
 /// Evaluates a causal LM on prompts `data` by greedy generation of at most `max_new_tokens` tokens
 /// (`batch_size` prompts per step) and answer parsing; an answer naming no single label counts as
-/// wrong, never as one of the classes.
+/// wrong, never as one of the classes. In a data-parallel group each rank generates for its shard and
+/// the tallies are summed, as [`evaluate_by_scores`] does.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_by_generation<B: Backend>(
     model: &Llama<B>,
     tokenizer: &LlamaTokenizer,
@@ -119,6 +126,7 @@ pub fn evaluate_by_generation<B: Backend>(
     max_new_tokens: usize,
     precision: Precision,
     device: &B::Device,
+    collective: &dyn Collective,
 ) -> Result<EvaluationReport, FinetuneError> {
     if data.is_empty() {
         return Err(polarity_train::TrainError::EmptyDataset { which: "evaluation set" }.into());
@@ -126,8 +134,9 @@ pub fn evaluate_by_generation<B: Backend>(
     let llama_error = |source| FinetuneError::Llama { model: "generation".into(), source: Box::new(source) };
     let started = Instant::now();
     let mut tally = AnswerTally::default();
+    let shard = &data[shard_range(data.len(), collective.rank(), collective.world_size())];
     autocast(precision.compute_dtype(), || -> Result<(), FinetuneError> {
-        for chunk in data.chunks(batch_size.max(1)) {
+        for chunk in shard.chunks(batch_size.max(1)) {
             let prompts: Vec<Vec<u32>> = chunk.iter().map(|item| item.tokens.ids.clone()).collect();
             let answers =
                 generate_answers_for_ids(model, tokenizer, &prompts, max_new_tokens, device).map_err(llama_error)?;
@@ -135,6 +144,9 @@ pub fn evaluate_by_generation<B: Backend>(
         }
         Ok(())
     })?;
+    if collective.world_size() > 1 {
+        tally.merge_over(collective)?;
+    }
     let mut evaluation =
         EvaluationReport::new(EvalMethod::Generation, tally.matrix.report(), data, started.elapsed().as_secs_f64());
     evaluation.unparseable = Some(tally.unparseable);
@@ -162,5 +174,17 @@ impl AnswerTally {
             };
             self.matrix.push(item.label, answer.unwrap_or(wrong));
         }
+    }
+
+    /// Replaces this rank's tally by the sum of all ranks' (counts stay exact in f32 up to 2^24).
+    fn merge_over(&mut self, collective: &dyn Collective) -> Result<(), FinetuneError> {
+        let mut counts: Vec<f32> = self.matrix.counts.iter().flatten().map(|&count| count as f32).collect();
+        counts.push(self.unparseable as f32);
+        collective.all_reduce_sum(&mut counts)?;
+        for (cell, count) in self.matrix.counts.iter_mut().flatten().zip(&counts) {
+            *cell = *count as u64;
+        }
+        self.unparseable = counts[4] as usize;
+        Ok(())
     }
 }

@@ -317,7 +317,8 @@ impl LoraFineTune {
         }
     }
 
-    /// Evaluates `model` on the prompts `data` as [`classify_by`](Self::classify_by) says.
+    /// Evaluates `model` on the prompts `data` as [`classify_by`](Self::classify_by) says, sharded over
+    /// `collective`'s ranks ([`SingleProcess`](polarity_train::SingleProcess) for one process).
     pub fn evaluate<B: Backend>(
         &self,
         model: &Llama<B>,
@@ -325,15 +326,30 @@ impl LoraFineTune {
         objective: &CausalLmObjective,
         data: &[TokenizedExample],
         device: &B::Device,
+        collective: &dyn Collective,
     ) -> Result<EvaluationReport, FinetuneError> {
         let (batch_size, precision) = (self.trainer.eval_batch_size, self.trainer.evaluation_precision());
         match self.classify_by {
-            ClassifyBy::LabelWords => {
-                evaluate_by_scores(objective, model, data, batch_size, precision, EvalMethod::LabelWords, device)
-            }
-            ClassifyBy::Generation { max_new_tokens } => {
-                evaluate_by_generation(model, tokenizer, data, batch_size, max_new_tokens, precision, device)
-            }
+            ClassifyBy::LabelWords => evaluate_by_scores(
+                objective,
+                model,
+                data,
+                batch_size,
+                precision,
+                EvalMethod::LabelWords,
+                device,
+                collective,
+            ),
+            ClassifyBy::Generation { max_new_tokens } => evaluate_by_generation(
+                model,
+                tokenizer,
+                data,
+                batch_size,
+                max_new_tokens,
+                precision,
+                device,
+                collective,
+            ),
         }
     }
 
@@ -415,16 +431,17 @@ impl LoraFineTune {
         );
         let zero_shot = if self.zero_shot {
             tracing::info!("zero-shot evaluation on {} test prompts ({:?})", test.len(), self.classify_by);
-            Some(self.evaluate(&base.valid(), &tokenizer, &objective, test, device)?)
+            Some(self.evaluate(&base.valid(), &tokenizer, &objective, test, device, collective.as_ref())?)
         } else {
             None
         };
-        let outcome = self.train(base, &objective, train, tokenized.validation.as_deref(), device, collective)?;
+        let outcome =
+            self.train(base, &objective, train, tokenized.validation.as_deref(), device, collective.clone())?;
         let training = outcome.summary();
         let trainable_parameters = trainable_parameters(&outcome.model);
         let model = outcome.model.valid();
         tracing::info!("evaluating the tuned model on {} test prompts", test.len());
-        let evaluation = self.evaluate(&model, &tokenizer, &objective, test, device)?;
+        let evaluation = self.evaluate(&model, &tokenizer, &objective, test, device, collective.as_ref())?;
 
         let report = RunReport {
             recipe: RecipeConfig::Lora(self.clone()),
