@@ -31,6 +31,12 @@
 //! (see [`checkpoint`]); an indicatif progress bar shows loss, learning rate, gradient norm and
 //! samples/s.
 //!
+//! Data parallelism ([`Trainer::with_collective`], [`Collective`]): each rank reads its share of every
+//! global batch of `batch_size x world_size`, the trainable parameters' gradients are summed over the
+//! ranks between step 2 and 3 (one reduction per optimiser step, in module order), evaluation is sharded
+//! and merged, and rank 0 alone writes checkpoints. Ranks are threads of one process ([`LocalGroup`]) or
+//! MPI processes (`MpiCollective`, feature `mpi`; [`world_from_env`] finds them under `mpirun`).
+//!
 //! The model contract is the [`Objective`] trait: a scalar loss for a micro-batch of
 //! [`TokenizedExample`](polarity_tokenize::TokenizedExample)s, and class scores `[batch, 2]` for
 //! evaluation ([`BatchScorer`]). [`CrossEntropyObjective`] implements it for every
