@@ -17,3 +17,5 @@ pub fn use_shared_cache() {
         std::env::set_var("HF_HUB_OFFLINE", "1");
     }
 }
+
+pub mod tiny;
