@@ -36,4 +36,6 @@ pub use error::CoreError;
 pub use example::{Example, Prediction};
 pub use precision::Precision;
 pub use sentiment::Sentiment;
-pub use traits::{ClassScorer, Classifier, EpochReport, ExampleSource, FineTuned, FineTuner, TrainingSummary};
+pub use traits::{
+    ClassScorer, Classifier, CommunicationReport, EpochReport, ExampleSource, FineTuned, FineTuner, TrainingSummary,
+};

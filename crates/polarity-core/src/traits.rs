@@ -65,6 +65,31 @@ pub struct TrainingSummary {
     pub skipped_steps: usize,
     /// The checkpoint the run resumed from, if any.
     pub resumed_from: Option<PathBuf>,
+    /// Data-parallel runs: what synchronising the gradients cost.
+    #[serde(default)]
+    pub communication: Option<CommunicationReport>,
+}
+
+/// What a data-parallel run spent synchronising gradients: one all-reduce per optimiser step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommunicationReport {
+    /// The ranks of the group.
+    pub world_size: usize,
+    /// Bytes each rank puts into the reduction per optimiser step: the trainable parameters' f32 gradients,
+    /// one flag per trainable parameter and the step's loss.
+    pub bytes_per_step: u64,
+    /// Optimiser steps that reduced in this process (since the resume, after one).
+    pub steps: usize,
+    /// Seconds in the reductions (flattening, staging through the host, the all-reduce, unflattening),
+    /// waiting for the slowest rank included, summed over the steps.
+    pub seconds: f64,
+}
+
+impl CommunicationReport {
+    /// Mean seconds per reducing step.
+    pub fn seconds_per_step(&self) -> f64 {
+        self.seconds / self.steps.max(1) as f64
+    }
 }
 
 impl TrainingSummary {

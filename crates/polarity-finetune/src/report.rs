@@ -267,6 +267,17 @@ impl fmt::Display for RunReport {
             self.training.global_steps
         )?;
         writeln!(f, "train samples/s      {:.2}", self.training.train_samples_per_second())?;
+        if let Some(communication) = &self.training.communication {
+            writeln!(
+                f,
+                "data parallel        {} ranks; gradient all-reduce {:.1} MB and {:.3}s per step ({:.1}s over {} steps)",
+                communication.world_size,
+                megabytes(communication.bytes_per_step as usize),
+                communication.seconds_per_step(),
+                communication.seconds,
+                communication.steps
+            )?;
+        }
         if let Some(scale) = self.training.loss_scale {
             writeln!(f, "f16 loss scale       {scale} ({} steps skipped on overflow)", self.training.skipped_steps)?;
         }

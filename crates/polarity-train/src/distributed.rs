@@ -341,14 +341,14 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
 
 /// Sums `grads` (this rank's weighted gradients of `model`'s trainable parameters) and `extras` (small
 /// per-rank numbers such as the weighted loss) over the group, with one all-reduce. Returns the summed
-/// gradients; `extras` holds the sums.
+/// gradients and the bytes this rank put into the reduction; `extras` holds the sums.
 pub(crate) fn all_reduce_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     collective: &dyn Collective,
     model: &M,
     grads: GradientsParams,
     extras: &mut [f32],
     device: &B::Device,
-) -> Result<GradientsParams, TrainError> {
+) -> Result<(GradientsParams, u64), TrainError> {
     let mut flatten = Flatten::<B> { grads: &grads, parts: Vec::new(), present: Vec::new(), device };
     Module::<B>::visit(model, &mut flatten);
     let Flatten { parts, present, .. } = flatten;
@@ -363,6 +363,7 @@ pub(crate) fn all_reduce_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
         .map_err(|e| TrainError::Model(format!("cannot read the gradients back: {e:?}")))?;
     buffer.extend_from_slice(&present);
     buffer.extend_from_slice(extras);
+    let bytes = std::mem::size_of_val(buffer.as_slice()) as u64;
     collective.all_reduce_sum(&mut buffer)?;
     let (summed, rest) = buffer.split_at(gradient_values);
     let (present, summed_extras) = rest.split_at(present.len());
@@ -370,7 +371,7 @@ pub(crate) fn all_reduce_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     let summed = Tensor::from_data(TensorData::new(summed.to_vec(), [gradient_values]), &inner_device);
     let mut unflatten = Unflatten::<B> { summed, present, offset: 0, index: 0, grads: GradientsParams::new() };
     Module::<B>::visit(model, &mut unflatten);
-    Ok(unflatten.grads)
+    Ok((unflatten.grads, bytes))
 }
 
 #[cfg(test)]

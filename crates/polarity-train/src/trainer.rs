@@ -11,7 +11,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer}
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use polarity_core::{EpochReport, TrainingSummary};
+use polarity_core::{CommunicationReport, EpochReport, TrainingSummary};
 use polarity_kernels::autocast::autocast;
 use polarity_metrics::ClassificationReport;
 use polarity_tokenize::TokenizedExample;
@@ -40,6 +40,8 @@ pub struct TrainOutcome<M> {
     pub resumed_from: Option<PathBuf>,
     /// f16 runs: the loss scale at the end and the steps skipped because their gradients overflowed.
     pub loss_scaler: Option<LossScaler>,
+    /// Data-parallel runs: the bytes and seconds of the gradient reductions.
+    pub communication: Option<CommunicationReport>,
 }
 
 impl<M> TrainOutcome<M> {
@@ -52,6 +54,7 @@ impl<M> TrainOutcome<M> {
             loss_scale: self.loss_scaler.map(|scaler| scaler.scale()),
             skipped_steps: self.loss_scaler.map_or(0, |scaler| scaler.skipped_steps()),
             resumed_from: self.resumed_from.clone(),
+            communication: self.communication,
         }
     }
 
@@ -284,6 +287,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let no_decay: HashSet<ParamId> = ParamGroups::of::<B, M>(&model).no_decay_ids();
 
         let bar = self.progress_bar(total_steps, state.global_step, writes);
+        let mut communication = (world_size > 1).then_some(CommunicationReport { world_size, ..Default::default() });
         let mut last_checkpoint = resumed_from.clone();
 
         while state.epoch < config.epochs {
@@ -334,10 +338,16 @@ impl<B: AutodiffBackend> Trainer<B> {
                     }
                 }
                 let mut grads = single.unwrap_or_else(|| accumulator.grads());
-                if world_size > 1 {
+                if let Some(communication) = communication.as_mut() {
+                    let reduce_started = Instant::now();
                     let mut extras = [step_loss as f32];
-                    grads = all_reduce_grads::<B, M>(collective, &model, grads, &mut extras, &self.device)?;
+                    let (summed, bytes) =
+                        all_reduce_grads::<B, M>(collective, &model, grads, &mut extras, &self.device)?;
+                    grads = summed;
                     step_loss = f64::from(extras[0]);
+                    communication.bytes_per_step = bytes;
+                    communication.steps += 1;
+                    communication.seconds += reduce_started.elapsed().as_secs_f64();
                 }
                 let norm = grad_norm::<B, M>(&model, &grads) / loss_scale;
                 let apply = match state.loss_scaler.as_mut() {
@@ -495,6 +505,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             global_steps: state.global_step,
             resumed_from,
             loss_scaler: state.loss_scaler,
+            communication,
         })
     }
 

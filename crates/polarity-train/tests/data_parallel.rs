@@ -64,6 +64,12 @@ fn two_ranks_of_batch_8_train_like_one_process_of_batch_16() {
             let outcome = outcome.unwrap();
             let case = format!("{examples} examples, accumulation {grad_accum}, rank {rank}");
             assert_eq!(outcome.global_steps, single.global_steps, "{case}");
+            // One reduction per step: 290 gradient values (embedding 32 x 8, LayerNorm 8 + 8, head 8 x 2 + 2),
+            // a flag for each of the 5 parameters and the loss, in f32.
+            let communication = outcome.communication.unwrap();
+            assert_eq!((communication.world_size, communication.steps), (2, single.global_steps), "{case}");
+            assert_eq!(communication.bytes_per_step, 4 * (290 + 5 + 1), "{case}");
+            assert!(single.communication.is_none());
             let diff = max_abs_diff(&params(&outcome.model), &reference);
             assert!(diff < 1e-5, "{case}: the weights differ by {diff}");
             // The model moved: equal weights are not the initial weights.
