@@ -118,3 +118,11 @@ static SEEDED_DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn seeded_draws() -> std::sync::MutexGuard<'static, ()> {
     SEEDED_DRAWS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Seeds `B`'s generator on `device` with `seed` and runs `draw`, holding [`seeded_draws`] throughout: every
+/// draw `draw` makes comes from that seed, whatever other threads of the process seed or draw.
+pub fn with_seed<B: burn::tensor::backend::Backend, R>(device: &B::Device, seed: u64, draw: impl FnOnce() -> R) -> R {
+    let _draws = seeded_draws();
+    B::seed(device, seed);
+    draw()
+}

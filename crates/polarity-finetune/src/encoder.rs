@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use polarity_core::backend::{TrainBackend, default_backend_name, default_device, seeded_draws};
+use polarity_core::backend::{TrainBackend, default_backend_name, default_device, with_seed};
 use polarity_core::params::materialize;
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_encoder::{CONFIG_FILE, EncoderClassifier, EncoderError, HfConfigJson, LoadReport};
@@ -186,11 +186,11 @@ impl EncoderFineTune {
         &self,
         device: &B::Device,
     ) -> Result<(EncoderClassifier<B>, LoadReport), FinetuneError> {
-        let _draws = seeded_draws();
-        B::seed(device, self.trainer.seed);
-        let (model, report) = self.load::<B>(device)?;
-        materialize::<B, _>(&model);
-        Ok((model, report))
+        with_seed::<B, _>(device, self.trainer.seed, || {
+            let (model, report) = self.load::<B>(device)?;
+            materialize::<B, _>(&model);
+            Ok((model, report))
+        })
     }
 
     fn train<B: AutodiffBackend>(

@@ -9,7 +9,7 @@ use polarity_kernels::autocast::autocast;
 use polarity_llama::{GeneratedAnswers, Llama, LlamaTokenizer, generate_answers_for_ids};
 use polarity_metrics::{ClassificationReport, ConfusionMatrix};
 use polarity_tokenize::TokenizedExample;
-use polarity_train::{BatchScorer, Collective, shard_range};
+use polarity_train::{BatchScorer, Collective, all_reduce_counts, shard_range};
 use serde::{Deserialize, Serialize};
 
 use crate::FinetuneError;
@@ -144,9 +144,7 @@ pub fn evaluate_by_generation<B: Backend>(
         }
         Ok(())
     })?;
-    if collective.world_size() > 1 {
-        tally.merge_over(collective)?;
-    }
+    tally.merge_over(collective)?;
     let mut evaluation =
         EvaluationReport::new(EvalMethod::Generation, tally.matrix.report(), data, started.elapsed().as_secs_f64());
     evaluation.unparseable = Some(tally.unparseable);
@@ -176,14 +174,13 @@ impl AnswerTally {
         }
     }
 
-    /// Replaces this rank's tally by the sum of all ranks' (counts stay exact in f32 up to 2^24).
+    /// Replaces this rank's tally by the sum of all ranks'.
     fn merge_over(&mut self, collective: &dyn Collective) -> Result<(), FinetuneError> {
-        let mut counts: Vec<f32> = self.matrix.counts.iter().flatten().map(|&count| count as f32).collect();
-        counts.push(self.unparseable as f32);
-        collective.all_reduce_sum(&mut counts)?;
-        for (cell, count) in self.matrix.counts.iter_mut().flatten().zip(&counts) {
-            *cell = *count as u64;
-        }
+        let mut counts = [0u64; 5];
+        counts[..4].copy_from_slice(self.matrix.counts.as_flattened());
+        counts[4] = self.unparseable as u64;
+        all_reduce_counts(collective, &mut counts)?;
+        self.matrix.counts.as_flattened_mut().copy_from_slice(&counts[..4]);
         self.unparseable = counts[4] as usize;
         Ok(())
     }

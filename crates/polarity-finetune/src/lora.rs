@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use polarity_core::backend::{TrainBackend, default_backend_name, default_device, seeded_draws};
+use polarity_core::backend::{TrainBackend, default_backend_name, default_device, with_seed};
 use polarity_core::params::materialize;
 use polarity_core::{ExampleSource, FineTuned, FineTuner};
 use polarity_hub::{HubError, RepoKind, RepoSource};
@@ -262,11 +262,11 @@ impl LoraFineTune {
         &self,
         device: &B::Device,
     ) -> Result<(Llama<B>, LlamaTokenizer), FinetuneError> {
-        let _draws = seeded_draws();
-        B::seed(device, self.trainer.seed);
-        let (base, tokenizer) = self.load_base::<B>(device)?;
-        materialize::<B, _>(&base);
-        Ok((base, tokenizer))
+        with_seed::<B, _>(device, self.trainer.seed, || {
+            let (base, tokenizer) = self.load_base::<B>(device)?;
+            materialize::<B, _>(&base);
+            Ok((base, tokenizer))
+        })
     }
 
     fn train<B: AutodiffBackend>(
@@ -280,13 +280,11 @@ impl LoraFineTune {
     ) -> Result<TrainOutcome<Llama<B>>, FinetuneError> {
         // The adapters' lora_A are drawn here, from the trainer's seed, under the process's lock on the
         // generator (ranks running as threads draw the same adapters), before the trainer reseeds its steps.
-        let model = {
-            let _draws = seeded_draws();
-            B::seed(device, self.trainer.seed);
+        let model = with_seed::<B, _>(device, self.trainer.seed, || {
             let model = base.with_lora(&self.lora).map_err(|e| self.llama_error(e))?;
             materialize::<B, _>(&model);
-            model
-        };
+            Ok::<_, FinetuneError>(model)
+        })?;
         let trainable = trainable_parameters(&model);
         tracing::info!(
             "LoRA r={} alpha={} dropout={} on {} ({trainable} trainable parameters); {} epochs of {} examples",

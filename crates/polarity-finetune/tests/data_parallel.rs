@@ -31,11 +31,16 @@ fn on_two_ranks<T: Send + 'static>(run: impl Fn(Arc<dyn Collective>) -> T + Send
     })
 }
 
-fn assert_same_run(single: &RunReport, rank: &RunReport, case: &str) {
-    assert_eq!(rank.training.global_steps, single.training.global_steps, "{case}");
-    assert_eq!(rank.evaluation.report, single.evaluation.report, "{case}");
-    for (a, b) in rank.training.history.iter().zip(&single.training.history) {
-        assert!((a.train_loss - b.train_loss).abs() < 1e-4, "{case}: {a:?} vs {b:?}");
+/// Every rank's weights within 1e-4 of one process's (`reference`), and its run reported alike.
+fn assert_ranks_match(reference: &[f32], single: &RunReport, ranked: &[(Vec<f32>, RunReport)], model: &str) {
+    for (rank, (weights, report)) in ranked.iter().enumerate() {
+        let diff = max_abs_diff(reference, weights);
+        assert!(diff < 1e-4, "{model}, rank {rank}: the weights differ from one process's by {diff}");
+        assert_eq!(report.training.global_steps, single.training.global_steps, "{model}, rank {rank}");
+        assert_eq!(report.evaluation.report, single.evaluation.report, "{model}, rank {rank}");
+        for (a, b) in report.training.history.iter().zip(&single.training.history) {
+            assert!((a.train_loss - b.train_loss).abs() < 1e-4, "{model}, rank {rank}: {a:?} vs {b:?}");
+        }
     }
 }
 
@@ -55,11 +60,7 @@ fn two_ranks_fine_tune_a_tiny_bert_like_one_process() {
             (values(&experiment.classifier.model), experiment.report)
         })
     };
-    for (rank, (weights, report)) in ranked.iter().enumerate() {
-        let diff = max_abs_diff(&reference, weights);
-        assert!(diff < 1e-4, "rank {rank}: the weights differ from one process's by {diff}");
-        assert_same_run(&single.report, report, &format!("tiny BERT, rank {rank}"));
-    }
+    assert_ranks_match(&reference, &single.report, &ranked, "tiny BERT");
 }
 
 #[test]
@@ -81,9 +82,5 @@ fn two_ranks_lora_tune_a_tiny_llama_like_one_process() {
             (values(&experiment.classifier.model), experiment.report)
         })
     };
-    for (rank, (weights, report)) in ranked.iter().enumerate() {
-        let diff = max_abs_diff(&reference, weights);
-        assert!(diff < 1e-4, "rank {rank}: the weights differ from one process's by {diff}");
-        assert_same_run(&single.report, report, &format!("tiny Llama LoRA, rank {rank}"));
-    }
+    assert_ranks_match(&reference, &single.report, &ranked, "tiny Llama LoRA");
 }

@@ -253,6 +253,20 @@ fn launch_mpi(world_size: usize) -> Result<Arc<dyn Collective>, TrainError> {
     })
 }
 
+/// Replaces `counts` (a confusion matrix's cells, say) by their sums over the group; on one process it
+/// leaves them alone. Counts travel as f32, exact up to 2^24 per count.
+pub fn all_reduce_counts(collective: &dyn Collective, counts: &mut [u64]) -> Result<(), TrainError> {
+    if collective.world_size() <= 1 {
+        return Ok(());
+    }
+    let mut values: Vec<f32> = counts.iter().map(|&count| count as f32).collect();
+    collective.all_reduce_sum(&mut values)?;
+    for (count, value) in counts.iter_mut().zip(values) {
+        *count = value as u64;
+    }
+    Ok(())
+}
+
 /// This rank's part of a global batch (or of an evaluation set) of `len` items: a contiguous range, the
 /// ranks' ranges covering `0..len` in rank order (sizes differ by at most one; a rank may get none).
 pub fn shard_range(len: usize, rank: usize, world_size: usize) -> std::ops::Range<usize> {

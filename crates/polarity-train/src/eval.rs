@@ -9,7 +9,7 @@ use polarity_tokenize::{BatchOrder, InOrder, TokenizedExample};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::distributed::{Collective, shard_range};
+use crate::distributed::{Collective, SingleProcess, all_reduce_counts, shard_range};
 use crate::objective::{BatchScorer, check_scores};
 
 /// The outcome of an evaluation pass.
@@ -71,21 +71,7 @@ where
     B: Backend,
     S: BatchScorer<B, M>,
 {
-    if data.is_empty() {
-        return Err(TrainError::EmptyDataset { which: "evaluation set" });
-    }
-    let start = Instant::now();
-    let predictions = predict(scorer, model, data, batch_size, device)?;
-    let seconds = start.elapsed().as_secs_f64();
-    let gold: Vec<Sentiment> = data.iter().map(|item| item.label).collect();
-    let predicted: Vec<Sentiment> = predictions.iter().map(|p| p.label).collect();
-    let mut matrix = ConfusionMatrix::default();
-    matrix.update(&gold, &predicted)?;
-    Ok(Evaluation {
-        report: matrix.report(),
-        seconds,
-        samples_per_second: data.len() as f64 / seconds.max(f64::MIN_POSITIVE),
-    })
+    evaluate_sharded(&SingleProcess, scorer, model, data, batch_size, device)
 }
 
 /// [`evaluate`] in a data-parallel group: each rank scores its contiguous shard of `data`, and the
@@ -103,9 +89,6 @@ where
     B: Backend,
     S: BatchScorer<B, M>,
 {
-    if collective.world_size() <= 1 {
-        return evaluate(scorer, model, data, batch_size, device);
-    }
     if data.is_empty() {
         return Err(TrainError::EmptyDataset { which: "evaluation set" });
     }
@@ -118,16 +101,10 @@ where
         let predicted: Vec<Sentiment> = predictions.iter().map(|p| p.label).collect();
         matrix.update(&gold, &predicted)?;
     }
-    // Counts stay exact in f32 up to 2^24 examples per cell.
-    let mut counts: Vec<f32> = matrix.counts.iter().flatten().map(|&count| count as f32).collect();
-    collective.all_reduce_sum(&mut counts)?;
-    let mut merged = ConfusionMatrix::default();
-    for (cell, count) in merged.counts.iter_mut().flatten().zip(counts) {
-        *cell = count as u64;
-    }
+    all_reduce_counts(collective, matrix.counts.as_flattened_mut())?;
     let seconds = start.elapsed().as_secs_f64();
     Ok(Evaluation {
-        report: merged.report(),
+        report: matrix.report(),
         seconds,
         samples_per_second: data.len() as f64 / seconds.max(f64::MIN_POSITIVE),
     })

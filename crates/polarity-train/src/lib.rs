@@ -125,7 +125,8 @@ pub use config::{
     TrainerConfig, Warmup,
 };
 pub use distributed::{
-    Collective, LocalGroup, LocalRank, SingleProcess, WORLD_SIZE_VARIABLES, shard_range, world_from_env,
+    Collective, LocalGroup, LocalRank, SingleProcess, WORLD_SIZE_VARIABLES, all_reduce_counts, shard_range,
+    world_from_env,
 };
 pub use error::TrainError;
 pub use eval::{Evaluation, evaluate, evaluate_sharded, predict};

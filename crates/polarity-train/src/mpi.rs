@@ -34,8 +34,6 @@ impl std::fmt::Debug for MpiCollective {
 
 /// The live handle, so that every caller in the process shares one initialisation.
 static WORLD: Mutex<Weak<MpiCollective>> = Mutex::new(Weak::new());
-/// Whether MPI was initialised once already (it cannot be again).
-static INITIALISED: Mutex<bool> = Mutex::new(false);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -50,14 +48,12 @@ impl MpiCollective {
         if let Some(live) = world.upgrade() {
             return Ok(live);
         }
-        let mut initialised = lock(&INITIALISED);
         let error = |reason: &str| TrainError::Collective { rank: 0, reason: reason.to_string() };
-        if *initialised {
+        if mpi::environment::is_finalized() {
             return Err(error("MPI was finalised when its last handle was dropped and cannot start again"));
         }
         let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| error("MPI was initialised outside polarity"))?;
-        *initialised = true;
         if threading < Threading::Serialized {
             return Err(error(&format!(
                 "the MPI library gives {threading:?} thread support, polarity needs Serialized"

@@ -11,6 +11,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer}
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use polarity_core::backend::with_seed;
 use polarity_core::{CommunicationReport, EpochReport, TrainingSummary};
 use polarity_kernels::autocast::autocast;
 use polarity_metrics::ClassificationReport;
@@ -295,12 +296,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             let order = config.train_order.batches(&lengths, global_batch, config.seed, epoch)?;
             for step_batches in order.chunks(config.grad_accum).skip(state.steps_in_epoch) {
                 let started = Instant::now();
-                {
-                    // Not in the middle of another thread's seeded model construction (the generator is
-                    // one per process on the CPU backends).
-                    let _draws = polarity_core::backend::seeded_draws();
-                    B::seed(&self.device, step_seed(config.seed, state.global_step, rank));
-                }
+                // Under the process's lock, so never in the middle of another thread's seeded model
+                // construction (the generator is one per process on the CPU backends).
+                with_seed::<B, _>(&self.device, step_seed(config.seed, state.global_step, rank), || ());
                 let step = state.global_step + 1;
                 let step_samples: usize = step_batches.iter().map(Vec::len).sum();
                 let mut accumulator = GradientsAccumulator::<M>::new();

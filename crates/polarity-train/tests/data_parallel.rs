@@ -6,24 +6,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{B, Bag, VOCAB, bag, max_abs_diff, params, synthetic};
+use common::{B, Bag, VOCAB, bag, max_abs_diff, parallel_config, params, synthetic};
 use polarity_testkit::within;
 use polarity_tokenize::TokenizedExample;
 use polarity_train::{
     CheckpointConfig, Collective, CrossEntropyObjective, LocalGroup, TrainError, TrainOutcome, Trainer, TrainerConfig,
-    Warmup,
 };
-
-fn config(batch_size: usize) -> TrainerConfig {
-    TrainerConfig::default()
-        .with_epochs(2)
-        .with_batch_size(batch_size)
-        .with_learning_rate(0.05)
-        .with_warmup(Warmup::Ratio(0.1))
-        // Clipping after the reduce: every rank scales by the norm of the summed gradients.
-        .with_max_grad_norm(Some(0.5))
-        .with_progress(false)
-}
 
 /// One run per rank of a `world`-rank group, each on its own thread, all from the same seeded model.
 fn fit_on_ranks(
@@ -55,10 +43,10 @@ fn two_ranks_of_batch_8_train_like_one_process_of_batch_16() {
     // 96 examples divide evenly; 81 leave a last global batch of 1, which one rank reads alone.
     for (examples, grad_accum) in [(96, 1), (81, 1), (96, 2)] {
         let train = synthetic(examples, 1);
-        let single = Trainer::<B>::new(config(16).with_grad_accum(grad_accum), Default::default())
+        let single = Trainer::<B>::new(parallel_config(16).with_grad_accum(grad_accum), Default::default())
             .fit(bag(VOCAB, 8, 0.0, 7), &CrossEntropyObjective::new(0), &train, Some(&eval))
             .unwrap();
-        let ranks = fit_on_ranks(2, &config(8).with_grad_accum(grad_accum), &train, &eval);
+        let ranks = fit_on_ranks(2, &parallel_config(8).with_grad_accum(grad_accum), &train, &eval);
         let reference = params(&single.model);
         for (rank, outcome) in ranks.into_iter().enumerate() {
             let outcome = outcome.unwrap();
@@ -93,7 +81,8 @@ fn a_failing_rank_stops_every_rank_with_an_error() {
                 .into_iter()
                 .map(|rank| {
                     // Rank 1 is given an invalid configuration and stops before its first step.
-                    let config = if rank.rank() == 1 { config(8).with_learning_rate(-1.0) } else { config(8) };
+                    let config =
+                        if rank.rank() == 1 { parallel_config(8).with_learning_rate(-1.0) } else { parallel_config(8) };
                     let trainer = Trainer::<B>::new(config, Default::default()).with_collective(Arc::new(rank));
                     let (train, eval) = (&train, &eval);
                     scope.spawn(move || {
@@ -118,14 +107,14 @@ fn rank_0_alone_writes_checkpoints_and_a_resume_needs_the_same_world() {
     let (train, eval) = (synthetic(64, 1), synthetic(16, 2));
     let dir = tempfile::tempdir().unwrap();
     let checkpointing = CheckpointConfig::new(dir.path(), 2);
-    let outcomes = fit_on_ranks(2, &config(8).with_checkpoint(Some(checkpointing.clone())), &train, &eval);
+    let outcomes = fit_on_ranks(2, &parallel_config(8).with_checkpoint(Some(checkpointing.clone())), &train, &eval);
     assert!(outcomes.iter().all(Result::is_ok));
     let written = std::fs::read_dir(dir.path()).unwrap().count();
     assert!(written > 0);
 
     // The same run on one process cannot continue it.
     let resumed = Trainer::<B>::new(
-        config(8).with_checkpoint(Some(checkpointing.with_resume(true))),
+        parallel_config(8).with_checkpoint(Some(checkpointing.with_resume(true))),
         Default::default(),
     )
     .fit(bag(VOCAB, 8, 0.0, 7), &CrossEntropyObjective::new(0), &train, Some(&eval));

@@ -10,24 +10,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{B, VOCAB, bag, max_abs_diff, params, synthetic};
+use common::{B, VOCAB, bag, max_abs_diff, parallel_config, params, synthetic};
 use polarity_testkit::within;
-use polarity_train::{CrossEntropyObjective, Trainer, TrainerConfig, Warmup, world_from_env};
+use polarity_train::{CrossEntropyObjective, Trainer, world_from_env};
 
 /// Set for the processes `mpirun` starts: what the `rank` test does there (`train` or `fail`).
 const ROLE: &str = "POLARITY_MPI_TEST_ROLE";
 /// Where rank 0 writes its trained weights.
 const OUTPUT: &str = "POLARITY_MPI_TEST_OUTPUT";
-
-fn config(batch_size: usize) -> TrainerConfig {
-    TrainerConfig::default()
-        .with_epochs(2)
-        .with_batch_size(batch_size)
-        .with_learning_rate(0.05)
-        .with_warmup(Warmup::Ratio(0.1))
-        .with_max_grad_norm(Some(0.5))
-        .with_progress(false)
-}
 
 /// The work of one MPI rank; does nothing outside `mpirun`.
 #[test]
@@ -36,8 +26,8 @@ fn rank() {
     let world = world_from_env().unwrap();
     assert_eq!(world.world_size(), 2);
     let config = match role.as_str() {
-        "fail" if world.rank() == 1 => config(8).with_learning_rate(-1.0),
-        _ => config(8),
+        "fail" if world.rank() == 1 => parallel_config(8).with_learning_rate(-1.0),
+        _ => parallel_config(8),
     };
     let (train, eval) = (synthetic(81, 1), synthetic(37, 2));
     let outcome = Trainer::<B>::new(config, Default::default())
@@ -78,7 +68,7 @@ fn two_processes_of_batch_8_train_like_one_of_batch_16() {
         .collect();
 
     let (train, eval) = (synthetic(81, 1), synthetic(37, 2));
-    let single = Trainer::<B>::new(config(16), Default::default())
+    let single = Trainer::<B>::new(parallel_config(16), Default::default())
         .fit(bag(VOCAB, 8, 0.0, 7), &CrossEntropyObjective::new(0), &train, Some(&eval))
         .unwrap();
     let diff = max_abs_diff(&weights, &params(&single.model));

@@ -122,3 +122,15 @@ pub fn flipped(data: &[TokenizedExample]) -> Vec<TokenizedExample> {
         })
         .collect()
 }
+
+/// The data-parallel tests' run: 2 epochs, warmup, and clipping tight enough to act, which must happen after
+/// the reduce (every rank scales by the norm of the summed gradients).
+pub fn parallel_config(batch_size: usize) -> polarity_train::TrainerConfig {
+    polarity_train::TrainerConfig::default()
+        .with_epochs(2)
+        .with_batch_size(batch_size)
+        .with_learning_rate(0.05)
+        .with_warmup(polarity_train::Warmup::Ratio(0.1))
+        .with_max_grad_norm(Some(0.5))
+        .with_progress(false)
+}
