@@ -50,6 +50,7 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
@@ -58,6 +59,7 @@ use polarity::backend::CpuBackend;
 use polarity::bench::{Selection, Workload};
 use polarity::data::{ImdbDataset, Split, hub};
 use polarity::finetune::CausalLmObjective;
+use polarity::kernels::autocast::autocast;
 use polarity::llama::gguf::GgufFile;
 use polarity::llama::{LabelWords, Llama, LlamaConfig, LlamaTokenizer, LoraConfig, PromptEncoder};
 use polarity::tokenize::{Encode, PromptTemplate, TokenIds, TokenizedExample};
@@ -210,12 +212,14 @@ fn synthetic_batch(batch: usize, seq: usize, vocab: usize) -> (Vec<TokenizedExam
 }
 
 /// Benchmarks label-word scoring (the objective's class scores: padding, `last_token_logits`, the two
-/// label words' columns) on the inputs `setup` builds (only if criterion's filter selects `name`).
+/// label words' columns) on the inputs `setup` builds (only if criterion's filter selects `name`), with
+/// the products in `compute_dtype` (autocast, as `--precision` evaluates).
 fn bench_forward<B: Backend>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     tokens: u64,
     measurement_s: u64,
+    compute_dtype: Option<FloatDType>,
     setup: impl FnOnce() -> (Llama<B>, Vec<TokenizedExample>, CausalLmObjective),
 ) {
     common::configure(group, measurement_s);
@@ -226,7 +230,9 @@ fn bench_forward<B: Backend>(
         let (model, examples, objective) = state.get_or_insert_with(|| (setup.take().expect("set up once"))());
         let batch: Vec<&TokenizedExample> = examples.iter().collect();
         let device = Default::default();
-        b.iter(|| objective.class_scores(model, &batch, &device).expect("scores").into_data())
+        b.iter(|| {
+            autocast(compute_dtype, || objective.class_scores(model, &batch, &device).expect("scores").into_data())
+        })
     });
 }
 
@@ -240,17 +246,29 @@ fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("llama_forward");
 
     if smollm2_path().exists() {
-        bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_s128", (8 * SEQ) as u64, 30, || {
+        let smollm2_prompts = || {
             let (model, tokenizer) = load_smollm2(&device);
             let (examples, objective) = prompt_batch(&tokenizer, 8, SEQ);
             (model, examples, objective)
-        });
+        };
+        bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_s128", (8 * SEQ) as u64, 30, None, smollm2_prompts);
+        if polarity::kernels::bf16_products_available() {
+            let bf16 = Some(FloatDType::BF16);
+            bench_forward::<CpuBackend>(
+                &mut group,
+                "smollm2/flex-bf16/b8_s128",
+                (8 * SEQ) as u64,
+                30,
+                bf16,
+                smollm2_prompts,
+            );
+        }
         if std::env::var_os(LONG_PROMPTS_VAR).is_some() {
             // Built before measuring: the throughput depends on the padded length.
             let (model, tokenizer) = load_smollm2(&device);
             let (examples, objective) = prompt_batch(&tokenizer, 8, 512);
             let tokens = padded_tokens(&examples);
-            bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_max512", tokens, 60, || {
+            bench_forward::<CpuBackend>(&mut group, "smollm2/flex/b8_max512", tokens, 60, None, || {
                 (model, examples, objective)
             });
         }
@@ -262,7 +280,7 @@ fn forward(c: &mut Criterion) {
             drop(gguf);
             let (examples, objective) = prompts_of(&tokenizer, &texts, labels, max_length);
             let name = format!("smollm2/flex/reference_b{}_max{max_length}", examples.len());
-            bench_forward::<CpuBackend>(&mut group, &name, padded_tokens(&examples), 30, || {
+            bench_forward::<CpuBackend>(&mut group, &name, padded_tokens(&examples), 30, None, || {
                 (load_smollm2(&device).0, examples, objective)
             });
         }
@@ -270,14 +288,14 @@ fn forward(c: &mut Criterion) {
         eprintln!("skipping llama_forward/smollm2: {} not found", smollm2_path().display());
     }
 
-    bench_forward::<CpuBackend>(&mut group, "tiny/flex/b8_s128", (8 * SEQ) as u64, 5, || {
+    bench_forward::<CpuBackend>(&mut group, "tiny/flex/b8_s128", (8 * SEQ) as u64, 5, None, || {
         let model = tiny_model(&device);
         let (examples, objective) = synthetic_batch(8, SEQ, model.vocab_size());
         eprintln!("tiny inputs: tensors [8, {SEQ}], no padding");
         (model, examples, objective)
     });
 
-    bench_forward::<CpuBackend>(&mut group, "llama3_8b_1layer_random/flex/b1_s128", SEQ as u64, 20, || {
+    bench_forward::<CpuBackend>(&mut group, "llama3_8b_1layer_random/flex/b1_s128", SEQ as u64, 20, None, || {
         CpuBackend::seed(&device, SEED);
         let config = LlamaConfig::llama3_8b_instruct().with_num_hidden_layers(1);
         let model: Llama<CpuBackend> = config.init(&device).expect("Llama 3 8B config is valid");
@@ -295,16 +313,18 @@ fn forward(c: &mut Criterion) {
     group.finish();
 }
 
-/// One LoRA step as the trainer takes it: the answer-only loss of the objective (adapter dropout on),
-/// backward, AdamW step on the adapter weights; returns the updated model.
+/// One LoRA step as the trainer takes it: the answer-only loss of the objective (adapter dropout on) with
+/// the products in `compute_dtype` (autocast, as `--precision` trains), backward, AdamW step on the
+/// adapter weights; returns the updated model.
 fn train_step<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
     model: Llama<B>,
     optimizer: &mut O,
     objective: &CausalLmObjective,
     batch: &[&TokenizedExample],
     device: &B::Device,
+    compute_dtype: Option<FloatDType>,
 ) -> Llama<B> {
-    let loss = objective.loss(&model, batch, device).expect("loss");
+    let loss = autocast(compute_dtype, || objective.loss(&model, batch, device)).expect("loss");
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     optimizer.step(LR, model, grads)
 }
@@ -315,6 +335,7 @@ fn bench_train_step(
     name: &str,
     tokens: u64,
     measurement_s: u64,
+    compute_dtype: Option<FloatDType>,
     setup: impl FnOnce() -> (Llama<TrainBackend>, Vec<TokenizedExample>, CausalLmObjective),
 ) {
     common::configure(group, measurement_s);
@@ -331,7 +352,8 @@ fn bench_train_step(
         });
         let batch: Vec<&TokenizedExample> = examples.iter().collect();
         b.iter(|| {
-            let updated = train_step(model.take().expect("model"), &mut optimizer, objective, &batch, &device);
+            let updated =
+                train_step(model.take().expect("model"), &mut optimizer, objective, &batch, &device, compute_dtype);
             *model = Some(updated);
         })
     });
@@ -342,17 +364,24 @@ fn training(c: &mut Criterion) {
     let mut group = c.benchmark_group("llama_train_step");
 
     if smollm2_path().exists() {
-        bench_train_step(&mut group, "smollm2_lora/flex/b4_s128", (4 * SEQ) as u64, 60, || {
+        let smollm2_lora = || {
             let (model, tokenizer) = load_smollm2::<TrainBackend>(&device);
             let model = model.with_lora(&lora_config()).expect("LoRA attaches");
             let (examples, objective) = prompt_batch(&tokenizer, 4, SEQ);
             (model, examples, objective)
-        });
+        };
+        bench_train_step(&mut group, "smollm2_lora/flex/b4_s128", (4 * SEQ) as u64, 60, None, smollm2_lora);
+        if polarity::kernels::bf16_products_available() {
+            let bf16 = Some(FloatDType::BF16);
+            bench_train_step(&mut group, "smollm2_lora/flex-bf16/b4_s128", (4 * SEQ) as u64, 60, bf16, smollm2_lora);
+        } else {
+            eprintln!("skipping llama_train_step/smollm2_lora/flex-bf16: this CPU has no AVX512-BF16");
+        }
     } else {
         eprintln!("skipping llama_train_step/smollm2_lora: {} not found", smollm2_path().display());
     }
 
-    bench_train_step(&mut group, "tiny_lora/flex/b4_s128", (4 * SEQ) as u64, 5, || {
+    bench_train_step(&mut group, "tiny_lora/flex/b4_s128", (4 * SEQ) as u64, 5, None, || {
         let model = tiny_model::<TrainBackend>(&device).with_lora(&lora_config()).expect("LoRA attaches");
         let (examples, objective) = synthetic_batch(4, SEQ, model.vocab_size());
         eprintln!("tiny inputs: tensors [4, {SEQ}], no padding");

@@ -30,7 +30,9 @@ samples/s and tokens/s (batch x sequence length, padding included):
   (random weights, about 5 GB) at batch 1, sequence 128 (--skip-8b leaves it out);
 - lora_train_step: PEFT LoRA (r 16, alpha 32, dropout 0.05, q_proj + v_proj), train mode: last-token
   logits, cross-entropy against the label-word ids, backward, AdamW step (lr 2e-4, weight decay 0.01,
-  eps 1e-8) over the adapter weights, zero_grad; SmolLM2 and the tiny shape at batch 4, sequence 128.
+  eps 1e-8) over the adapter weights, zero_grad; SmolLM2 and the tiny shape at batch 4, sequence 128;
+- with --bf16, SmolLM2's scoring at batch 8 x 128 and its LoRA step again with the forward pass under
+  torch.autocast("cpu", dtype=torch.bfloat16) (benches/llama.rs's flex-bf16 lines).
 
 The tiny and 8B shapes take the bench's deterministic pseudo-random token ids (xorshift64, seed 42).
 
@@ -235,19 +237,21 @@ def last_token_logits(causal_lm, batch):
     return causal_lm.lm_head(hidden[torch.arange(hidden.shape[0]), last])
 
 
-def bench_llama_forward(results, name, causal_lm, batch, iterations):
+def bench_llama_forward(results, name, causal_lm, batch, iterations, bf16=False):
+    """Times label-word scoring; with bf16, under torch.autocast("cpu", dtype=torch.bfloat16)."""
     causal_lm.eval()
 
     def step():
-        with torch.inference_mode():
-            last_token_logits(causal_lm, batch).numpy()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            last_token_logits(causal_lm, batch).float().numpy()
 
     b, s = batch["input_ids"].shape
     report_tokens(results, name, b, s, timed(step, iterations))
 
 
-def bench_lora_step(results, name, causal_lm, batch, targets, iterations):
-    """Wraps causal_lm in a PEFT LoRA model (in place) and times training steps."""
+def bench_lora_step(results, name, causal_lm, batch, targets, iterations, bf16_name=None):
+    """Wraps causal_lm in a PEFT LoRA model (in place) and times training steps; with bf16_name, also
+    steps whose forward pass runs under torch.autocast("cpu", dtype=torch.bfloat16) (HF Trainer's bf16=True)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -260,8 +264,10 @@ def bench_lora_step(results, name, causal_lm, batch, targets, iterations):
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, weight_decay=0.01, eps=1e-8)
     targets = torch.tensor(targets)
 
-    def step():
-        loss = torch.nn.functional.cross_entropy(last_token_logits(inner, batch), targets)
+    def step(bf16=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = last_token_logits(inner, batch)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -269,6 +275,8 @@ def bench_lora_step(results, name, causal_lm, batch, targets, iterations):
     b, s = batch["input_ids"].shape
     report_tokens(results, name, b, s, timed(step, iterations))
     results[name]["trainable_params"] = sum(p.numel() for p in trainable)
+    if bf16_name:
+        report_tokens(results, bf16_name, b, s, timed(lambda: step(bf16=True), iterations))
 
 
 def tiny_llama_config():
@@ -315,12 +323,15 @@ def run_llama(results, args):
         texts, labels = imdb_test()
         batch, _ = prompt_batch(tokenizer, texts, labels, 8, 128)
         bench_llama_forward(results, "forward/smollm2/b8_s128", smollm2, batch, iterations)
+        if args.bf16:
+            bench_llama_forward(results, "forward/smollm2/bf16/b8_s128", smollm2, batch, iterations, bf16=True)
         if not args.skip_long:
             batch, _ = prompt_batch(tokenizer, texts, labels, 8, 512)
             bench_llama_forward(results, "forward/smollm2/b8_max512", smollm2, batch, iterations)
         batch, rows = prompt_batch(tokenizer, texts, labels, 4, 128)
         targets = [label_words[label] for label in rows]
-        bench_lora_step(results, "lora_train_step/smollm2/b4_s128", smollm2, batch, targets, iterations)
+        bf16_name = "lora_train_step/smollm2/bf16/b4_s128" if args.bf16 else None
+        bench_lora_step(results, "lora_train_step/smollm2/b4_s128", smollm2, batch, targets, iterations, bf16_name)
         del smollm2
     else:
         print(f"skipping SmolLM2: {args.gguf} not found", flush=True)
@@ -407,8 +418,8 @@ def main():
     parser.add_argument(
         "--bf16",
         action="store_true",
-        help="also time MiniLM at 256 and the random BERT-base / DistilBERT forward under bf16 autocast "
-        "(benches/encoder.rs's flex-bf16 lines)",
+        help="also time MiniLM at 256 and the random BERT-base / DistilBERT forward under bf16 autocast, or with "
+        "--llama SmolLM2's scoring and LoRA step (the benches' flex-bf16 lines)",
     )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--llama", action="store_true", help="measure benches/llama.rs's workloads instead")

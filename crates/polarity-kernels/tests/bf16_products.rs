@@ -155,3 +155,53 @@ fn packed_weights_follow_their_buffers() {
     polarity_kernels::clear_packed_weights();
     assert_eq!(packed_weight_count(), 0);
 }
+
+/// `dy wᵀ` from the bf16-rounded `dy` and `w` (`[k, n]`), in f64.
+fn input_gradient(dy: &[f32], w: &[f32], [rows, k, n]: [usize; 3]) -> Vec<f32> {
+    let mut out = vec![0f32; rows * k];
+    for r in 0..rows {
+        for i in 0..k {
+            out[r * k + i] = (0..n).map(|c| bf16(dy[r * n + c]) * bf16(w[i * n + c])).sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn training_on_a_frozen_weight_runs_both_products_in_bf16() {
+    use burn::backend::Autodiff;
+    type Train = Autodiff<Flex>;
+    let _serial = serial();
+    if !available() {
+        return;
+    }
+    polarity_kernels::clear_packed_weights();
+    let device = Default::default();
+    let [rows, k, n] = [37, 130, 90];
+    let (x, w, bias, dy) = (values(rows * k, 6), values(k * n, 7), values(n, 8), values(rows * n, 9));
+    let train_tensor =
+        |values: Vec<f32>, dims: [usize; 2]| Tensor::<Train, 2>::from_data(TensorData::new(values, dims), &device);
+    let input = train_tensor(x.clone(), [rows, k]).require_grad();
+    // The frozen weight as a LoRA base holds it: a transposed view of PyTorch's `[n, k]` layout.
+    let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+    let weight = train_tensor(transposed, [n, k]).transpose();
+    let bias = train_tensor(bias.clone(), [1, n]).reshape([n]);
+    let output = autocast(Some(FloatDType::BF16), || linear_with(input.clone(), weight.clone(), Some(bias.clone())));
+    assert_eq!(packed_weight_count(), 1, "the forward pass packs the weight");
+    let expected = reference(&x, &w, &values(n, 8), [rows, k, n]);
+    assert_close(&output.clone().into_data().to_vec::<f32>().unwrap(), &expected, "forward");
+
+    // The loss sum(y * dy) sends dy back; the input gradient is dy wᵀ in bf16, and the transpose is packed.
+    let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
+    let grad = input.grad(&grads).expect("the input takes a gradient");
+    assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &input_gradient(&dy, &w, [rows, k, n]), "input gradient");
+    assert_eq!(packed_weight_count(), 2, "the backward pass packs the transpose once");
+
+    // A trainable weight is not frozen: it takes burn's graph and gets its own gradient.
+    let trainable = weight.clone().require_grad();
+    let output = autocast(Some(FloatDType::BF16), || linear_with(input.clone(), trainable.clone(), None));
+    let grads = output.sum().backward();
+    assert!(trainable.grad(&grads).is_some(), "a trainable weight gets a gradient");
+    assert_eq!(packed_weight_count(), 2, "and nothing is packed for it");
+    polarity_kernels::clear_packed_weights();
+}

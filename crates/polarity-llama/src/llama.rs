@@ -36,7 +36,7 @@ use burn::nn::{EmbeddingConfig, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
-use polarity_kernels::autocast::matmul;
+use polarity_kernels::autocast::{compute_dtype, matmul};
 use polarity_kernels::linear_with;
 use polarity_kernels::{AttentionHeads, AttentionMask, PackedSequences, attention};
 use polarity_tokenize::PaddingBatcher;
@@ -671,13 +671,15 @@ impl<B: Backend> Llama<B> {
 
     /// Tied head: the embedding matrix `E` (`[vocab, hidden]`) doubles as the output projection,
     /// `logits = h Eᵀ`. CPU backends copy a transposed operand before multiplying, so for a few rows
-    /// (scoring, generation) `(E hᵀ)ᵀ` is computed instead, transposing the small matrices rather than `E`.
+    /// (scoring, generation) `(E hᵀ)ᵀ` is computed instead, transposing the small matrices rather than `E`;
+    /// under autocast `h Eᵀ` is the linear layer's product, which on the CPU default packs `E` in bf16
+    /// once instead of casting it on every call.
     fn tied_logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         let embeddings = self.model.embed_tokens.weight(&hidden.device());
         let [vocab, width] = embeddings.dims();
         let mut dims = hidden.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
-        if rows >= width {
+        if rows >= width || compute_dtype().is_some() {
             return linear_with(hidden, embeddings.transpose(), None);
         }
         dims[D - 1] = vocab;

@@ -16,7 +16,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
 use burn::tensor::{FloatDType, TensorPrimitive};
-use burn_flex::Flex;
+use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use crate::autocast::cast_target;
@@ -30,6 +30,7 @@ use crate::threading::CHUNK;
 
 static LINEAR: Op = Op::new("linear");
 static FROZEN_LINEAR: Op = Op::new("frozen_linear");
+static FROZEN_BF16_LINEAR: Op = Op::new("frozen_bf16_linear");
 
 /// burn's `linear(x, weight, bias)` (`weight` is `[in, out]`), computed in the autocast type when
 /// autocast is on; the result has `x`'s type.
@@ -41,6 +42,9 @@ pub fn linear_with<B: Backend, const D: usize>(
     let dtype = x.dtype();
     if let Some(precision) = fused_precision(&x, &weight, bias.as_ref(), None) {
         return fused_linear(x, weight, bias, None, precision);
+    }
+    if trains_on_frozen_bf16(&x, &weight, bias.as_ref()) {
+        return on_rows(x, |rows| frozen_bf16_linear(rows, weight, bias));
     }
     match cast_target(dtype) {
         Some(target) => {
@@ -196,20 +200,91 @@ fn fused_linear<B: Backend, const D: usize>(
             new_flex(values, dims.into())
         }
     };
-    let [row_stride, col_stride] = [0, 1].map(|axis| weight.layout().strides()[axis]);
-    let matrix = StridedMatrix {
-        data: weight.storage(),
-        offset: weight.layout().start_offset(),
-        rows: k,
-        cols: n,
-        row_stride,
-        col_stride,
-    };
+    let matrix = strided_matrix(&weight);
+    debug_assert_eq!([matrix.rows, matrix.cols], [k, n]);
     match precision {
         ProductPrecision::F32 => add_product(x.storage(), matrix, output.storage_mut()),
         ProductPrecision::Bf16 => bf16_product::add_product(x.storage(), &weight, matrix, output.storage_mut()),
     }
     flex::from_flex(output)
+}
+
+/// A 2-D float32 burn-flex tensor (possibly a strided view, such as a transpose) read through its strides.
+fn strided_matrix(tensor: &FlexTensor) -> StridedMatrix<'_> {
+    let layout = tensor.layout();
+    let ([rows, cols], [row_stride, col_stride]) =
+        ([0, 1].map(|axis| layout.shape()[axis]), [0, 1].map(|axis| layout.strides()[axis]));
+    StridedMatrix { data: tensor.storage(), offset: layout.start_offset(), rows, cols, row_stride, col_stride }
+}
+
+/// Whether [`linear_with`] runs as one [`FrozenBf16Linear`] node: training on the CPU default
+/// (autodiff over burn-flex, float32) under bf16 autocast on a CPU with AVX512-BF16, with a weight
+/// and bias that take no gradient (a LoRA model's frozen base, a frozen head), shapes matching.
+fn trains_on_frozen_bf16<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> bool {
+    let [k, n] = weight.dims();
+    let fits = x.dims()[D - 1] == k && k > 0 && bias.is_none_or(|bias| bias.dims() == [n]);
+    let dtypes = [x.dtype(), weight.dtype()].into_iter().chain(bias.map(Tensor::dtype));
+    fits && cast_target(x.dtype()) == Some(FloatDType::BF16)
+        && bf16_products_available()
+        && FROZEN_BF16_LINEAR.path::<B>(dtypes) == Path::FlexAutodiff
+        && untracked(weight)
+        && bias.is_none_or(untracked)
+}
+
+/// Whether an autodiff-over-flex tensor is outside the graph (no gradient flows to or through it).
+fn untracked<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    into_autodiff(x.clone()).node.requirement.is_none()
+}
+
+/// The product by a frozen weight in bf16 for training: `x W + b` with bf16 operands and f32
+/// accumulation, and in the backward pass `dx = dy W^T` the same way (PyTorch's autocast runs both
+/// products in bf16 too). Both the weight and its transpose are packed once and kept by
+/// [`bf16_product`]'s cache, so a LoRA step pays neither burn's casts of the frozen base nor a
+/// packing per call.
+#[derive(Debug)]
+struct FrozenBf16Linear;
+
+impl Backward<Flex, 1> for FrozenBf16Linear {
+    /// The weight `[k, n]` as the forward pass read it.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad_output = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [input_node] = ops.parents;
+        let Some(node) = input_node else { return };
+        let weight = ops.state;
+        let forward = strided_matrix(&weight);
+        let transposed = StridedMatrix {
+            rows: forward.cols,
+            cols: forward.rows,
+            row_stride: forward.col_stride,
+            col_stride: forward.row_stride,
+            ..forward
+        };
+        let rows = grad_output.layout().shape()[0];
+        let mut grad_input = vec![0.0; rows * transposed.cols];
+        bf16_product::add_product(grad_output.storage(), &weight, transposed, &mut grad_input);
+        grads.register::<Flex>(node.id, new_flex(grad_input, [rows, transposed.cols].into()));
+    }
+}
+
+/// [`FrozenBf16Linear`] on `x: [rows, k]` (the caller checked [`trains_on_frozen_bf16`]).
+fn frozen_bf16_linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
+    let x = into_autodiff(x);
+    let weight = into_autodiff(weight).primitive;
+    let input = x.primitive.to_contiguous();
+    let [rows, n] = [input.layout().shape()[0], weight.layout().shape()[1]];
+    let mut output = match bias {
+        Some(bias) => repeat_rows(into_autodiff(bias).primitive.to_contiguous().storage(), rows),
+        None => vec![0.0; rows * n],
+    };
+    bf16_product::add_product(input.storage(), &weight, strided_matrix(&weight), &mut output);
+    let prepared = fused_node(FrozenBf16Linear, [&x]);
+    into_tensor(finish(prepared, || weight, new_flex(output, [rows, n].into())))
 }
 
 /// `rows` copies of `row`, one after the other, written on all cores (no zero fill first).
