@@ -18,7 +18,8 @@
 //! - `train_step`: one MiniLM training step at batch 16, sequence 256 on `Autodiff<backend>`: forward
 //!   with dropout, cross-entropy, backward, and an AdamW step through burn's optimizer; on flex also the
 //!   reference models' step, BERT-base and DistilBERT (random weights) at batch 16, sequence 256 (the
-//!   recipes' batch size; tens of seconds per step on two cores).
+//!   recipes' batch size; tens of seconds per step on two cores); on CPUs with AVX512-BF16 the three
+//!   again under bf16 autocast (`flex-bf16`, as `--precision bf16` trains).
 //! - `gemm`: one `[512, 768] x [768, 768]` matmul, the shape of a hidden-size projection, in FLOP/s.
 //!
 //! Inputs are real IMDB test reviews (rows `0..n/2` negative and `12500..12500+n/2` positive, as
@@ -193,22 +194,29 @@ fn forward_on<B: Backend>(c: &mut Criterion, backend: &str) {
     group.finish();
 }
 
-/// One step as the trainer takes it: the objective's loss (padding, forward with dropout, cross-entropy),
-/// backward, AdamW step; returns the updated model.
+/// One step as the trainer takes it: the objective's loss (padding, forward with dropout, cross-entropy)
+/// with the products in `compute_dtype` (autocast, as `--precision` trains), backward, AdamW step;
+/// returns the updated model.
 fn train_step<B: AutodiffBackend, O: Optimizer<EncoderClassifier<B>, B>>(
     model: EncoderClassifier<B>,
     optimizer: &mut O,
     objective: &CrossEntropyObjective,
     batch: &[&TokenizedExample],
     device: &B::Device,
+    compute_dtype: Option<FloatDType>,
 ) -> EncoderClassifier<B> {
-    let loss = objective.loss(&model, batch, device).expect("loss");
+    let loss = autocast(compute_dtype, || objective.loss(&model, batch, device)).expect("loss");
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     optimizer.step(LR, model, grads)
 }
 
-/// MiniLM's step; with `reference_shapes` also BERT-base's and DistilBERT's.
-fn train_step_on<B: AutodiffBackend>(c: &mut Criterion, backend: &str, reference_shapes: bool) {
+/// MiniLM's step; with `reference_shapes` also BERT-base's and DistilBERT's; products in `compute_dtype`.
+fn train_step_on<B: AutodiffBackend>(
+    c: &mut Criterion,
+    backend: &str,
+    reference_shapes: bool,
+    compute_dtype: Option<FloatDType>,
+) {
     let device = B::Device::default();
     let mut group = c.benchmark_group("train_step");
     common::configure(&mut group, 60);
@@ -222,7 +230,14 @@ fn train_step_on<B: AutodiffBackend>(c: &mut Criterion, backend: &str, reference
         let mut model = Some(model);
         group.bench_function(name, |b| {
             b.iter(|| {
-                let updated = train_step(model.take().expect("model"), &mut optimizer, &objective, &batch, &device);
+                let updated = train_step(
+                    model.take().expect("model"),
+                    &mut optimizer,
+                    &objective,
+                    &batch,
+                    &device,
+                    compute_dtype,
+                );
                 model = Some(updated);
             })
         });
@@ -261,8 +276,13 @@ fn forward(c: &mut Criterion) {
 }
 
 fn training(c: &mut Criterion) {
-    train_step_on::<Autodiff<NdArray<f32>>>(c, "ndarray", false);
-    train_step_on::<Autodiff<Flex<f32>>>(c, "flex", true);
+    train_step_on::<Autodiff<NdArray<f32>>>(c, "ndarray", false, None);
+    train_step_on::<Autodiff<Flex<f32>>>(c, "flex", true, None);
+    if polarity::kernels::bf16_products_available() {
+        train_step_on::<Autodiff<Flex<f32>>>(c, "flex-bf16", true, Some(FloatDType::BF16));
+    } else {
+        eprintln!("skipping train_step/*/flex-bf16: this CPU has no AVX512-BF16");
+    }
 }
 
 criterion_group!(benches, gemm, forward, forward_bf16, training);

@@ -10,7 +10,8 @@ By default it measures the encoder workloads, with torch.set_num_threads(2) (the
   distilbert-base-uncased shapes with random weights (transformers' default BertConfig /
   DistilBertConfig are exactly those) at batch 8, sequence 128;
 - with --bf16, MiniLM at 256 and the two random shapes again under torch.autocast("cpu", dtype=torch.bfloat16)
-  (bf16 products, float32 weights; oneDNN's AVX512-BF16 / AMX kernels where the CPU has them);
+  (bf16 products, float32 weights; oneDNN's AVX512-BF16 / AMX kernels where the CPU has them), forward and
+  training steps;
 - train_step: MiniLM at batch 16, sequence 256, train mode (dropout on): forward, cross-entropy,
   backward, AdamW step (lr 5e-5, weight decay 0.01, eps 1e-8), zero_grad;
 - gemm: a [512, 768] x [768, 768] float32 matmul in torch and numpy, in GFLOP/s.
@@ -151,17 +152,22 @@ def bench_forward(results, name, model, batch, iterations, bf16=False):
     report(results, name, batch["input_ids"].shape[0], timed(step, iterations))
 
 
-def bench_train_step(results, name, model, batch, iterations):
+def bench_train_step(results, name, model, batch, iterations, bf16_name=None):
+    """Times training steps; with bf16_name, also steps whose forward pass runs under
+    torch.autocast("cpu", dtype=torch.bfloat16) (HF Trainer's bf16=True)."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01, eps=1e-8)
 
-    def step():
-        loss = model(**batch).loss
+    def step(bf16=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     report(results, name, batch["input_ids"].shape[0], timed(step, iterations))
+    if bf16_name:
+        report(results, bf16_name, batch["input_ids"].shape[0], timed(lambda: step(bf16=True), iterations))
 
 
 def report_tokens(results, name, batch, seq, times):
@@ -395,15 +401,28 @@ def run_encoders(results, args):
 
     if not args.skip_train:
         batch = review_batch(tokenizer, texts, labels, 16, 256)
-        bench_train_step(results, "train_step/minilm/b16_s256", minilm, batch, args.iterations)
+
+        def bf16_name(model):
+            return f"train_step/{model}/bf16/b16_s256" if args.bf16 else None
+
+        bench_train_step(results, "train_step/minilm/b16_s256", minilm, batch, args.iterations, bf16_name("minilm"))
         if not args.skip_random:
             # The reference models' step at the recipes' batch size (random weights, as in benches/encoder.rs).
             bert = BertForSequenceClassification(BertConfig(num_labels=2))
-            bench_train_step(results, "train_step/bert_base_random/b16_s256", bert, batch, args.iterations)
+            bench_train_step(
+                results, "train_step/bert_base_random/b16_s256", bert, batch, args.iterations, bf16_name("bert_base_random")
+            )
             del bert
             distilbert = DistilBertForSequenceClassification(DistilBertConfig(num_labels=2))
             inputs = {k: v for k, v in batch.items() if k != "token_type_ids"}
-            bench_train_step(results, "train_step/distilbert_base_random/b16_s256", distilbert, inputs, args.iterations)
+            bench_train_step(
+                results,
+                "train_step/distilbert_base_random/b16_s256",
+                distilbert,
+                inputs,
+                args.iterations,
+                bf16_name("distilbert_base_random"),
+            )
             del distilbert
 
 
@@ -418,8 +437,8 @@ def main():
     parser.add_argument(
         "--bf16",
         action="store_true",
-        help="also time MiniLM at 256 and the random BERT-base / DistilBERT forward under bf16 autocast, or with "
-        "--llama SmolLM2's scoring and LoRA step (the benches' flex-bf16 lines)",
+        help="also time MiniLM at 256 and the random BERT-base / DistilBERT forward and training steps under bf16 "
+        "autocast, or with --llama SmolLM2's scoring and LoRA step (the benches' flex-bf16 lines)",
     )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--llama", action="store_true", help="measure benches/llama.rs's workloads instead")

@@ -7,11 +7,14 @@
 //! softmax, activations, residual sums and the loss stay in f32, and since the parameters stay f32
 //! their gradients and the optimiser state do too (burn's autodiff casts a gradient back through
 //! each cast). On a GPU with tensor cores (burn-cuda) the half-precision products are what is
-//! faster. On the CPU default, inference under bf16 autocast runs the linear layers through
-//! [`crate::bf16_products_available`]'s AVX512-BF16 kernel (bf16 operands, f32 accumulation, weights
-//! packed once and kept), about twice the f32 speed of those products; training passes, the fused
-//! attention and the frozen quantised products keep their f32 kernels, so elsewhere (and for f16)
-//! autocast changes the numbers, not the speed.
+//! faster. On the CPU default, bf16 autocast runs the linear layers through
+//! [`crate::bf16_products_available`]'s AVX512-BF16 kernel (bf16 operands, f32 accumulation), about
+//! twice the f32 speed of those products: in inference and for a frozen weight in training (a LoRA
+//! model's base: the forward product and the input gradient, the weight and its transpose packed once
+//! and kept), and for a trained weight (full fine-tuning: the forward product and the input gradient,
+//! packed per call; the weight gradient stays f32). The fused attention and the frozen quantised
+//! products keep their f32 kernels, and without AVX512-BF16 (or for f16) autocast changes the numbers,
+//! not the speed.
 //!
 //! The setting is per thread and scoped, like PyTorch's: forward passes run under it, the backward
 //! pass needs nothing (the casts are in the graph).

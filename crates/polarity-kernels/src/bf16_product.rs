@@ -171,6 +171,14 @@ pub(crate) fn add_product(input: &[f32], weight: &FlexTensor, matrix: StridedMat
     multiply(input, &packed, output);
 }
 
+/// [`add_product`] for a matrix used once (a weight that changes every step, a transpose needed by one
+/// backward pass): packed for this call and not cached.
+pub(crate) fn add_product_once(input: &[f32], matrix: StridedMatrix, output: &mut [f32]) {
+    assert!(bf16_products_available(), "bf16 products need AVX512-BF16");
+    assert!(matrix.in_bounds());
+    multiply(input, &pack(matrix), output);
+}
+
 fn multiply(input: &[f32], weight: &PackedWeight, output: &mut [f32]) {
     let (k, n, pairs) = (weight.k, weight.n, weight.pairs);
     assert!(k > 0 && input.len().is_multiple_of(k));

@@ -168,7 +168,7 @@ fn input_gradient(dy: &[f32], w: &[f32], [rows, k, n]: [usize; 3]) -> Vec<f32> {
 }
 
 #[test]
-fn training_on_a_frozen_weight_runs_both_products_in_bf16() {
+fn training_runs_the_products_in_bf16_and_the_weight_gradient_in_f32() {
     use burn::backend::Autodiff;
     type Train = Autodiff<Flex>;
     let _serial = serial();
@@ -197,11 +197,30 @@ fn training_on_a_frozen_weight_runs_both_products_in_bf16() {
     assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &input_gradient(&dy, &w, [rows, k, n]), "input gradient");
     assert_eq!(packed_weight_count(), 2, "the backward pass packs the transpose once");
 
-    // A trainable weight is not frozen: it takes burn's graph and gets its own gradient.
-    let trainable = weight.clone().require_grad();
-    let output = autocast(Some(FloatDType::BF16), || linear_with(input.clone(), trainable.clone(), None));
-    let grads = output.sum().backward();
-    assert!(trainable.grad(&grads).is_some(), "a trainable weight gets a gradient");
-    assert_eq!(packed_weight_count(), 2, "and nothing is packed for it");
+    // A trained weight and bias (full fine-tuning): y and dx in bf16 as above, the weight packed for the
+    // call only (the cache keeps its two entries); dW = xᵀ dy and db = Σ dy in f32, from the unrounded values.
+    let trainable = weight.require_grad();
+    let trainable_bias = bias.require_grad();
+    let output = autocast(Some(FloatDType::BF16), || {
+        linear_with(input.clone(), trainable.clone(), Some(trainable_bias.clone()))
+    });
+    assert_close(&output.clone().into_data().to_vec::<f32>().unwrap(), &expected, "forward, trained weight");
+    let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
+    let grad = input.grad(&grads).expect("the input takes a gradient");
+    assert_close(
+        &grad.into_data().to_vec::<f32>().unwrap(),
+        &input_gradient(&dy, &w, [rows, k, n]),
+        "dx, trained weight",
+    );
+    let weight_gradient: Vec<f32> = (0..k * n)
+        .map(|i| (0..rows).map(|r| x[r * k + i / n] as f64 * dy[r * n + i % n] as f64).sum::<f64>() as f32)
+        .collect();
+    let grad = trainable.grad(&grads).expect("a trained weight gets a gradient");
+    assert_eq!(grad.dims(), [k, n]);
+    assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &weight_gradient, "dW");
+    let bias_gradient: Vec<f32> = (0..n).map(|c| (0..rows).map(|r| dy[r * n + c] as f64).sum::<f64>() as f32).collect();
+    let grad = trainable_bias.grad(&grads).expect("a trained bias gets a gradient");
+    assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &bias_gradient, "db");
+    assert_eq!(packed_weight_count(), 2, "a trained weight is not cached");
     polarity_kernels::clear_packed_weights();
 }

@@ -30,7 +30,7 @@ use crate::threading::CHUNK;
 
 static LINEAR: Op = Op::new("linear");
 static FROZEN_LINEAR: Op = Op::new("frozen_linear");
-static FROZEN_BF16_LINEAR: Op = Op::new("frozen_bf16_linear");
+static BF16_TRAINING_LINEAR: Op = Op::new("bf16_training_linear");
 
 /// burn's `linear(x, weight, bias)` (`weight` is `[in, out]`), computed in the autocast type when
 /// autocast is on; the result has `x`'s type.
@@ -43,8 +43,10 @@ pub fn linear_with<B: Backend, const D: usize>(
     if let Some(precision) = fused_precision(&x, &weight, bias.as_ref(), None) {
         return fused_linear(x, weight, bias, None, precision);
     }
-    if trains_on_frozen_bf16(&x, &weight, bias.as_ref()) {
-        return on_rows(x, |rows| frozen_bf16_linear(rows, weight, bias));
+    match bf16_training_weight(&x, &weight, bias.as_ref()) {
+        Some(TrainingWeight::Frozen) => return on_rows(x, |rows| frozen_bf16_linear(rows, weight, bias)),
+        Some(TrainingWeight::Trainable) => return on_rows(x, |rows| bf16_linear(rows, weight, bias)),
+        None => {}
     }
     match cast_target(dtype) {
         Some(target) => {
@@ -217,22 +219,32 @@ fn strided_matrix(tensor: &FlexTensor) -> StridedMatrix<'_> {
     StridedMatrix { data: tensor.storage(), offset: layout.start_offset(), rows, cols, row_stride, col_stride }
 }
 
-/// Whether [`linear_with`] runs as one [`FrozenBf16Linear`] node: training on the CPU default
-/// (autodiff over burn-flex, float32) under bf16 autocast on a CPU with AVX512-BF16, with a weight
-/// and bias that take no gradient (a LoRA model's frozen base, a frozen head), shapes matching.
-fn trains_on_frozen_bf16<B: Backend, const D: usize>(
+/// Which bf16 training node [`linear_with`] runs as, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrainingWeight {
+    /// Weight and bias take no gradient (a LoRA model's frozen base): [`FrozenBf16Linear`].
+    Frozen,
+    /// The weight or the bias is trained: [`Bf16Linear`].
+    Trainable,
+}
+
+/// Whether [`linear_with`] runs as one bf16 training node: training on the CPU default (autodiff over
+/// burn-flex, float32) under bf16 autocast on a CPU with AVX512-BF16, shapes matching; and which.
+fn bf16_training_weight<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
     weight: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
-) -> bool {
+) -> Option<TrainingWeight> {
     let [k, n] = weight.dims();
-    let fits = x.dims()[D - 1] == k && k > 0 && bias.is_none_or(|bias| bias.dims() == [n]);
+    let fits = x.dims()[D - 1] == k && k > 0 && n > 0 && bias.is_none_or(|bias| bias.dims() == [n]);
     let dtypes = [x.dtype(), weight.dtype()].into_iter().chain(bias.map(Tensor::dtype));
-    fits && cast_target(x.dtype()) == Some(FloatDType::BF16)
+    let applies = fits
+        && cast_target(x.dtype()) == Some(FloatDType::BF16)
         && bf16_products_available()
-        && FROZEN_BF16_LINEAR.path::<B>(dtypes) == Path::FlexAutodiff
-        && untracked(weight)
-        && bias.is_none_or(untracked)
+        && BF16_TRAINING_LINEAR.path::<B>(dtypes) == Path::FlexAutodiff;
+    applies.then(|| {
+        if untracked(weight) && bias.is_none_or(untracked) { TrainingWeight::Frozen } else { TrainingWeight::Trainable }
+    })
 }
 
 /// Whether an autodiff-over-flex tensor is outside the graph (no gradient flows to or through it).
@@ -257,22 +269,15 @@ impl Backward<Flex, 1> for FrozenBf16Linear {
         let [input_node] = ops.parents;
         let Some(node) = input_node else { return };
         let weight = ops.state;
-        let forward = strided_matrix(&weight);
-        let transposed = StridedMatrix {
-            rows: forward.cols,
-            cols: forward.rows,
-            row_stride: forward.col_stride,
-            col_stride: forward.row_stride,
-            ..forward
-        };
+        let transpose = transposed(strided_matrix(&weight));
         let rows = grad_output.layout().shape()[0];
-        let mut grad_input = vec![0.0; rows * transposed.cols];
-        bf16_product::add_product(grad_output.storage(), &weight, transposed, &mut grad_input);
-        grads.register::<Flex>(node.id, new_flex(grad_input, [rows, transposed.cols].into()));
+        let mut grad_input = vec![0.0; rows * transpose.cols];
+        bf16_product::add_product(grad_output.storage(), &weight, transpose, &mut grad_input);
+        grads.register::<Flex>(node.id, new_flex(grad_input, [rows, transpose.cols].into()));
     }
 }
 
-/// [`FrozenBf16Linear`] on `x: [rows, k]` (the caller checked [`trains_on_frozen_bf16`]).
+/// [`FrozenBf16Linear`] on `x: [rows, k]` (the caller checked [`bf16_training_weight`]).
 fn frozen_bf16_linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
     let x = into_autodiff(x);
     let weight = into_autodiff(weight).primitive;
@@ -285,6 +290,75 @@ fn frozen_bf16_linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: O
     bf16_product::add_product(input.storage(), &weight, strided_matrix(&weight), &mut output);
     let prepared = fused_node(FrozenBf16Linear, [&x]);
     into_tensor(finish(prepared, || weight, new_flex(output, [rows, n].into())))
+}
+
+/// The transpose of a strided matrix, as a view of the same values.
+fn transposed(matrix: StridedMatrix<'_>) -> StridedMatrix<'_> {
+    StridedMatrix {
+        rows: matrix.cols,
+        cols: matrix.rows,
+        row_stride: matrix.col_stride,
+        col_stride: matrix.row_stride,
+        ..matrix
+    }
+}
+
+/// The product by a trained weight in bf16 for training (full fine-tuning under `--precision bf16`):
+/// `y = x W` and `dx = dy Wᵀ` with bf16 operands and f32 accumulation, the weight packed for each
+/// call (it changes every step); `dW = xᵀ dy` in f32, so the update itself is not rounded. The bias,
+/// if any, is added by burn's ops outside the node.
+#[derive(Debug)]
+struct Bf16Linear;
+
+impl Backward<Flex, 2> for Bf16Linear {
+    /// The input `[rows, k]` (contiguous) and the weight `[k, n]` as the forward pass read them.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad_output = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (input, weight) = ops.state;
+        let [input_node, weight_node] = ops.parents;
+        let matrix = strided_matrix(&weight);
+        let ([k, n], rows) = ([matrix.rows, matrix.cols], grad_output.layout().shape()[0]);
+        if let Some(node) = input_node {
+            let mut grad_input = vec![0.0; rows * k];
+            bf16_product::add_product_once(grad_output.storage(), transposed(matrix), &mut grad_input);
+            grads.register::<Flex>(node.id, new_flex(grad_input, [rows, k].into()));
+        }
+        if let Some(node) = weight_node {
+            let row_major = |data, cols: usize| StridedMatrix {
+                data,
+                offset: 0,
+                rows,
+                cols,
+                row_stride: cols as isize,
+                col_stride: 1,
+            };
+            let mut grad_weight = vec![0.0; k * n];
+            add_strided_product(
+                transposed(row_major(input.storage(), k)),
+                row_major(grad_output.storage(), n),
+                &mut grad_weight,
+            );
+            grads.register::<Flex>(node.id, new_flex(grad_weight, [k, n].into()));
+        }
+    }
+}
+
+/// [`Bf16Linear`] on `x: [rows, k]`, then the bias (the caller checked [`bf16_training_weight`]).
+fn bf16_linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
+    let (x, weight) = (into_autodiff(x), into_autodiff(weight));
+    let (input, weight_values) = (x.primitive.to_contiguous(), weight.primitive.clone());
+    let [rows, n] = [input.layout().shape()[0], weight_values.layout().shape()[1]];
+    let mut output = vec![0.0; rows * n];
+    bf16_product::add_product_once(input.storage(), strided_matrix(&weight_values), &mut output);
+    let prepared = fused_node(Bf16Linear, [&x, &weight]);
+    let product: Tensor<B, 2> =
+        into_tensor(finish(prepared, || (input, weight_values), new_flex(output, [rows, n].into())));
+    match bias {
+        Some(bias) => product + bias.unsqueeze(),
+        None => product,
+    }
 }
 
 /// `rows` copies of `row`, one after the other, written on all cores (no zero fill first).
@@ -324,20 +398,27 @@ const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
 /// `output: [rows, n]`, on all cores. The output comes in holding the bias rows or the residual, so a
 /// linear layer needs neither a zero fill nor separate passes adding them.
 fn add_product(input: &[f32], weight: StridedMatrix, output: &mut [f32]) {
-    let (k, n) = (weight.rows, weight.cols);
-    assert!(weight.in_bounds() && k > 0 && input.len().is_multiple_of(k));
+    let k = weight.rows;
+    assert!(k > 0 && input.len().is_multiple_of(k));
     let rows = input.len() / k;
-    assert_eq!(output.len(), rows * n);
-    let parallelism =
-        if rows * k * n >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    // SAFETY: `input` and `output` are row-major with the asserted lengths, `weight` is in bounds, and
-    // `output` is a unique borrow, so it aliases neither input.
+    let input = StridedMatrix { data: input, offset: 0, rows, cols: k, row_stride: k as isize, col_stride: 1 };
+    add_strided_product(input, weight, output);
+}
+
+/// `output += lhs x rhs` for strided `lhs: [m, k]` and `rhs: [k, n]` and a row-major `output: [m, n]`,
+/// in f32 on all cores.
+fn add_strided_product(lhs: StridedMatrix, rhs: StridedMatrix, output: &mut [f32]) {
+    let [m, k, n] = [lhs.rows, lhs.cols, rhs.cols];
+    assert!(lhs.in_bounds() && rhs.in_bounds() && rhs.rows == k && output.len() == m * n);
+    let parallelism = if m * k * n >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: both operands are in bounds, `output` is row-major with the asserted length and a unique
+    // borrow, so it aliases neither input.
     unsafe {
         product_with(
-            [rows, k, n],
+            [m, k, n],
             (output.as_mut_ptr(), n as isize, 1),
-            (input.as_ptr(), k as isize, 1),
-            (weight.data.as_ptr().wrapping_add(weight.offset), weight.row_stride, weight.col_stride),
+            (lhs.data.as_ptr().wrapping_add(lhs.offset), lhs.row_stride, lhs.col_stride),
+            (rhs.data.as_ptr().wrapping_add(rhs.offset), rhs.row_stride, rhs.col_stride),
             1.0,
             true,
             parallelism,
