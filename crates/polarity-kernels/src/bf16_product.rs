@@ -148,13 +148,34 @@ fn pack(matrix: StridedMatrix) -> PackedWeight {
         let index = matrix.offset as isize + row as isize * matrix.row_stride + col as isize * matrix.col_stride;
         matrix.data[index as usize]
     };
+    let word = |pair: usize, col: usize| {
+        let low = bf16_bits(at(2 * pair, col)) as u32;
+        let high = if 2 * pair + 1 < k { bf16_bits(at(2 * pair + 1, col)) as u32 } else { 0 };
+        low | (high << 16)
+    };
+    // Read along the matrix's contiguous direction: a row-major matrix (a weight, an activation)
+    // row pair by row pair, a transposed view column by column.
+    let along_rows = matrix.col_stride.unsigned_abs() <= matrix.row_stride.unsigned_abs();
+    // Row-major with contiguous rows: two rows' floats at a time, vectorised.
+    let contiguous_rows = matrix.col_stride == 1 && matrix.row_stride > 0;
     panels.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel_index, panel)| {
-        let first = panel_index * NR;
-        for col in first..n.min(first + NR) {
-            for pair in 0..pairs {
-                let low = bf16_bits(at(2 * pair, col)) as u32;
-                let high = if 2 * pair + 1 < k { bf16_bits(at(2 * pair + 1, col)) as u32 } else { 0 };
-                panel[pair * NR + col - first] = low | (high << 16);
+        let columns = panel_index * NR..n.min(panel_index * NR + NR);
+        if contiguous_rows {
+            let row = |index: usize| {
+                let start = matrix.offset + index * matrix.row_stride as usize + columns.start;
+                &matrix.data[start..start + columns.len()]
+            };
+            for (pair, out) in panel.chunks_exact_mut(NR).enumerate() {
+                let high = (2 * pair + 1 < k).then(|| row(2 * pair + 1));
+                convert_row_pair(row(2 * pair), high, &mut out[..columns.len()]);
+            }
+        } else if along_rows {
+            for (pair, out) in panel.chunks_exact_mut(NR).enumerate() {
+                columns.clone().zip(out.iter_mut()).for_each(|(col, slot)| *slot = word(pair, col));
+            }
+        } else {
+            for (offset, col) in columns.enumerate() {
+                (0..pairs).for_each(|pair| panel[pair * NR + offset] = word(pair, col));
             }
         }
     });
@@ -179,6 +200,22 @@ pub(crate) fn add_product_once(input: &[f32], matrix: StridedMatrix, output: &mu
     multiply(input, &pack(matrix), output);
 }
 
+/// `output += lhsᵀ x rhs` with bf16 operands for `lhs: [rows, m]` and `rhs: [rows, n]` (the weight gradient
+/// `xᵀ dy` of a linear layer), into a row-major `output: [m, n]`: both operands are packed into panels
+/// for this call, `lhs`'s panels read as the kernel's input rows.
+pub(crate) fn add_transposed_product_once(lhs: StridedMatrix, rhs: StridedMatrix, output: &mut [f32]) {
+    assert!(bf16_products_available(), "bf16 products need AVX512-BF16");
+    assert!(lhs.in_bounds() && rhs.in_bounds() && lhs.rows == rhs.rows);
+    let (m, n) = (lhs.cols, rhs.cols);
+    assert_eq!(output.len(), m * n);
+    if lhs.rows == 0 || m == 0 || n == 0 {
+        return;
+    }
+    let (lhs, rhs) = (pack(lhs), pack(rhs));
+    let input = InputTiles { words: &lhs.panels, pairs: lhs.pairs, layout: InputLayout::Panels };
+    run_tasks(&input, m, &rhs, output);
+}
+
 fn multiply(input: &[f32], weight: &PackedWeight, output: &mut [f32]) {
     let (k, n, pairs) = (weight.k, weight.n, weight.pairs);
     assert!(k > 0 && input.len().is_multiple_of(k));
@@ -201,13 +238,52 @@ fn multiply(input: &[f32], weight: &PackedWeight, output: &mut [f32]) {
     } else {
         input.chunks(task_rows * k).zip(converted.chunks_mut(task_rows * pairs)).for_each(convert);
     }
+    run_tasks(&InputTiles { words: &converted, pairs, layout: InputLayout::Rows }, rows, weight, output);
+}
 
+/// How the kernel's input operand, `rows` x `pairs` bf16 pairs, is laid out.
+#[derive(Clone, Copy)]
+enum InputLayout {
+    /// Row after row (`multiply`'s converted activations), rows padded to a multiple of `MR`.
+    Rows,
+    /// [`pack`]'s panels of a matrix whose columns are the input rows (`add_transposed_product_once`).
+    Panels,
+}
+
+/// The kernel's input operand.
+struct InputTiles<'a> {
+    words: &'a [u32],
+    pairs: usize,
+    layout: InputLayout,
+}
+
+impl InputTiles<'_> {
+    /// The pair `first_pair` of row `row` (a multiple of `MR`), with the strides between rows and between
+    /// pairs, in words. A tile never crosses a panel (`NR` is a multiple of `MR`).
+    fn tile(&self, row: usize, first_pair: usize) -> (&[u32], usize, usize) {
+        match self.layout {
+            InputLayout::Rows => (&self.words[row * self.pairs + first_pair..], self.pairs, 1),
+            InputLayout::Panels => {
+                let start = (row / NR) * self.pairs * NR + first_pair * NR + row % NR;
+                (&self.words[start..], 1, NR)
+            }
+        }
+    }
+}
+
+/// `output += input x weight` for `rows` input rows, in `[MC, NC]` blocks on all cores (for products
+/// above the parallel threshold).
+fn run_tasks(input: &InputTiles, rows: usize, weight: &PackedWeight, output: &mut [f32]) {
+    let (n, pairs) = (weight.n, weight.pairs);
+    assert_eq!(input.pairs, pairs);
+    assert_eq!(output.len(), rows * n);
+    let parallel = rows * weight.k * n >= PARALLEL_PRODUCT;
     let tasks: Vec<[usize; 2]> =
         (0..rows.div_ceil(MC)).flat_map(|i| (0..n.div_ceil(NC)).map(move |j| [i * MC, j * NC])).collect();
     let output = SharedOutput(output.as_mut_ptr());
     let run = |&[row, col]: &[usize; 2]| {
         // SAFETY: tasks cover disjoint `[MC, NC]` blocks of `output`, whose length is `rows * n`.
-        unsafe { block(&converted, pairs, weight, output, rows, n, [row, col]) }
+        unsafe { block(input, weight, output, rows, n, [row, col]) }
     };
     if parallel {
         tasks.par_iter().for_each(run);
@@ -219,7 +295,7 @@ fn multiply(input: &[f32], weight: &PackedWeight, output: &mut [f32]) {
 /// The output pointer shared by the tasks, each writing its own block.
 #[derive(Clone, Copy)]
 struct SharedOutput(*mut f32);
-// SAFETY: the tasks write disjoint blocks (see `multiply`).
+// SAFETY: the tasks write disjoint blocks (see `run_tasks`).
 unsafe impl Send for SharedOutput {}
 unsafe impl Sync for SharedOutput {}
 
@@ -227,16 +303,15 @@ unsafe impl Sync for SharedOutput {}
 ///
 /// # Safety
 /// `output` points at `rows * n` floats; no other thread touches this block.
-#[allow(clippy::too_many_arguments)] // the task's operands; a struct would only rename them
 unsafe fn block(
-    input: &[u32],
-    pairs: usize,
+    input: &InputTiles,
     weight: &PackedWeight,
     output: SharedOutput,
     rows: usize,
     n: usize,
     [row, col]: [usize; 2],
 ) {
+    let pairs = weight.pairs;
     let (row_end, col_end) = ((row + MC).min(rows), (col + NC).min(n));
     let mut first_pair = 0;
     while first_pair < pairs {
@@ -244,22 +319,23 @@ unsafe fn block(
         for tile_col in (col..col_end).step_by(NR) {
             let panel = &weight.panels[(tile_col / NR) * pairs * NR + first_pair * NR..][..depth * NR];
             for tile_row in (row..row_end).step_by(MR) {
-                let a = &input[tile_row * pairs + first_pair..];
+                let (a, row_stride, pair_stride) = input.tile(tile_row, first_pair);
                 let (tile_rows, tile_cols) = ((row_end - tile_row).min(MR), (col_end - tile_col).min(NR));
                 // SAFETY: `output + tile_row * n + tile_col` starts this task's tile; a full tile has
                 // `MR` rows of `NR` in-bounds columns at stride `n`; the input holds `MR` padded rows
-                // of `pairs` words from `tile_row`, the panel `depth * NR` words.
+                // of `depth` pairs from `a` at the given strides, the panel `depth * NR` words.
                 unsafe {
                     let c = output.0.add(tile_row * n + tile_col);
+                    let a = InputTile { words: a.as_ptr(), row_stride, pair_stride };
                     if tile_rows == MR && tile_cols == NR {
-                        kernel(depth, a.as_ptr(), pairs, panel.as_ptr(), c, n);
+                        kernel(depth, a, panel.as_ptr(), c, n);
                     } else {
                         // An edge tile: through a full-size scratch tile.
                         let mut scratch = [0f32; MR * NR];
                         for r in 0..tile_rows {
                             std::ptr::copy_nonoverlapping(c.add(r * n), scratch.as_mut_ptr().add(r * NR), tile_cols);
                         }
-                        kernel(depth, a.as_ptr(), pairs, panel.as_ptr(), scratch.as_mut_ptr(), NR);
+                        kernel(depth, a, panel.as_ptr(), scratch.as_mut_ptr(), NR);
                         for r in 0..tile_rows {
                             std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR), c.add(r * n), tile_cols);
                         }
@@ -271,6 +347,14 @@ unsafe fn block(
     }
 }
 
+/// `MR` input rows of a tile: pair `p` of row `r` at `words + r * row_stride + p * pair_stride`.
+#[derive(Clone, Copy)]
+struct InputTile {
+    words: *const u32,
+    row_stride: usize,
+    pair_stride: usize,
+}
+
 /// One input row to bf16 pairs (the last pair's high half zero when the row's width is odd).
 fn convert_row(row: &[f32], out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
@@ -279,6 +363,48 @@ fn convert_row(row: &[f32], out: &mut [u32]) {
         return unsafe { convert_row_avx512(row, out) };
     }
     convert_row_scalar(row, out);
+}
+
+/// Two rows to bf16 pairs column by column: `out[c] = (low[c], high[c])`, `high` zero when absent.
+fn convert_row_pair(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_products_available() {
+        // SAFETY: the CPU has the features `convert_row_pair_avx512` is compiled for.
+        return unsafe { convert_row_pair_avx512(low, high, out) };
+    }
+    convert_row_pair_scalar(low, high, out);
+}
+
+fn convert_row_pair_scalar(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
+    for (c, word) in out.iter_mut().enumerate() {
+        let upper = high.map_or(0, |high| bf16_bits(high[c]) as u32);
+        *word = bf16_bits(low[c]) as u32 | (upper << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
+fn convert_row_pair_avx512(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(low.len() >= out.len() && high.is_none_or(|high| high.len() >= out.len()));
+    let whole = out.len() / 16 * 16;
+    for start in (0..whole).step_by(16) {
+        // SAFETY: `start + 16 <= out.len()`, which both rows reach (asserted); unaligned loads and stores.
+        unsafe {
+            let widen = |values: __m512| {
+                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(values)))
+            };
+            let lower = widen(_mm512_loadu_ps(low.as_ptr().add(start)));
+            let word = match high {
+                Some(high) => {
+                    _mm512_or_si512(lower, _mm512_slli_epi32(widen(_mm512_loadu_ps(high.as_ptr().add(start))), 16))
+                }
+                None => lower,
+            };
+            _mm512_storeu_si512(out.as_mut_ptr().add(start).cast(), word);
+        }
+    }
+    convert_row_pair_scalar(&low[whole..], high.map(|high| &high[whole..]), &mut out[whole..]);
 }
 
 fn convert_row_scalar(row: &[f32], out: &mut [u32]) {
@@ -308,28 +434,29 @@ fn convert_row_avx512(row: &[f32], out: &mut [u32]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: usize, _: *const u32, _: usize, _: *const u32, _: *mut f32, _: usize) {
+unsafe fn kernel(_: usize, _: InputTile, _: *const u32, _: *mut f32, _: usize) {
     unreachable!("bf16 products are only offered on x86_64 with AVX512-BF16")
 }
 
-/// `c[MR, NR] += a[MR, 2 * depth] x b[2 * depth, NR]`: `a` holds `MR` rows of pairs at stride
-/// `a_stride` words, `b` a panel of `depth` x `NR` pairs, `c` rows at stride `c_stride` floats.
+/// `c[MR, NR] += a[MR, 2 * depth] x b[2 * depth, NR]`: `a` holds `MR` rows of `depth` pairs (see
+/// [`InputTile`]), `b` a panel of `depth` x `NR` pairs, `c` rows at stride `c_stride` floats.
 ///
 /// # Safety
 /// The CPU has AVX512-BF16; the pointers reach the elements described.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bf16,avx512f")]
-unsafe fn kernel(depth: usize, a: *const u32, a_stride: usize, b: *const u32, c: *mut f32, c_stride: usize) {
+unsafe fn kernel(depth: usize, a: InputTile, b: *const u32, c: *mut f32, c_stride: usize) {
     use std::arch::x86_64::*;
     // SAFETY: in bounds by the caller's contract; unaligned loads and stores throughout.
     unsafe {
         let mut sums = [[_mm512_setzero_ps(); NR / 16]; MR];
         for pair in 0..depth {
             let row = b.add(pair * NR);
+            let pairs = a.words.add(pair * a.pair_stride);
             let columns: [__m512bh; NR / 16] =
                 std::array::from_fn(|v| std::mem::transmute(_mm512_loadu_si512(row.add(16 * v).cast())));
             for (r, sum) in sums.iter_mut().enumerate() {
-                let broadcast: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * a_stride + pair) as i32));
+                let broadcast: __m512bh = std::mem::transmute(_mm512_set1_epi32(*pairs.add(r * a.row_stride) as i32));
                 for (lane, column) in sum.iter_mut().zip(&columns) {
                     *lane = _mm512_dpbf16_ps(*lane, broadcast, *column);
                 }
@@ -363,6 +490,24 @@ mod tests {
         assert_eq!(rounded(-2.5), -2.5);
         assert!(rounded(f32::NAN).is_nan());
         assert_eq!(rounded(f32::INFINITY), f32::INFINITY);
+    }
+
+    #[test]
+    fn the_vector_pair_conversion_matches_the_scalar_one() {
+        if !bf16_products_available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let row = |seed: usize| -> Vec<f32> {
+            (0..45).map(|i| ((i * 7919 + seed) % 1013) as f32 * 0.37 - 150.0 + 1.0 / (i + 1) as f32).collect()
+        };
+        let (low, high) = (row(1), row(2));
+        for high in [Some(high.as_slice()), None] {
+            let (mut vector, mut scalar) = (vec![0u32; 45], vec![0u32; 45]);
+            convert_row_pair(&low, high, &mut vector);
+            convert_row_pair_scalar(&low, high, &mut scalar);
+            assert_eq!(vector, scalar);
+        }
     }
 
     #[test]

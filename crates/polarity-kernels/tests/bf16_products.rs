@@ -168,7 +168,7 @@ fn input_gradient(dy: &[f32], w: &[f32], [rows, k, n]: [usize; 3]) -> Vec<f32> {
 }
 
 #[test]
-fn training_runs_the_products_in_bf16_and_the_weight_gradient_in_f32() {
+fn training_on_a_frozen_weight_runs_both_products_in_bf16() {
     use burn::backend::Autodiff;
     type Train = Autodiff<Flex>;
     let _serial = serial();
@@ -197,30 +197,50 @@ fn training_runs_the_products_in_bf16_and_the_weight_gradient_in_f32() {
     assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &input_gradient(&dy, &w, [rows, k, n]), "input gradient");
     assert_eq!(packed_weight_count(), 2, "the backward pass packs the transpose once");
 
-    // A trained weight and bias (full fine-tuning): y and dx in bf16 as above, the weight packed for the
-    // call only (the cache keeps its two entries); dW = xᵀ dy and db = Σ dy in f32, from the unrounded values.
-    let trainable = weight.require_grad();
-    let trainable_bias = bias.require_grad();
-    let output = autocast(Some(FloatDType::BF16), || {
-        linear_with(input.clone(), trainable.clone(), Some(trainable_bias.clone()))
-    });
-    assert_close(&output.clone().into_data().to_vec::<f32>().unwrap(), &expected, "forward, trained weight");
-    let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
-    let grad = input.grad(&grads).expect("the input takes a gradient");
-    assert_close(
-        &grad.into_data().to_vec::<f32>().unwrap(),
-        &input_gradient(&dy, &w, [rows, k, n]),
-        "dx, trained weight",
-    );
-    let weight_gradient: Vec<f32> = (0..k * n)
-        .map(|i| (0..rows).map(|r| x[r * k + i / n] as f64 * dy[r * n + i % n] as f64).sum::<f64>() as f32)
-        .collect();
-    let grad = trainable.grad(&grads).expect("a trained weight gets a gradient");
-    assert_eq!(grad.dims(), [k, n]);
-    assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &weight_gradient, "dW");
-    let bias_gradient: Vec<f32> = (0..n).map(|c| (0..rows).map(|r| dy[r * n + c] as f64).sum::<f64>() as f32).collect();
-    let grad = trainable_bias.grad(&grads).expect("a trained bias gets a gradient");
-    assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &bias_gradient, "db");
-    assert_eq!(packed_weight_count(), 2, "a trained weight is not cached");
     polarity_kernels::clear_packed_weights();
+}
+
+#[test]
+fn training_a_weight_runs_all_three_products_in_bf16() {
+    use burn::backend::Autodiff;
+    type Train = Autodiff<Flex>;
+    let _serial = serial();
+    if !available() {
+        return;
+    }
+    polarity_kernels::clear_packed_weights();
+    let device = Default::default();
+    // Odd row counts (a padded last pair), edge tiles, and a shape past the parallel threshold.
+    for (case, [rows, k, n]) in [[37, 130, 90], [1, 5, 3], [301, 200, 150]].into_iter().enumerate() {
+        let (x, w, bias, dy) =
+            (values(rows * k, case), values(k * n, case + 1), values(n, case + 2), values(rows * n, case + 3));
+        let train_tensor =
+            |values: Vec<f32>, dims: [usize; 2]| Tensor::<Train, 2>::from_data(TensorData::new(values, dims), &device);
+        let input = train_tensor(x.clone(), [rows, k]).require_grad();
+        let weight = train_tensor(w.clone(), [k, n]).require_grad();
+        let trained_bias = train_tensor(bias.clone(), [1, n]).reshape([n]).require_grad();
+        let output =
+            autocast(Some(FloatDType::BF16), || linear_with(input.clone(), weight.clone(), Some(trained_bias.clone())));
+        let what = |name: &str| format!("{name}, [{rows}, {k}] x [{k}, {n}]");
+        assert_close(
+            &output.clone().into_data().to_vec::<f32>().unwrap(),
+            &reference(&x, &w, &bias, [rows, k, n]),
+            &what("y"),
+        );
+        let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
+        let grad = input.grad(&grads).expect("the input takes a gradient");
+        assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &input_gradient(&dy, &w, [rows, k, n]), &what("dx"));
+        // dW = xᵀ dy from the bf16-rounded x and dy; db = Σ dy in f32 (burn's bias add).
+        let weight_gradient: Vec<f32> = (0..k * n)
+            .map(|i| (0..rows).map(|r| bf16(x[r * k + i / n]) * bf16(dy[r * n + i % n])).sum::<f64>() as f32)
+            .collect();
+        let grad = weight.grad(&grads).expect("a trained weight gets a gradient");
+        assert_eq!(grad.dims(), [k, n]);
+        assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &weight_gradient, &what("dW"));
+        let bias_gradient: Vec<f32> =
+            (0..n).map(|c| (0..rows).map(|r| dy[r * n + c] as f64).sum::<f64>() as f32).collect();
+        let grad = trained_bias.grad(&grads).expect("a trained bias gets a gradient");
+        assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &bias_gradient, &what("db"));
+    }
+    assert_eq!(packed_weight_count(), 0, "trained weights are packed per call, not cached");
 }

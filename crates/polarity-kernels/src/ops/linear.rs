@@ -304,9 +304,10 @@ fn transposed(matrix: StridedMatrix<'_>) -> StridedMatrix<'_> {
 }
 
 /// The product by a trained weight in bf16 for training (full fine-tuning under `--precision bf16`):
-/// `y = x W` and `dx = dy Wᵀ` with bf16 operands and f32 accumulation, the weight packed for each
-/// call (it changes every step); `dW = xᵀ dy` in f32, so the update itself is not rounded. The bias,
-/// if any, is added by burn's ops outside the node.
+/// `y = x W`, `dx = dy Wᵀ` and `dW = xᵀ dy` with bf16 operands and f32 accumulation (PyTorch's autocast
+/// runs all three in bf16 too), every operand packed for its call (the weight changes every step). The
+/// gradient, the weight and AdamW's state stay f32. The bias, if any, is added by burn's ops outside
+/// the node.
 #[derive(Debug)]
 struct Bf16Linear;
 
@@ -335,8 +336,8 @@ impl Backward<Flex, 2> for Bf16Linear {
                 col_stride: 1,
             };
             let mut grad_weight = vec![0.0; k * n];
-            add_strided_product(
-                transposed(row_major(input.storage(), k)),
+            bf16_product::add_transposed_product_once(
+                row_major(input.storage(), k),
                 row_major(grad_output.storage(), n),
                 &mut grad_weight,
             );
