@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use burn::backend::Flex;
+use burn::backend::{Autodiff, Flex};
 use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
@@ -167,20 +167,20 @@ fn input_gradient(dy: &[f32], w: &[f32], [rows, k, n]: [usize; 3]) -> Vec<f32> {
     out
 }
 
+/// A float32 tensor on the training backend.
+fn train_tensor(values: Vec<f32>, dims: [usize; 2]) -> Tensor<Autodiff<Flex>, 2> {
+    Tensor::from_data(TensorData::new(values, dims), &Default::default())
+}
+
 #[test]
 fn training_on_a_frozen_weight_runs_both_products_in_bf16() {
-    use burn::backend::Autodiff;
-    type Train = Autodiff<Flex>;
     let _serial = serial();
     if !available() {
         return;
     }
     polarity_kernels::clear_packed_weights();
-    let device = Default::default();
     let [rows, k, n] = [37, 130, 90];
     let (x, w, bias, dy) = (values(rows * k, 6), values(k * n, 7), values(n, 8), values(rows * n, 9));
-    let train_tensor =
-        |values: Vec<f32>, dims: [usize; 2]| Tensor::<Train, 2>::from_data(TensorData::new(values, dims), &device);
     let input = train_tensor(x.clone(), [rows, k]).require_grad();
     // The frozen weight as a LoRA base holds it: a transposed view of PyTorch's `[n, k]` layout.
     let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
@@ -202,20 +202,15 @@ fn training_on_a_frozen_weight_runs_both_products_in_bf16() {
 
 #[test]
 fn training_a_weight_runs_all_three_products_in_bf16() {
-    use burn::backend::Autodiff;
-    type Train = Autodiff<Flex>;
     let _serial = serial();
     if !available() {
         return;
     }
     polarity_kernels::clear_packed_weights();
-    let device = Default::default();
     // Odd row counts (a padded last pair), edge tiles, and a shape past the parallel threshold.
     for (case, [rows, k, n]) in [[37, 130, 90], [1, 5, 3], [301, 200, 150]].into_iter().enumerate() {
         let (x, w, bias, dy) =
             (values(rows * k, case), values(k * n, case + 1), values(n, case + 2), values(rows * n, case + 3));
-        let train_tensor =
-            |values: Vec<f32>, dims: [usize; 2]| Tensor::<Train, 2>::from_data(TensorData::new(values, dims), &device);
         let input = train_tensor(x.clone(), [rows, k]).require_grad();
         let weight = train_tensor(w.clone(), [k, n]).require_grad();
         let trained_bias = train_tensor(bias.clone(), [1, n]).reshape([n]).require_grad();
