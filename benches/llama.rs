@@ -13,7 +13,8 @@
 //!   row's last real token, the label words' columns), no autodiff:
 //!   - SmolLM2-135M-Instruct, real weights from `../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf`
 //!     (dequantised to f32 on load; the group is skipped with a message if the file is absent), on
-//!     IMDB prompts at batch 8, sequence 128; with `POLARITY_BENCH_LONG_PROMPTS=1` also at real prompt
+//!     IMDB prompts at batch 8, sequence 128 (on CPUs with AVX512-BF16 also under bf16 autocast,
+//!     `smollm2/flex-bf16/b8_s128`, as `--precision bf16` evaluates); with `POLARITY_BENCH_LONG_PROMPTS=1` also at real prompt
 //!     lengths (`b8_max512`: 8 prompts of at most 512 tokens, padded to the longest; minutes);
 //!     `reference_b8_max256` is the first label-scoring batch of the causal LM's reference inference
 //!     workload (`polarity::bench::Workload::causal_lm_reference`: balanced, seeded test reviews in prompts
@@ -26,7 +27,8 @@
 //!   `with_lora` (r 16, alpha 32, dropout 0.05, q_proj + v_proj; everything else frozen),
 //!   the trainer's loss (`CausalLmObjective::loss`: `last_token_logits`, cross-entropy over the vocabulary
 //!   against each row's label-word id), backward, `GradientsParams`, AdamW step. SmolLM2 (real weights) and
-//!   the tiny shape.
+//!   the tiny shape; on CPUs with AVX512-BF16 SmolLM2's step again with the loss under bf16 autocast
+//!   (`smollm2_lora/flex-bf16/b4_s128`, as `--precision bf16` trains).
 //!
 //! SmolLM2 inputs are real IMDB test reviews (rows `0..n/2` negative, `12500..12500+n/2` positive, as
 //! `scripts/pytorch_reference.py --llama` takes them) in the project's prompt
