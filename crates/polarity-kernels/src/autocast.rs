@@ -11,8 +11,8 @@
 //! [`crate::bf16_products_available`]'s AVX512-BF16 kernel (bf16 operands, f32 accumulation), about
 //! twice the f32 speed of those products: in inference and for a frozen weight in training (a LoRA
 //! model's base: the forward product and the input gradient, the weight and its transpose packed once
-//! and kept), and for a trained weight (full fine-tuning: the forward product and the input gradient,
-//! packed per call; the weight gradient stays f32). The fused attention and the frozen quantised
+//! and kept), and for a trained weight (full fine-tuning: the forward product, the input gradient and
+//! the weight gradient, packed per call; the gradient itself stays f32). The fused attention and the frozen quantised
 //! products keep their f32 kernels, and without AVX512-BF16 (or for f16) autocast changes the numbers,
 //! not the speed.
 //!

@@ -38,18 +38,17 @@
 
 pub mod autocast;
 mod autodiff;
-mod bf16_product;
 pub mod composed;
 mod dispatch;
 mod flex;
 pub mod math;
 mod ops;
+mod packed_product;
 mod packing;
 mod product;
 mod reduce;
 mod threading;
 
-pub use bf16_product::{bf16_products_available, clear_packed_weights, packed_weight_count};
 pub use dispatch::{Path, path_of};
 pub use ops::attention::{AttentionHeads, AttentionMask, attention};
 pub use ops::dropout::dropout;
@@ -59,4 +58,5 @@ pub use ops::linear::{FrozenMatrix, frozen_linear, linear, linear_residual, line
 pub use ops::rms_norm::rms_norm;
 pub use ops::rope::rotary;
 pub use ops::silu_gate::silu_mul;
+pub use packed_product::{bf16_products_available, clear_packed_weights, packed_weight_count};
 pub use packing::PackedSequences;

@@ -8,6 +8,7 @@
 //!
 //! [`frozen_linear`] is the product by a frozen, decoded-on-demand matrix as one autodiff node (QLoRA).
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -21,16 +22,16 @@ use rayon::prelude::*;
 
 use crate::autocast::cast_target;
 use crate::autodiff::{finish, fused_node, into_autodiff, into_tensor};
-use crate::bf16_product::{self, bf16_products_available};
 use crate::dispatch::{Op, Path};
 use crate::flex::{self, new_flex};
 use crate::ops::dropout;
+use crate::packed_product::{self, Bf16, F32, Format, bf16_products_available};
 use crate::product::{StridedMatrix, product_with};
 use crate::threading::CHUNK;
 
 static LINEAR: Op = Op::new("linear");
 static FROZEN_LINEAR: Op = Op::new("frozen_linear");
-static BF16_TRAINING_LINEAR: Op = Op::new("bf16_training_linear");
+static TRAINING_LINEAR: Op = Op::new("training_linear");
 
 /// burn's `linear(x, weight, bias)` (`weight` is `[in, out]`), computed in the autocast type when
 /// autocast is on; the result has `x`'s type.
@@ -43,9 +44,12 @@ pub fn linear_with<B: Backend, const D: usize>(
     if let Some(precision) = fused_precision(&x, &weight, bias.as_ref(), None) {
         return fused_linear(x, weight, bias, None, precision);
     }
-    match bf16_training_weight(&x, &weight, bias.as_ref()) {
-        Some(TrainingWeight::Frozen) => return on_rows(x, |rows| frozen_bf16_linear(rows, weight, bias)),
-        Some(TrainingWeight::Trainable) => return on_rows(x, |rows| bf16_linear(rows, weight, bias)),
+    match training_node(&x, &weight, bias.as_ref()) {
+        Some(TrainingNode::FrozenBf16) => {
+            return on_rows(x, |rows| frozen_packed_linear::<Bf16, B>(rows, weight, bias));
+        }
+        Some(TrainingNode::FrozenF32) => return on_rows(x, |rows| frozen_packed_linear::<F32, B>(rows, weight, bias)),
+        Some(TrainingNode::TrainedBf16) => return on_rows(x, |rows| bf16_linear(rows, weight, bias)),
         None => {}
     }
     match cast_target(dtype) {
@@ -148,7 +152,7 @@ fn fits_linear<B: Backend, const D: usize>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProductPrecision {
     F32,
-    /// bf16 operands, f32 accumulation ([`crate::bf16_product`]).
+    /// bf16 operands, f32 accumulation ([`crate::packed_product`]).
     Bf16,
 }
 
@@ -206,7 +210,9 @@ fn fused_linear<B: Backend, const D: usize>(
     debug_assert_eq!([matrix.rows, matrix.cols], [k, n]);
     match precision {
         ProductPrecision::F32 => add_product(x.storage(), matrix, output.storage_mut()),
-        ProductPrecision::Bf16 => bf16_product::add_product(x.storage(), &weight, matrix, output.storage_mut()),
+        ProductPrecision::Bf16 => {
+            packed_product::add_product::<Bf16>(x.storage(), &weight, matrix, output.storage_mut())
+        }
     }
     flex::from_flex(output)
 }
@@ -219,32 +225,41 @@ fn strided_matrix(tensor: &FlexTensor) -> StridedMatrix<'_> {
     StridedMatrix { data: tensor.storage(), offset: layout.start_offset(), rows, cols, row_stride, col_stride }
 }
 
-/// Which bf16 training node [`linear_with`] runs as, if any.
+/// Which training node [`linear_with`] runs as, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TrainingWeight {
-    /// Weight and bias take no gradient (a LoRA model's frozen base): [`FrozenBf16Linear`].
-    Frozen,
-    /// The weight or the bias is trained: [`Bf16Linear`].
-    Trainable,
+enum TrainingNode {
+    /// Under bf16 autocast, weight and bias take no gradient (a LoRA model's frozen base):
+    /// [`FrozenPackedLinear`] in bf16.
+    FrozenBf16,
+    /// Without autocast, weight and bias take no gradient: [`FrozenPackedLinear`] in f32.
+    FrozenF32,
+    /// Under bf16 autocast, the weight or the bias is trained: [`Bf16Linear`].
+    TrainedBf16,
 }
 
-/// Whether [`linear_with`] runs as one bf16 training node: training on the CPU default (autodiff over
-/// burn-flex, float32) under bf16 autocast on a CPU with AVX512-BF16, shapes matching; and which.
-fn bf16_training_weight<B: Backend, const D: usize>(
+/// Whether [`linear_with`] runs as one training node of its own, and which: training on the CPU
+/// default (autodiff over burn-flex, float32), shapes matching, and either bf16 autocast on a CPU with
+/// AVX512-BF16 or, for a frozen weight without autocast, an AVX-512 CPU. A trained weight in float32
+/// keeps burn's linear (its weight changes every step, so nothing is gained by packing it).
+fn training_node<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
     weight: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
-) -> Option<TrainingWeight> {
+) -> Option<TrainingNode> {
     let [k, n] = weight.dims();
     let fits = x.dims()[D - 1] == k && k > 0 && n > 0 && bias.is_none_or(|bias| bias.dims() == [n]);
     let dtypes = [x.dtype(), weight.dtype()].into_iter().chain(bias.map(Tensor::dtype));
-    let applies = fits
-        && cast_target(x.dtype()) == Some(FloatDType::BF16)
-        && bf16_products_available()
-        && BF16_TRAINING_LINEAR.path::<B>(dtypes) == Path::FlexAutodiff;
-    applies.then(|| {
-        if untracked(weight) && bias.is_none_or(untracked) { TrainingWeight::Frozen } else { TrainingWeight::Trainable }
-    })
+    if !fits || TRAINING_LINEAR.path::<B>(dtypes) != Path::FlexAutodiff {
+        return None;
+    }
+    let frozen = untracked(weight) && bias.is_none_or(untracked);
+    match cast_target(x.dtype()) {
+        Some(FloatDType::BF16) if Bf16::available() => {
+            Some(if frozen { TrainingNode::FrozenBf16 } else { TrainingNode::TrainedBf16 })
+        }
+        None if frozen && F32::available() => Some(TrainingNode::FrozenF32),
+        _ => None,
+    }
 }
 
 /// Whether an autodiff-over-flex tensor is outside the graph (no gradient flows to or through it).
@@ -252,15 +267,15 @@ fn untracked<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     into_autodiff(x.clone()).node.requirement.is_none()
 }
 
-/// The product by a frozen weight in bf16 for training: `x W + b` with bf16 operands and f32
-/// accumulation, and in the backward pass `dx = dy W^T` the same way (PyTorch's autocast runs both
-/// products in bf16 too). Both the weight and its transpose are packed once and kept by
-/// [`bf16_product`]'s cache, so a LoRA step pays neither burn's casts of the frozen base nor a
-/// packing per call.
+/// The product by a frozen weight for training, in format `F`: `x W + b`, and in the backward pass
+/// `dx = dy W^T`. In bf16 both products take bf16 operands and accumulate in f32 (PyTorch's autocast
+/// runs both in bf16 too); in f32 they are the float32 products. Both the weight and its transpose are
+/// packed once and kept by [`packed_product`]'s cache, so a LoRA step pays neither burn's casts of
+/// the frozen base nor a packing per product.
 #[derive(Debug)]
-struct FrozenBf16Linear;
+struct FrozenPackedLinear<F>(PhantomData<F>);
 
-impl Backward<Flex, 1> for FrozenBf16Linear {
+impl<F: Format> Backward<Flex, 1> for FrozenPackedLinear<F> {
     /// The weight `[k, n]` as the forward pass read it.
     type State = FlexTensor;
 
@@ -272,13 +287,17 @@ impl Backward<Flex, 1> for FrozenBf16Linear {
         let transpose = transposed(strided_matrix(&weight));
         let rows = grad_output.layout().shape()[0];
         let mut grad_input = vec![0.0; rows * transpose.cols];
-        bf16_product::add_product(grad_output.storage(), &weight, transpose, &mut grad_input);
+        packed_product::add_product::<F>(grad_output.storage(), &weight, transpose, &mut grad_input);
         grads.register::<Flex>(node.id, new_flex(grad_input, [rows, transpose.cols].into()));
     }
 }
 
-/// [`FrozenBf16Linear`] on `x: [rows, k]` (the caller checked [`bf16_training_weight`]).
-fn frozen_bf16_linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
+/// [`FrozenPackedLinear`] on `x: [rows, k]` (the caller checked [`training_node`]).
+fn frozen_packed_linear<F: Format, B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
     let x = into_autodiff(x);
     let weight = into_autodiff(weight).primitive;
     let input = x.primitive.to_contiguous();
@@ -287,8 +306,8 @@ fn frozen_bf16_linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: O
         Some(bias) => repeat_rows(into_autodiff(bias).primitive.to_contiguous().storage(), rows),
         None => vec![0.0; rows * n],
     };
-    bf16_product::add_product(input.storage(), &weight, strided_matrix(&weight), &mut output);
-    let prepared = fused_node(FrozenBf16Linear, [&x]);
+    packed_product::add_product::<F>(input.storage(), &weight, strided_matrix(&weight), &mut output);
+    let prepared = fused_node(FrozenPackedLinear::<F>(PhantomData), [&x]);
     into_tensor(finish(prepared, || weight, new_flex(output, [rows, n].into())))
 }
 
@@ -323,7 +342,7 @@ impl Backward<Flex, 2> for Bf16Linear {
         let ([k, n], rows) = ([matrix.rows, matrix.cols], grad_output.layout().shape()[0]);
         if let Some(node) = input_node {
             let mut grad_input = vec![0.0; rows * k];
-            bf16_product::add_product_once(grad_output.storage(), transposed(matrix), &mut grad_input);
+            packed_product::add_product_once::<Bf16>(grad_output.storage(), transposed(matrix), &mut grad_input);
             grads.register::<Flex>(node.id, new_flex(grad_input, [rows, k].into()));
         }
         if let Some(node) = weight_node {
@@ -336,7 +355,7 @@ impl Backward<Flex, 2> for Bf16Linear {
                 col_stride: 1,
             };
             let mut grad_weight = vec![0.0; k * n];
-            bf16_product::add_transposed_product_once(
+            packed_product::add_transposed_product_once::<Bf16>(
                 row_major(input.storage(), k),
                 row_major(grad_output.storage(), n),
                 &mut grad_weight,
@@ -346,13 +365,13 @@ impl Backward<Flex, 2> for Bf16Linear {
     }
 }
 
-/// [`Bf16Linear`] on `x: [rows, k]`, then the bias (the caller checked [`bf16_training_weight`]).
+/// [`Bf16Linear`] on `x: [rows, k]`, then the bias (the caller checked [`training_node`]).
 fn bf16_linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
     let (x, weight) = (into_autodiff(x), into_autodiff(weight));
     let (input, weight_values) = (x.primitive.to_contiguous(), weight.primitive.clone());
     let [rows, n] = [input.layout().shape()[0], weight_values.layout().shape()[1]];
     let mut output = vec![0.0; rows * n];
-    bf16_product::add_product_once(input.storage(), strided_matrix(&weight_values), &mut output);
+    packed_product::add_product_once::<Bf16>(input.storage(), strided_matrix(&weight_values), &mut output);
     let prepared = fused_node(Bf16Linear, [&x, &weight]);
     let product: Tensor<B, 2> =
         into_tensor(finish(prepared, || (input, weight_values), new_flex(output, [rows, n].into())));

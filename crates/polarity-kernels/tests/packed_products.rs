@@ -1,6 +1,7 @@
-//! The CPU default's bf16 linear layers (AVX512-BF16) against the exact products of the bf16-rounded
-//! operands, and the packed-weight cache's lifetime rules. On a CPU without AVX512-BF16 each test
-//! says so and checks nothing else (bf16 autocast then takes burn's cast-and-multiply path).
+//! The CPU default's packed linear layers against exact products: in bf16 (AVX512-BF16) against the
+//! products of the bf16-rounded operands, frozen weights in float32 training (AVX-512) against the
+//! float32 operands' products; and the packed-weight cache's lifetime rules. On a CPU without the
+//! features a test needs it says so and checks nothing else (the layers then take burn's paths).
 
 use std::sync::Mutex;
 
@@ -238,4 +239,69 @@ fn training_a_weight_runs_all_three_products_in_bf16() {
         assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &bias_gradient, &what("db"));
     }
     assert_eq!(packed_weight_count(), 0, "trained weights are packed per call, not cached");
+}
+
+/// Whether this CPU runs the packed float32 products (AVX-512).
+fn f32_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let available = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let available = false;
+    if !available {
+        eprintln!("skipped: this CPU has no AVX-512");
+    }
+    available
+}
+
+#[test]
+fn training_on_a_frozen_weight_in_f32_runs_packed_products_kept_across_steps() {
+    let _serial = serial();
+    if !f32_available() {
+        return;
+    }
+    polarity_kernels::clear_packed_weights();
+    // Rows that are not a multiple of the tile, edge columns, a tiny product, one past the parallel
+    // threshold, and a depth longer than one pass over the panels.
+    let shapes = [[37, 130, 90], [1, 5, 3], [301, 200, 150], [20, 900, 50]];
+    for (case, [rows, k, n]) in shapes.into_iter().enumerate() {
+        let (x, w, bias, dy) =
+            (values(rows * k, case), values(k * n, case + 1), values(n, case + 2), values(rows * n, case + 3));
+        let exact = |x: f32| x as f64;
+        let expected: Vec<f32> = (0..rows * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                ((0..k).map(|j| exact(x[r * k + j]) * exact(w[j * n + c])).sum::<f64>() + bias[c] as f64) as f32
+            })
+            .collect();
+        let expected_dx: Vec<f32> = (0..rows * k)
+            .map(|i| (0..n).map(|c| exact(dy[(i / k) * n + c]) * exact(w[(i % k) * n + c])).sum::<f64>() as f32)
+            .collect();
+        let what = |name: &str| format!("{name}, [{rows}, {k}] x [{k}, {n}]");
+        // The frozen weight as a LoRA base holds it: a transposed view of PyTorch's `[n, k]` layout.
+        let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+        let weight = train_tensor(transposed, [n, k]).transpose();
+        let bias = train_tensor(bias.clone(), [1, n]).reshape([n]);
+        let before = packed_weight_count();
+        for step in 0..2 {
+            let input = train_tensor(x.clone(), [rows, k]).require_grad();
+            let output = linear_with(input.clone(), weight.clone(), Some(bias.clone()));
+            assert_close(&output.clone().into_data().to_vec::<f32>().unwrap(), &expected, &what("y"));
+            let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
+            let grad = input.grad(&grads).expect("the input takes a gradient");
+            assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &expected_dx, &what("dx"));
+            assert_eq!(
+                packed_weight_count(),
+                before + 2,
+                "{}: step {step} packs the weight and its transpose once",
+                what("cache")
+            );
+        }
+    }
+    // A trained weight keeps burn's linear: nothing packed.
+    polarity_kernels::clear_packed_weights();
+    let weight = train_tensor(values(6, 1), [3, 2]).require_grad();
+    let output = linear_with(train_tensor(values(12, 2), [4, 3]), weight.clone(), None);
+    let grads = output.sum().backward();
+    assert!(weight.grad(&grads).is_some());
+    assert_eq!(packed_weight_count(), 0, "a trained f32 weight is not packed");
 }

@@ -1,0 +1,713 @@
+//! Linear-layer products on weights packed once for a register-blocked kernel, in two formats:
+//!
+//! - [`Bf16`]: bfloat16 operands and float32 accumulation, for CPUs with AVX512-BF16 (AMD Zen 4 and
+//!   later, Intel Cooper Lake, Sapphire Rapids and later). One `vdpbf16ps` multiplies 32 bf16 pairs
+//!   and adds them to 16 f32 lanes: twice the multiply-adds of an f32 FMA on the same register width,
+//!   from half the bytes. Under [`autocast`](crate::autocast::autocast)`(Some(FloatDType::BF16), ..)`
+//!   the linear layers of the CPU default run here, in inference and in training: the activations
+//!   are rounded to bf16 (round to nearest even, as PyTorch's autocast casts) and the products
+//!   accumulate in f32 into the bias rows or the residual, as the f32 path does.
+//! - [`F32`]: float32 FMA on AVX-512 CPUs, for the frozen weights of float32 training (a LoRA
+//!   model's base): the weight and its transpose are packed once instead of by every product of
+//!   every step, as the `gemm` crate does.
+//!
+//! The weights are laid out for the kernel once per weight, not per call: the packed copy is kept in
+//! a process-wide cache (one per format) keyed by the weight's buffer and view. The cache holds a
+//! reference to that buffer, so the buffer cannot be freed and reused, nor written in place
+//! (burn-flex copies a shared buffer before writing): a cached entry always matches the weight's
+//! values. An entry is dropped once the cache holds the last reference to its buffer (checked on
+//! every insertion), or by [`clear_packed_weights`]. A packed copy takes the weight's size in f32
+//! and half of it in bf16.
+//!
+//! Layouts (`MR` x `NR` tiles of the output, 8 x 48; a *word* is a bf16 pair or one f32):
+//! - weight `[k, n]` -> panels of `NR` columns, each `[depth][NR]` words: in bf16 `depth = ceil(k / 2)`
+//!   pairs `(w[2p, j], w[2p + 1, j])` (an odd `k` padded with a zero), in f32 `depth = k`; the last
+//!   panel's missing columns are zeros;
+//! - input `[m, k]` -> rows of `depth` words (bf16: converted, a pair `(x[i, 2p], x[i, 2p + 1])` is one
+//!   32-bit word, broadcast to all lanes by the kernel; f32: the input itself).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::Bytes;
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use crate::product::StridedMatrix;
+
+/// Output rows per kernel tile.
+const MR: usize = 8;
+/// Output columns per kernel tile (three 16-lane registers).
+const NR: usize = 48;
+/// Rows of the output per task (a multiple of `MR`): with `KC` words, the task's input rows stay in
+/// the core's L2 while its weight panels pass through.
+const MC: usize = 64;
+/// Columns of the output per task (a multiple of `NR`).
+const NC: usize = 384;
+/// Input words per pass over a tile: one weight panel slice (`KC * NR * 4` bytes, 72 KB) for the
+/// tiles of a task's rows.
+const KC: usize = 384;
+/// Products below this many multiply-adds run on the calling thread.
+const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// A packed format: the word the kernel multiplies, how weights and inputs become words, the kernel.
+pub(crate) trait Format: Debug + Send + Sync + 'static {
+    /// A panel element: a bf16 pair or one f32.
+    type Word: Copy + Default + Send + Sync + 'static;
+    /// Rows of the weight (elements of an input row) per word.
+    const ROWS_PER_WORD: usize;
+    /// Whether this CPU runs the kernel.
+    fn available() -> bool;
+    /// This format's packed copies.
+    fn cache() -> &'static Mutex<HashMap<WeightKey, CacheEntry<Self::Word>>>;
+    /// Fills `panel` (`[depth][NR]` words) with the columns `columns` of `matrix`.
+    fn pack_panel(matrix: StridedMatrix, columns: Range<usize>, panel: &mut [Self::Word]);
+    /// The input rows `[rows, k]` as rows of `k.div_ceil(ROWS_PER_WORD)` words.
+    fn input_words(input: &[f32], k: usize, parallel: bool) -> Cow<'_, [Self::Word]>;
+    /// `c[MR, NR] += a[MR, depth words] x b[depth words, NR]` (see [`InputTile`]), `b` a panel slice of
+    /// `depth` x `NR` words, `c` rows at stride `c_stride` floats.
+    ///
+    /// # Safety
+    /// [`Format::available`]; the pointers reach the elements described.
+    unsafe fn kernel(depth: usize, a: InputTile<Self::Word>, b: *const Self::Word, c: *mut f32, c_stride: usize);
+}
+
+/// bf16 operands (pairs in 32-bit words), f32 accumulation: AVX512-BF16.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bf16;
+
+/// f32 operands, FMA: AVX-512.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct F32;
+
+/// Whether this CPU runs bf16 products ([`autocast`](crate::autocast::autocast) with
+/// `FloatDType::BF16` makes the CPU default's linear layers faster only where it does).
+///
+/// ```
+/// // On any machine: true only with AVX512-BF16 (and AVX512F/BW) present.
+/// let _fast = polarity_kernels::bf16_products_available();
+/// ```
+pub fn bf16_products_available() -> bool {
+    Bf16::available()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_bf16() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bf16")
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_f32() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_bf16() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_f32() -> bool {
+    false
+}
+
+/// Drops every packed weight the process holds, in both formats (and with them the caches'
+/// references to the weights' buffers). Entries of dropped models go on their own at the next
+/// insertion; this frees them now, e.g. after the last inference or training of a long-running program.
+pub fn clear_packed_weights() {
+    lock(Bf16::cache()).clear();
+    lock(F32::cache()).clear();
+}
+
+/// The packed copies held now, in both formats (for tests and diagnostics).
+pub fn packed_weight_count() -> usize {
+    lock(Bf16::cache()).len() + lock(F32::cache()).len()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A weight `[k, n]` in the kernel's panel layout.
+#[derive(Debug)]
+pub(crate) struct PackedWeight<W> {
+    k: usize,
+    n: usize,
+    /// Words per panel row: `k.div_ceil(ROWS_PER_WORD)`.
+    depth: usize,
+    panels: Vec<W>,
+}
+
+/// Identifies a weight view: its buffer, offset, strides and shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct WeightKey {
+    buffer: usize,
+    offset: usize,
+    strides: [isize; 2],
+    dims: [usize; 2],
+}
+
+pub(crate) struct CacheEntry<W> {
+    /// Keeps the buffer alive and shared, so that its address is not reused and it is not written in place.
+    buffer: Arc<Bytes>,
+    packed: Arc<PackedWeight<W>>,
+}
+
+/// The packed copy of `weight` (a float32 `[k, n]` burn-flex view read as `matrix`), packing it on first use.
+fn packed<F: Format>(weight: &FlexTensor, matrix: StridedMatrix) -> Arc<PackedWeight<F::Word>> {
+    let buffer = weight.data_arc();
+    let key = WeightKey {
+        buffer: Arc::as_ptr(&buffer) as usize,
+        offset: matrix.offset,
+        strides: [matrix.row_stride, matrix.col_stride],
+        dims: [matrix.rows, matrix.cols],
+    };
+    if let Some(entry) = lock(F::cache()).get(&key) {
+        return Arc::clone(&entry.packed);
+    }
+    // Packed outside the lock: other threads' products need not wait (two threads packing the same
+    // weight at once both succeed, and the second insertion replaces the first with equal values).
+    let packed = Arc::new(pack::<F>(matrix));
+    let mut cache = lock(F::cache());
+    cache.retain(|_, entry| Arc::strong_count(&entry.buffer) > 1);
+    cache.insert(key, CacheEntry { buffer, packed: Arc::clone(&packed) });
+    packed
+}
+
+fn pack<F: Format>(matrix: StridedMatrix) -> PackedWeight<F::Word> {
+    let (k, n) = (matrix.rows, matrix.cols);
+    let depth = k.div_ceil(F::ROWS_PER_WORD);
+    let mut panels = vec![F::Word::default(); n.div_ceil(NR) * depth * NR];
+    if panels.is_empty() {
+        return PackedWeight { k, n, depth, panels };
+    }
+    panels
+        .par_chunks_mut(depth * NR)
+        .enumerate()
+        .for_each(|(panel_index, panel)| F::pack_panel(matrix, panel_index * NR..n.min(panel_index * NR + NR), panel));
+    PackedWeight { k, n, depth, panels }
+}
+
+/// Element `(row, col)` of a strided matrix.
+fn element(matrix: &StridedMatrix, row: usize, col: usize) -> f32 {
+    let index = matrix.offset as isize + row as isize * matrix.row_stride + col as isize * matrix.col_stride;
+    matrix.data[index as usize]
+}
+
+/// Whether a matrix is read along its rows (a row-major matrix: a weight, an activation) rather than
+/// down its columns (a transposed view).
+fn along_rows(matrix: &StridedMatrix) -> bool {
+    matrix.col_stride.unsigned_abs() <= matrix.row_stride.unsigned_abs()
+}
+
+/// Row `row`'s elements in `columns`, where the matrix's rows are contiguous.
+fn contiguous_row<'a>(matrix: &StridedMatrix<'a>, row: usize, columns: &Range<usize>) -> Option<&'a [f32]> {
+    let contiguous = matrix.col_stride == 1 && matrix.row_stride > 0;
+    contiguous.then(|| {
+        let start = matrix.offset + row * matrix.row_stride as usize + columns.start;
+        &matrix.data[start..start + columns.len()]
+    })
+}
+
+impl Format for Bf16 {
+    type Word = u32;
+    const ROWS_PER_WORD: usize = 2;
+
+    fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(detect_bf16)
+    }
+
+    fn cache() -> &'static Mutex<HashMap<WeightKey, CacheEntry<u32>>> {
+        static CACHE: OnceLock<Mutex<HashMap<WeightKey, CacheEntry<u32>>>> = OnceLock::new();
+        CACHE.get_or_init(Default::default)
+    }
+
+    fn pack_panel(matrix: StridedMatrix, columns: Range<usize>, panel: &mut [u32]) {
+        let k = matrix.rows;
+        let word = |pair: usize, col: usize| {
+            let low = bf16_bits(element(&matrix, 2 * pair, col)) as u32;
+            let high = if 2 * pair + 1 < k { bf16_bits(element(&matrix, 2 * pair + 1, col)) as u32 } else { 0 };
+            low | (high << 16)
+        };
+        if contiguous_row(&matrix, 0, &columns).is_some() {
+            // Two rows' floats at a time, vectorised.
+            for (pair, out) in panel.chunks_exact_mut(NR).enumerate() {
+                let row = |index| contiguous_row(&matrix, index, &columns).unwrap_or_default();
+                let high = (2 * pair + 1 < k).then(|| row(2 * pair + 1));
+                convert_row_pair(row(2 * pair), high, &mut out[..columns.len()]);
+            }
+        } else if along_rows(&matrix) {
+            for (pair, out) in panel.chunks_exact_mut(NR).enumerate() {
+                columns.clone().zip(out.iter_mut()).for_each(|(col, slot)| *slot = word(pair, col));
+            }
+        } else {
+            for (offset, col) in columns.enumerate() {
+                (0..k.div_ceil(2)).for_each(|pair| panel[pair * NR + offset] = word(pair, col));
+            }
+        }
+    }
+
+    fn input_words(input: &[f32], k: usize, parallel: bool) -> Cow<'_, [u32]> {
+        let pairs = k.div_ceil(2);
+        let mut converted = vec![0u32; input.len() / k * pairs];
+        let convert = |(source, target): (&[f32], &mut [u32])| {
+            for (row, out) in source.chunks_exact(k).zip(target.chunks_exact_mut(pairs)) {
+                convert_row(row, out);
+            }
+        };
+        let task_rows = 64;
+        if parallel {
+            input.par_chunks(task_rows * k).zip(converted.par_chunks_mut(task_rows * pairs)).for_each(convert);
+        } else {
+            input.chunks(task_rows * k).zip(converted.chunks_mut(task_rows * pairs)).for_each(convert);
+        }
+        Cow::Owned(converted)
+    }
+
+    unsafe fn kernel(depth: usize, a: InputTile<u32>, b: *const u32, c: *mut f32, c_stride: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { bf16_kernel(depth, a, b, c, c_stride) }
+    }
+}
+
+impl Format for F32 {
+    type Word = f32;
+    const ROWS_PER_WORD: usize = 1;
+
+    fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(detect_f32)
+    }
+
+    fn cache() -> &'static Mutex<HashMap<WeightKey, CacheEntry<f32>>> {
+        static CACHE: OnceLock<Mutex<HashMap<WeightKey, CacheEntry<f32>>>> = OnceLock::new();
+        CACHE.get_or_init(Default::default)
+    }
+
+    fn pack_panel(matrix: StridedMatrix, columns: Range<usize>, panel: &mut [f32]) {
+        let width = columns.len();
+        if contiguous_row(&matrix, 0, &columns).is_some() {
+            for (row, out) in panel.chunks_exact_mut(NR).enumerate() {
+                out[..width].copy_from_slice(contiguous_row(&matrix, row, &columns).unwrap_or_default());
+            }
+        } else if along_rows(&matrix) {
+            for (row, out) in panel.chunks_exact_mut(NR).enumerate() {
+                columns.clone().zip(out.iter_mut()).for_each(|(col, slot)| *slot = element(&matrix, row, col));
+            }
+        } else {
+            for (offset, col) in columns.enumerate() {
+                (0..matrix.rows).for_each(|row| panel[row * NR + offset] = element(&matrix, row, col));
+            }
+        }
+    }
+
+    fn input_words(input: &[f32], _k: usize, _parallel: bool) -> Cow<'_, [f32]> {
+        Cow::Borrowed(input)
+    }
+
+    unsafe fn kernel(depth: usize, a: InputTile<f32>, b: *const f32, c: *mut f32, c_stride: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { f32_kernel(depth, a, b, c, c_stride) }
+    }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as its upper 16 bits; NaN stays a (quiet) NaN.
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// `output += input x weight` in format `F`, for row-major `input: [rows, k]`, the float32 `[k, n]`
+/// burn-flex weight `weight` (read as `matrix`, its view; packed once and kept) and row-major
+/// `output: [rows, n]`. Call only where `F` is [available](Format::available).
+pub(crate) fn add_product<F: Format>(input: &[f32], weight: &FlexTensor, matrix: StridedMatrix, output: &mut [f32]) {
+    assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
+    assert!(matrix.in_bounds());
+    multiply::<F>(input, &packed::<F>(weight, matrix), output);
+}
+
+/// [`add_product`] for a matrix used once (a weight that changes every step, a transpose needed by one
+/// backward pass): packed for this call and not cached.
+pub(crate) fn add_product_once<F: Format>(input: &[f32], matrix: StridedMatrix, output: &mut [f32]) {
+    assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
+    assert!(matrix.in_bounds());
+    multiply::<F>(input, &pack::<F>(matrix), output);
+}
+
+/// `output += lhsᵀ x rhs` in format `F` for `lhs: [rows, m]` and `rhs: [rows, n]` (the weight gradient
+/// `xᵀ dy` of a linear layer), into a row-major `output: [m, n]`: both operands are packed into panels
+/// for this call, `lhs`'s panels read as the kernel's input rows.
+pub(crate) fn add_transposed_product_once<F: Format>(lhs: StridedMatrix, rhs: StridedMatrix, output: &mut [f32]) {
+    assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
+    assert!(lhs.in_bounds() && rhs.in_bounds() && lhs.rows == rhs.rows);
+    let (m, n) = (lhs.cols, rhs.cols);
+    assert_eq!(output.len(), m * n);
+    if lhs.rows == 0 || m == 0 || n == 0 {
+        return;
+    }
+    let (lhs, rhs) = (pack::<F>(lhs), pack::<F>(rhs));
+    let input = InputTiles { words: &lhs.panels, depth: lhs.depth, layout: InputLayout::Panels };
+    run_tasks::<F>(&input, m, &rhs, output);
+}
+
+fn multiply<F: Format>(input: &[f32], weight: &PackedWeight<F::Word>, output: &mut [f32]) {
+    let (k, n) = (weight.k, weight.n);
+    assert!(k > 0 && input.len().is_multiple_of(k));
+    let rows = input.len() / k;
+    assert_eq!(output.len(), rows * n);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let words = F::input_words(input, k, rows * k * n >= PARALLEL_PRODUCT);
+    run_tasks::<F>(&InputTiles { words: &words, depth: weight.depth, layout: InputLayout::Rows }, rows, weight, output);
+}
+
+/// How the kernel's input operand, `rows` x `depth` words, is laid out.
+#[derive(Clone, Copy)]
+enum InputLayout {
+    /// Row after row (`multiply`'s input words).
+    Rows,
+    /// [`pack`]'s panels of a matrix whose columns are the input rows (`add_transposed_product_once`).
+    Panels,
+}
+
+/// The kernel's input operand.
+struct InputTiles<'a, W> {
+    words: &'a [W],
+    depth: usize,
+    layout: InputLayout,
+}
+
+impl<W> InputTiles<'_, W> {
+    /// The words from word `first` of row `row` (a multiple of `MR`) on, with the strides between rows
+    /// and between words of a row. A tile never crosses a panel (`NR` is a multiple of `MR`).
+    fn tile(&self, row: usize, first: usize) -> (&[W], usize, usize) {
+        match self.layout {
+            InputLayout::Rows => (&self.words[row * self.depth + first..], self.depth, 1),
+            InputLayout::Panels => {
+                let start = (row / NR) * self.depth * NR + first * NR + row % NR;
+                (&self.words[start..], 1, NR)
+            }
+        }
+    }
+}
+
+/// `output += input x weight` for `rows` input rows, in `[MC, NC]` blocks on all cores (for products
+/// above the parallel threshold).
+fn run_tasks<F: Format>(input: &InputTiles<F::Word>, rows: usize, weight: &PackedWeight<F::Word>, output: &mut [f32]) {
+    let n = weight.n;
+    assert_eq!(input.depth, weight.depth);
+    assert_eq!(output.len(), rows * n);
+    let parallel = rows * weight.k * n >= PARALLEL_PRODUCT;
+    let tasks: Vec<[usize; 2]> =
+        (0..rows.div_ceil(MC)).flat_map(|i| (0..n.div_ceil(NC)).map(move |j| [i * MC, j * NC])).collect();
+    let output = SharedOutput(output.as_mut_ptr());
+    let run = |&[row, col]: &[usize; 2]| {
+        // SAFETY: tasks cover disjoint `[MC, NC]` blocks of `output`, whose length is `rows * n`.
+        unsafe { block::<F>(input, weight, output, rows, [row, col]) }
+    };
+    if parallel {
+        tasks.par_iter().for_each(run);
+    } else {
+        tasks.iter().for_each(run);
+    }
+}
+
+/// The output pointer shared by the tasks, each writing its own block.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+// SAFETY: the tasks write disjoint blocks (see `run_tasks`).
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+/// One task: the output block at `[row, col]` (at most `MC` x `NC`), all of `k`.
+///
+/// # Safety
+/// `output` points at `rows * weight.n` floats; no other thread touches this block; `F` is available.
+unsafe fn block<F: Format>(
+    input: &InputTiles<F::Word>,
+    weight: &PackedWeight<F::Word>,
+    output: SharedOutput,
+    rows: usize,
+    [row, col]: [usize; 2],
+) {
+    let (n, depth) = (weight.n, weight.depth);
+    let (row_end, col_end) = ((row + MC).min(rows), (col + NC).min(n));
+    let mut first = 0;
+    while first < depth {
+        let pass = KC.min(depth - first);
+        for tile_col in (col..col_end).step_by(NR) {
+            let panel = &weight.panels[(tile_col / NR) * depth * NR + first * NR..][..pass * NR];
+            for tile_row in (row..row_end).step_by(MR) {
+                let (words, row_stride, word_stride) = input.tile(tile_row, first);
+                let (tile_rows, tile_cols) = ((row_end - tile_row).min(MR), (col_end - tile_col).min(NR));
+                // The last rows of an input that is not a multiple of `MR` rows: through a zero-padded
+                // copy of the tile's words.
+                let mut padded: [F::Word; MR * KC];
+                let a = if tile_rows == MR {
+                    InputTile { words: words.as_ptr(), row_stride, word_stride }
+                } else {
+                    padded = [F::Word::default(); MR * KC];
+                    for r in 0..tile_rows {
+                        for p in 0..pass {
+                            padded[p * MR + r] = words[r * row_stride + p * word_stride];
+                        }
+                    }
+                    InputTile { words: padded.as_ptr(), row_stride: 1, word_stride: MR }
+                };
+                // SAFETY: `output + tile_row * n + tile_col` starts this task's tile; a full tile has
+                // `MR` rows of `NR` in-bounds columns at stride `n`; the input tile holds `MR` rows of
+                // `pass` words at the given strides, the panel slice `pass * NR` words.
+                unsafe {
+                    let c = output.0.add(tile_row * n + tile_col);
+                    if tile_rows == MR && tile_cols == NR {
+                        F::kernel(pass, a, panel.as_ptr(), c, n);
+                    } else {
+                        // An edge tile: through a full-size scratch tile.
+                        let mut scratch = [0f32; MR * NR];
+                        for r in 0..tile_rows {
+                            std::ptr::copy_nonoverlapping(c.add(r * n), scratch.as_mut_ptr().add(r * NR), tile_cols);
+                        }
+                        F::kernel(pass, a, panel.as_ptr(), scratch.as_mut_ptr(), NR);
+                        for r in 0..tile_rows {
+                            std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR), c.add(r * n), tile_cols);
+                        }
+                    }
+                }
+            }
+        }
+        first += pass;
+    }
+}
+
+/// `MR` input rows of a tile: word `p` of row `r` at `words + r * row_stride + p * word_stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct InputTile<W> {
+    words: *const W,
+    row_stride: usize,
+    word_stride: usize,
+}
+
+/// One input row to bf16 pairs (the last pair's high half zero when the row's width is odd).
+fn convert_row(row: &[f32], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Bf16::available() {
+        // SAFETY: the CPU has the features `convert_row_avx512` is compiled for.
+        return unsafe { convert_row_avx512(row, out) };
+    }
+    convert_row_scalar(row, out);
+}
+
+/// Two rows to bf16 pairs column by column: `out[c] = (low[c], high[c])`, `high` zero when absent.
+fn convert_row_pair(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Bf16::available() {
+        // SAFETY: the CPU has the features `convert_row_pair_avx512` is compiled for.
+        return unsafe { convert_row_pair_avx512(low, high, out) };
+    }
+    convert_row_pair_scalar(low, high, out);
+}
+
+fn convert_row_pair_scalar(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
+    for (c, word) in out.iter_mut().enumerate() {
+        let upper = high.map_or(0, |high| bf16_bits(high[c]) as u32);
+        *word = bf16_bits(low[c]) as u32 | (upper << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
+fn convert_row_pair_avx512(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(low.len() >= out.len() && high.is_none_or(|high| high.len() >= out.len()));
+    let whole = out.len() / 16 * 16;
+    for start in (0..whole).step_by(16) {
+        // SAFETY: `start + 16 <= out.len()`, which both rows reach (asserted); unaligned loads and stores.
+        unsafe {
+            let widen = |values: __m512| {
+                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(values)))
+            };
+            let lower = widen(_mm512_loadu_ps(low.as_ptr().add(start)));
+            let word = match high {
+                Some(high) => {
+                    _mm512_or_si512(lower, _mm512_slli_epi32(widen(_mm512_loadu_ps(high.as_ptr().add(start))), 16))
+                }
+                None => lower,
+            };
+            _mm512_storeu_si512(out.as_mut_ptr().add(start).cast(), word);
+        }
+    }
+    convert_row_pair_scalar(&low[whole..], high.map(|high| &high[whole..]), &mut out[whole..]);
+}
+
+fn convert_row_scalar(row: &[f32], out: &mut [u32]) {
+    for (pair, word) in row.chunks(2).zip(out.iter_mut()) {
+        let low = bf16_bits(pair[0]) as u32;
+        let high = pair.get(1).map_or(0, |x| bf16_bits(*x) as u32);
+        *word = low | (high << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
+fn convert_row_avx512(row: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let whole = row.len() / 32 * 32;
+    for (source, target) in row[..whole].chunks_exact(32).zip(out.chunks_exact_mut(16)) {
+        // SAFETY: `source` holds 32 floats and `target` 16 words (64 bytes); unaligned loads and stores.
+        unsafe {
+            let low = _mm512_loadu_ps(source.as_ptr());
+            let high = _mm512_loadu_ps(source.as_ptr().add(16));
+            // The second argument fills the lower 16 elements: the row's order is kept.
+            let converted = _mm512_cvtne2ps_pbh(high, low);
+            _mm512_storeu_si512(target.as_mut_ptr().cast(), std::mem::transmute::<__m512bh, __m512i>(converted));
+        }
+    }
+    convert_row_scalar(&row[whole..], &mut out[whole / 2..]);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn bf16_kernel(_: usize, _: InputTile<u32>, _: *const u32, _: *mut f32, _: usize) {
+    unreachable!("bf16 products are only offered on x86_64 with AVX512-BF16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn f32_kernel(_: usize, _: InputTile<f32>, _: *const f32, _: *mut f32, _: usize) {
+    unreachable!("packed f32 products are only offered on x86_64 with AVX-512")
+}
+
+/// [`Format::kernel`] for [`Bf16`]: per pair of input columns, `MR` broadcasts of an input pair, each
+/// `vdpbf16ps` into three 16-lane accumulators.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; the pointers reach the elements described.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f")]
+unsafe fn bf16_kernel(depth: usize, a: InputTile<u32>, b: *const u32, c: *mut f32, c_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: in bounds by the caller's contract; unaligned loads and stores throughout.
+    unsafe {
+        let mut sums = [[_mm512_setzero_ps(); NR / 16]; MR];
+        for pair in 0..depth {
+            let row = b.add(pair * NR);
+            let pairs = a.words.add(pair * a.word_stride);
+            let columns: [__m512bh; NR / 16] =
+                std::array::from_fn(|v| std::mem::transmute(_mm512_loadu_si512(row.add(16 * v).cast())));
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let broadcast: __m512bh = std::mem::transmute(_mm512_set1_epi32(*pairs.add(r * a.row_stride) as i32));
+                for (lane, column) in sum.iter_mut().zip(&columns) {
+                    *lane = _mm512_dpbf16_ps(*lane, broadcast, *column);
+                }
+            }
+        }
+        store_sums(sums, c, c_stride);
+    }
+}
+
+/// [`Format::kernel`] for [`F32`]: per input column, `MR` broadcasts, each an FMA into three 16-lane
+/// accumulators.
+///
+/// # Safety
+/// The CPU has AVX-512F; the pointers reach the elements described.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn f32_kernel(depth: usize, a: InputTile<f32>, b: *const f32, c: *mut f32, c_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: in bounds by the caller's contract; unaligned loads and stores throughout.
+    unsafe {
+        let mut sums = [[_mm512_setzero_ps(); NR / 16]; MR];
+        for index in 0..depth {
+            let row = b.add(index * NR);
+            let values = a.words.add(index * a.word_stride);
+            let columns: [__m512; NR / 16] = std::array::from_fn(|v| _mm512_loadu_ps(row.add(16 * v)));
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let broadcast = _mm512_set1_ps(*values.add(r * a.row_stride));
+                for (lane, column) in sum.iter_mut().zip(&columns) {
+                    *lane = _mm512_fmadd_ps(broadcast, *column, *lane);
+                }
+            }
+        }
+        store_sums(sums, c, c_stride);
+    }
+}
+
+/// Adds the accumulators to the output tile `c` (rows at stride `c_stride`).
+///
+/// # Safety
+/// `c` reaches `MR` rows of `NR` floats at stride `c_stride`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_sums(sums: [[std::arch::x86_64::__m512; NR / 16]; MR], c: *mut f32, c_stride: usize) {
+    use std::arch::x86_64::*;
+    for (r, sum) in sums.iter().enumerate() {
+        for (v, lane) in sum.iter().enumerate() {
+            // SAFETY: in bounds by the caller's contract; unaligned loads and stores.
+            unsafe {
+                let out = c.add(r * c_stride + 16 * v);
+                _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), *lane));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x` through bf16 and back.
+    fn rounded(x: f32) -> f32 {
+        f32::from_bits((bf16_bits(x) as u32) << 16)
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(rounded(1.0), 1.0);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(rounded(1.0 + 1.0 / 256.0), 1.0);
+        // 1 + 3 * 2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to the even one, 1 + 2^-6.
+        assert_eq!(rounded(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(rounded(-2.5), -2.5);
+        assert!(rounded(f32::NAN).is_nan());
+        assert_eq!(rounded(f32::INFINITY), f32::INFINITY);
+    }
+
+    #[test]
+    fn the_vector_pair_conversion_matches_the_scalar_one() {
+        if !Bf16::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let row = |seed: usize| -> Vec<f32> {
+            (0..45).map(|i| ((i * 7919 + seed) % 1013) as f32 * 0.37 - 150.0 + 1.0 / (i + 1) as f32).collect()
+        };
+        let (low, high) = (row(1), row(2));
+        for high in [Some(high.as_slice()), None] {
+            let (mut vector, mut scalar) = (vec![0u32; 45], vec![0u32; 45]);
+            convert_row_pair(&low, high, &mut vector);
+            convert_row_pair_scalar(&low, high, &mut scalar);
+            assert_eq!(vector, scalar);
+        }
+    }
+
+    #[test]
+    fn the_vector_conversion_matches_the_scalar_one() {
+        if !Bf16::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let row: Vec<f32> = (0..77).map(|i| ((i * 7919) % 1013) as f32 * 0.37 - 150.0 + 1.0 / (i + 1) as f32).collect();
+        let (mut vector, mut scalar) = (vec![0u32; 39], vec![0u32; 39]);
+        convert_row(&row, &mut vector);
+        convert_row_scalar(&row, &mut scalar);
+        assert_eq!(vector, scalar);
+    }
+}
