@@ -58,5 +58,7 @@ pub use ops::linear::{FrozenMatrix, frozen_linear, linear, linear_residual, line
 pub use ops::rms_norm::rms_norm;
 pub use ops::rope::rotary;
 pub use ops::silu_gate::silu_mul;
-pub use packed_product::{bf16_products_available, clear_packed_weights, packed_weight_count};
+pub use packed_product::{
+    bf16_products_available, clear_packed_weights, keeps_packed_weights, packed_weight_count, set_keep_packed_weights,
+};
 pub use packing::PackedSequences;

@@ -297,6 +297,19 @@ fn training_on_a_frozen_weight_in_f32_runs_packed_products_kept_across_steps() {
             );
         }
     }
+    // Packed weights not kept: the same products, nothing held.
+    polarity_kernels::set_keep_packed_weights(false);
+    let [rows, k, n] = [37, 130, 90];
+    let (x, w) = (values(rows * k, 0), values(k * n, 1));
+    let weight = train_tensor(w.clone(), [k, n]);
+    let output = linear_with(train_tensor(x.clone(), [rows, k]), weight, None);
+    let expected: Vec<f32> = (0..rows * n)
+        .map(|i| (0..k).map(|j| x[(i / n) * k + j] as f64 * w[j * n + i % n] as f64).sum::<f64>() as f32)
+        .collect();
+    assert_close(&output.into_data().to_vec::<f32>().unwrap(), &expected, "y, packed weights not kept");
+    assert_eq!(packed_weight_count(), 0, "nothing is kept");
+    polarity_kernels::set_keep_packed_weights(true);
+
     // A trained weight keeps burn's linear: nothing packed.
     polarity_kernels::clear_packed_weights();
     let weight = train_tensor(values(6, 1), [3, 2]).require_grad();

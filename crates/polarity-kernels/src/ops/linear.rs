@@ -25,7 +25,7 @@ use crate::autodiff::{finish, fused_node, into_autodiff, into_tensor};
 use crate::dispatch::{Op, Path};
 use crate::flex::{self, new_flex};
 use crate::ops::dropout;
-use crate::packed_product::{self, Bf16, F32, Format, bf16_products_available};
+use crate::packed_product::{self, Bf16, F32, Format, bf16_products_available, keeps_packed_weights};
 use crate::product::{StridedMatrix, product_with};
 use crate::threading::CHUNK;
 
@@ -239,8 +239,9 @@ enum TrainingNode {
 
 /// Whether [`linear_with`] runs as one training node of its own, and which: training on the CPU
 /// default (autodiff over burn-flex, float32), shapes matching, and either bf16 autocast on a CPU with
-/// AVX512-BF16 or, for a frozen weight without autocast, an AVX-512 CPU. A trained weight in float32
-/// keeps burn's linear (its weight changes every step, so nothing is gained by packing it).
+/// AVX512-BF16 or, for a frozen weight without autocast, an AVX-512 CPU where packed weights are kept. A
+/// trained weight in float32 keeps burn's linear (its weight changes every step, so nothing is gained
+/// by packing it).
 fn training_node<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
     weight: &Tensor<B, 2>,
@@ -257,7 +258,7 @@ fn training_node<B: Backend, const D: usize>(
         Some(FloatDType::BF16) if Bf16::available() => {
             Some(if frozen { TrainingNode::FrozenBf16 } else { TrainingNode::TrainedBf16 })
         }
-        None if frozen && F32::available() => Some(TrainingNode::FrozenF32),
+        None if frozen && F32::available() && keeps_packed_weights() => Some(TrainingNode::FrozenF32),
         _ => None,
     }
 }
