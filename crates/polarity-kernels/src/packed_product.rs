@@ -63,7 +63,7 @@ pub(crate) trait Format: Debug + Send + Sync + 'static {
     /// Whether this CPU runs the kernel.
     fn available() -> bool;
     /// This format's packed copies.
-    fn cache() -> &'static Mutex<HashMap<WeightKey, CacheEntry<Self::Word>>>;
+    fn cache() -> &'static Cache<Self::Word>;
     /// Fills `panel` (`[depth][NR]` words) with the columns `columns` of `matrix`.
     fn pack_panel(matrix: StridedMatrix, columns: Range<usize>, panel: &mut [Self::Word]);
     /// The input rows `[rows, k]` as rows of `k.div_ceil(ROWS_PER_WORD)` words.
@@ -181,6 +181,9 @@ pub(crate) struct WeightKey {
     dims: [usize; 2],
 }
 
+/// A format's packed copies by weight view.
+pub(crate) type Cache<W> = Mutex<HashMap<WeightKey, CacheEntry<W>>>;
+
 pub(crate) struct CacheEntry<W> {
     /// Keeps the buffer alive and shared, so that its address is not reused and it is not written in place.
     buffer: Arc<Bytes>,
@@ -256,8 +259,8 @@ impl Format for Bf16 {
         *AVAILABLE.get_or_init(detect_bf16)
     }
 
-    fn cache() -> &'static Mutex<HashMap<WeightKey, CacheEntry<u32>>> {
-        static CACHE: OnceLock<Mutex<HashMap<WeightKey, CacheEntry<u32>>>> = OnceLock::new();
+    fn cache() -> &'static Cache<u32> {
+        static CACHE: OnceLock<Cache<u32>> = OnceLock::new();
         CACHE.get_or_init(Default::default)
     }
 
@@ -318,8 +321,8 @@ impl Format for F32 {
         *AVAILABLE.get_or_init(detect_f32)
     }
 
-    fn cache() -> &'static Mutex<HashMap<WeightKey, CacheEntry<f32>>> {
-        static CACHE: OnceLock<Mutex<HashMap<WeightKey, CacheEntry<f32>>>> = OnceLock::new();
+    fn cache() -> &'static Cache<f32> {
+        static CACHE: OnceLock<Cache<f32>> = OnceLock::new();
         CACHE.get_or_init(Default::default)
     }
 

@@ -51,16 +51,20 @@ fn half_round(x: f32) -> f32 {
     f32::from_bits(upper << 16)
 }
 
-/// `x w + b` from the bf16-rounded `x` and `w`, in f64.
-fn reference(x: &[f32], w: &[f32], bias: &[f32], [rows, k, n]: [usize; 3]) -> Vec<f32> {
+/// `x w + b` from the operands as `operand` reads them ([`bf16`]-rounded or [`exact`]), in f64.
+fn reference(x: &[f32], w: &[f32], bias: &[f32], [rows, k, n]: [usize; 3], operand: fn(f32) -> f64) -> Vec<f32> {
     let mut out = vec![0f32; rows * n];
     for r in 0..rows {
         for c in 0..n {
-            let dot: f64 = (0..k).map(|i| bf16(x[r * k + i]) * bf16(w[i * n + c])).sum();
+            let dot: f64 = (0..k).map(|i| operand(x[r * k + i]) * operand(w[i * n + c])).sum();
             out[r * n + c] = (dot + bias[c] as f64) as f32;
         }
     }
     out
+}
+
+fn exact(x: f32) -> f64 {
+    x as f64
 }
 
 fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
@@ -84,7 +88,7 @@ fn bf16_linear_layers_compute_the_rounded_operands_products() {
             .enumerate()
     {
         let (x, w, bias) = (values(rows * k, case), values(k * n, case + 10), values(n, case + 20));
-        let expected = reference(&x, &w, &bias, [rows, k, n]);
+        let expected = reference(&x, &w, &bias, [rows, k, n], bf16);
         let actual = autocast(Some(FloatDType::BF16), || {
             linear_with(
                 tensor(x.clone(), [rows, k]),
@@ -157,15 +161,21 @@ fn packed_weights_follow_their_buffers() {
     assert_eq!(packed_weight_count(), 0);
 }
 
-/// `dy wᵀ` from the bf16-rounded `dy` and `w` (`[k, n]`), in f64.
-fn input_gradient(dy: &[f32], w: &[f32], [rows, k, n]: [usize; 3]) -> Vec<f32> {
+/// `dy wᵀ` from the operands as `operand` reads them (`w` is `[k, n]`), in f64.
+fn input_gradient(dy: &[f32], w: &[f32], [rows, k, n]: [usize; 3], operand: fn(f32) -> f64) -> Vec<f32> {
     let mut out = vec![0f32; rows * k];
     for r in 0..rows {
         for i in 0..k {
-            out[r * k + i] = (0..n).map(|c| bf16(dy[r * n + c]) * bf16(w[i * n + c])).sum::<f64>() as f32;
+            out[r * k + i] = (0..n).map(|c| operand(dy[r * n + c]) * operand(w[i * n + c])).sum::<f64>() as f32;
         }
     }
     out
+}
+
+/// The frozen weight `w: [k, n]` as a LoRA base holds it: a transposed view of PyTorch's `[n, k]` layout.
+fn frozen_base(w: &[f32], [k, n]: [usize; 2]) -> Tensor<Autodiff<Flex>, 2> {
+    let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+    train_tensor(transposed, [n, k]).transpose()
 }
 
 /// A float32 tensor on the training backend.
@@ -183,19 +193,21 @@ fn training_on_a_frozen_weight_runs_both_products_in_bf16() {
     let [rows, k, n] = [37, 130, 90];
     let (x, w, bias, dy) = (values(rows * k, 6), values(k * n, 7), values(n, 8), values(rows * n, 9));
     let input = train_tensor(x.clone(), [rows, k]).require_grad();
-    // The frozen weight as a LoRA base holds it: a transposed view of PyTorch's `[n, k]` layout.
-    let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
-    let weight = train_tensor(transposed, [n, k]).transpose();
+    let weight = frozen_base(&w, [k, n]);
     let bias = train_tensor(bias.clone(), [1, n]).reshape([n]);
     let output = autocast(Some(FloatDType::BF16), || linear_with(input.clone(), weight.clone(), Some(bias.clone())));
     assert_eq!(packed_weight_count(), 1, "the forward pass packs the weight");
-    let expected = reference(&x, &w, &values(n, 8), [rows, k, n]);
+    let expected = reference(&x, &w, &values(n, 8), [rows, k, n], bf16);
     assert_close(&output.clone().into_data().to_vec::<f32>().unwrap(), &expected, "forward");
 
     // The loss sum(y * dy) sends dy back; the input gradient is dy wᵀ in bf16, and the transpose is packed.
     let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
     let grad = input.grad(&grads).expect("the input takes a gradient");
-    assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &input_gradient(&dy, &w, [rows, k, n]), "input gradient");
+    assert_close(
+        &grad.into_data().to_vec::<f32>().unwrap(),
+        &input_gradient(&dy, &w, [rows, k, n], bf16),
+        "input gradient",
+    );
     assert_eq!(packed_weight_count(), 2, "the backward pass packs the transpose once");
 
     polarity_kernels::clear_packed_weights();
@@ -220,12 +232,16 @@ fn training_a_weight_runs_all_three_products_in_bf16() {
         let what = |name: &str| format!("{name}, [{rows}, {k}] x [{k}, {n}]");
         assert_close(
             &output.clone().into_data().to_vec::<f32>().unwrap(),
-            &reference(&x, &w, &bias, [rows, k, n]),
+            &reference(&x, &w, &bias, [rows, k, n], bf16),
             &what("y"),
         );
         let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
         let grad = input.grad(&grads).expect("the input takes a gradient");
-        assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &input_gradient(&dy, &w, [rows, k, n]), &what("dx"));
+        assert_close(
+            &grad.into_data().to_vec::<f32>().unwrap(),
+            &input_gradient(&dy, &w, [rows, k, n], bf16),
+            &what("dx"),
+        );
         // dW = xᵀ dy from the bf16-rounded x and dy; db = Σ dy in f32 (burn's bias add).
         let weight_gradient: Vec<f32> = (0..k * n)
             .map(|i| (0..rows).map(|r| bf16(x[r * k + i / n]) * bf16(dy[r * n + i % n])).sum::<f64>() as f32)
@@ -266,20 +282,10 @@ fn training_on_a_frozen_weight_in_f32_runs_packed_products_kept_across_steps() {
     for (case, [rows, k, n]) in shapes.into_iter().enumerate() {
         let (x, w, bias, dy) =
             (values(rows * k, case), values(k * n, case + 1), values(n, case + 2), values(rows * n, case + 3));
-        let exact = |x: f32| x as f64;
-        let expected: Vec<f32> = (0..rows * n)
-            .map(|i| {
-                let (r, c) = (i / n, i % n);
-                ((0..k).map(|j| exact(x[r * k + j]) * exact(w[j * n + c])).sum::<f64>() + bias[c] as f64) as f32
-            })
-            .collect();
-        let expected_dx: Vec<f32> = (0..rows * k)
-            .map(|i| (0..n).map(|c| exact(dy[(i / k) * n + c]) * exact(w[(i % k) * n + c])).sum::<f64>() as f32)
-            .collect();
+        let expected = reference(&x, &w, &bias, [rows, k, n], exact);
+        let expected_dx = input_gradient(&dy, &w, [rows, k, n], exact);
         let what = |name: &str| format!("{name}, [{rows}, {k}] x [{k}, {n}]");
-        // The frozen weight as a LoRA base holds it: a transposed view of PyTorch's `[n, k]` layout.
-        let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
-        let weight = train_tensor(transposed, [n, k]).transpose();
+        let weight = frozen_base(&w, [k, n]);
         let bias = train_tensor(bias.clone(), [1, n]).reshape([n]);
         let before = packed_weight_count();
         for step in 0..2 {
@@ -303,9 +309,7 @@ fn training_on_a_frozen_weight_in_f32_runs_packed_products_kept_across_steps() {
     let (x, w) = (values(rows * k, 0), values(k * n, 1));
     let weight = train_tensor(w.clone(), [k, n]);
     let output = linear_with(train_tensor(x.clone(), [rows, k]), weight, None);
-    let expected: Vec<f32> = (0..rows * n)
-        .map(|i| (0..k).map(|j| x[(i / n) * k + j] as f64 * w[j * n + i % n] as f64).sum::<f64>() as f32)
-        .collect();
+    let expected = reference(&x, &w, &vec![0.0; n], [rows, k, n], exact);
     assert_close(&output.into_data().to_vec::<f32>().unwrap(), &expected, "y, packed weights not kept");
     assert_eq!(packed_weight_count(), 0, "nothing is kept");
     polarity_kernels::set_keep_packed_weights(true);
