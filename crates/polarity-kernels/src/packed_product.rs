@@ -8,8 +8,9 @@
 //!   are rounded to bf16 (round to nearest even, as PyTorch's autocast casts) and the products
 //!   accumulate in f32 into the bias rows or the residual, as the f32 path does.
 //! - [`F32`]: float32 FMA on AVX-512 CPUs, for the frozen weights of float32 training (a LoRA
-//!   model's base): the weight and its transpose are packed once instead of by every product of
-//!   every step, as the `gemm` crate does.
+//!   model's base): of the weight and its transpose, the one whose rows are contiguous is read in
+//!   place and the other packed once, instead of the `gemm` crate's packing in every product of
+//!   every step.
 //!
 //! The weights are laid out for the kernel once per weight, not per call: the packed copy is kept in
 //! a process-wide cache (one per format) keyed by the weight's buffer and view. The cache holds a
@@ -23,6 +24,8 @@
 //! - weight `[k, n]` -> panels of `NR` columns, each `[depth][NR]` words: in bf16 `depth = ceil(k / 2)`
 //!   pairs `(w[2p, j], w[2p + 1, j])` (an odd `k` padded with a zero), in f32 `depth = k`; the last
 //!   panel's missing columns are zeros;
+//! - an f32 weight with contiguous rows needs no panels: the kernel reads its rows in place (the
+//!   tiles past its last full `NR` columns through a zero-padded copy);
 //! - input `[m, k]` -> rows of `depth` words (bf16: converted, a pair `(x[i, 2p], x[i, 2p + 1])` is one
 //!   32-bit word, broadcast to all lanes by the kernel; f32: the input itself).
 
@@ -68,12 +71,23 @@ pub(crate) trait Format: Debug + Send + Sync + 'static {
     fn pack_panel(matrix: StridedMatrix, columns: Range<usize>, panel: &mut [Self::Word]);
     /// The input rows `[rows, k]` as rows of `k.div_ceil(ROWS_PER_WORD)` words.
     fn input_words(input: &[f32], k: usize, parallel: bool) -> Cow<'_, [Self::Word]>;
-    /// `c[MR, NR] += a[MR, depth words] x b[depth words, NR]` (see [`InputTile`]), `b` a panel slice of
-    /// `depth` x `NR` words, `c` rows at stride `c_stride` floats.
+    /// `matrix` read where it lies, when this format can (its rows contiguous, in f32).
+    fn in_place<'a>(_matrix: &StridedMatrix<'a>) -> Option<WeightView<'a, Self::Word>> {
+        None
+    }
+    /// `c[MR, NR] += a[MR, depth words] x b[depth words, NR]` (see [`InputTile`]), `b` rows of `NR` words at
+    /// stride `b_stride` words (a panel slice, or a matrix read in place), `c` rows at stride `c_stride` floats.
     ///
     /// # Safety
     /// [`Format::available`]; the pointers reach the elements described.
-    unsafe fn kernel(depth: usize, a: InputTile<Self::Word>, b: *const Self::Word, c: *mut f32, c_stride: usize);
+    unsafe fn kernel(depth: usize, a: InputTile<Self::Word>, b: Words<Self::Word>, c: *mut f32, c_stride: usize);
+}
+
+/// Rows of words from `start`, `stride` words apart.
+#[derive(Clone, Copy)]
+pub(crate) struct Words<W> {
+    start: *const W,
+    stride: usize,
 }
 
 /// bf16 operands (pairs in 32-bit words), f32 accumulation: AVX512-BF16.
@@ -136,9 +150,8 @@ static KEEP_PACKED_WEIGHTS: AtomicBool = AtomicBool::new(true);
 /// product; `false` also drops the copies held now.
 ///
 /// Kept copies make bf16 inference and a LoRA model's frozen base fast, at a memory cost: a frozen
-/// float32 weight in training is held three times (the weight, its packed copy and its packed
-/// transpose; SmolLM2-135M's LoRA run peaks at 1.81 GB resident instead of 0.91 GB), a bf16 copy takes
-/// half the weight's size. Without keeping, bf16 products pack their weight per call and frozen
+/// float32 weight in training is held twice (the weight and a packed copy of it or of its transpose,
+/// the other read in place), a bf16 weight's two packed copies take its size. Without keeping, bf16 products pack their weight per call and frozen
 /// float32 weights keep burn's product; the values are the same up to float rounding.
 ///
 /// ```
@@ -170,6 +183,52 @@ pub(crate) struct PackedWeight<W> {
     /// Words per panel row: `k.div_ceil(ROWS_PER_WORD)`.
     depth: usize,
     panels: Vec<W>,
+}
+
+impl<W> PackedWeight<W> {
+    fn view(&self) -> WeightView<'_, W> {
+        WeightView { k: self.k, n: self.n, depth: self.depth, source: WeightSource::Panels(&self.panels) }
+    }
+}
+
+/// A `[k, n]` weight as the kernel reads it: packed panels, or a row-major f32 matrix in place.
+pub(crate) struct WeightView<'a, W> {
+    k: usize,
+    n: usize,
+    depth: usize,
+    source: WeightSource<'a, W>,
+}
+
+enum WeightSource<'a, W> {
+    /// [`pack`]'s panels.
+    Panels(&'a [W]),
+    /// Row `i` (one word per element) at `words[offset + i * row_stride..]`.
+    Rows { words: &'a [W], offset: usize, row_stride: usize },
+}
+
+impl<W: Copy + Default> WeightView<'_, W> {
+    /// The rows `first..first + pass` of the columns `tile_col..tile_col + NR`: a panel slice, the matrix
+    /// itself where the tile's columns lie inside it, or else a zero-padded copy of them.
+    fn panel(&self, tile_col: usize, first: usize, pass: usize) -> (Cow<'_, [W]>, usize) {
+        match self.source {
+            WeightSource::Panels(panels) => {
+                (Cow::Borrowed(&panels[(tile_col / NR) * self.depth * NR + first * NR..][..pass * NR]), NR)
+            }
+            WeightSource::Rows { words, offset, row_stride } => {
+                let start = offset + first * row_stride + tile_col;
+                if tile_col + NR <= self.n {
+                    (Cow::Borrowed(&words[start..start + (pass - 1) * row_stride + NR]), row_stride)
+                } else {
+                    let width = self.n - tile_col;
+                    let mut copy = vec![W::default(); pass * NR];
+                    for (row, out) in copy.chunks_exact_mut(NR).enumerate() {
+                        out[..width].copy_from_slice(&words[start + row * row_stride..][..width]);
+                    }
+                    (Cow::Owned(copy), NR)
+                }
+            }
+        }
+    }
 }
 
 /// Identifies a weight view: its buffer, offset, strides and shape.
@@ -306,7 +365,7 @@ impl Format for Bf16 {
         Cow::Owned(converted)
     }
 
-    unsafe fn kernel(depth: usize, a: InputTile<u32>, b: *const u32, c: *mut f32, c_stride: usize) {
+    unsafe fn kernel(depth: usize, a: InputTile<u32>, b: Words<u32>, c: *mut f32, c_stride: usize) {
         // SAFETY: forwarded from the caller.
         unsafe { bf16_kernel(depth, a, b, c, c_stride) }
     }
@@ -347,7 +406,21 @@ impl Format for F32 {
         Cow::Borrowed(input)
     }
 
-    unsafe fn kernel(depth: usize, a: InputTile<f32>, b: *const f32, c: *mut f32, c_stride: usize) {
+    fn in_place<'a>(matrix: &StridedMatrix<'a>) -> Option<WeightView<'a, f32>> {
+        let rows_contiguous = matrix.col_stride == 1 && matrix.row_stride > 0 && matrix.rows > 0;
+        rows_contiguous.then(|| WeightView {
+            k: matrix.rows,
+            n: matrix.cols,
+            depth: matrix.rows,
+            source: WeightSource::Rows {
+                words: matrix.data,
+                offset: matrix.offset,
+                row_stride: matrix.row_stride as usize,
+            },
+        })
+    }
+
+    unsafe fn kernel(depth: usize, a: InputTile<f32>, b: Words<f32>, c: *mut f32, c_stride: usize) {
         // SAFETY: forwarded from the caller.
         unsafe { f32_kernel(depth, a, b, c, c_stride) }
     }
@@ -368,7 +441,10 @@ fn bf16_bits(x: f32) -> u16 {
 pub(crate) fn add_product<F: Format>(input: &[f32], weight: &FlexTensor, matrix: StridedMatrix, output: &mut [f32]) {
     assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
     assert!(matrix.in_bounds());
-    multiply::<F>(input, &packed::<F>(weight, matrix), output);
+    match F::in_place(&matrix) {
+        Some(view) => multiply::<F>(input, &view, output),
+        None => multiply::<F>(input, &packed::<F>(weight, matrix).view(), output),
+    }
 }
 
 /// [`add_product`] for a matrix used once (a weight that changes every step, a transpose needed by one
@@ -376,7 +452,10 @@ pub(crate) fn add_product<F: Format>(input: &[f32], weight: &FlexTensor, matrix:
 pub(crate) fn add_product_once<F: Format>(input: &[f32], matrix: StridedMatrix, output: &mut [f32]) {
     assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
     assert!(matrix.in_bounds());
-    multiply::<F>(input, &pack::<F>(matrix), output);
+    match F::in_place(&matrix) {
+        Some(view) => multiply::<F>(input, &view, output),
+        None => multiply::<F>(input, &pack::<F>(matrix).view(), output),
+    }
 }
 
 /// `output += lhsᵀ x rhs` in format `F` for `lhs: [rows, m]` and `rhs: [rows, n]` (the weight gradient
@@ -392,10 +471,10 @@ pub(crate) fn add_transposed_product_once<F: Format>(lhs: StridedMatrix, rhs: St
     }
     let (lhs, rhs) = (pack::<F>(lhs), pack::<F>(rhs));
     let input = InputTiles { words: &lhs.panels, depth: lhs.depth, layout: InputLayout::Panels };
-    run_tasks::<F>(&input, m, &rhs, output);
+    run_tasks::<F>(&input, m, &rhs.view(), output);
 }
 
-fn multiply<F: Format>(input: &[f32], weight: &PackedWeight<F::Word>, output: &mut [f32]) {
+fn multiply<F: Format>(input: &[f32], weight: &WeightView<F::Word>, output: &mut [f32]) {
     let (k, n) = (weight.k, weight.n);
     assert!(k > 0 && input.len().is_multiple_of(k));
     let rows = input.len() / k;
@@ -439,7 +518,7 @@ impl<W> InputTiles<'_, W> {
 
 /// `output += input x weight` for `rows` input rows, in `[MC, NC]` blocks on all cores (for products
 /// above the parallel threshold).
-fn run_tasks<F: Format>(input: &InputTiles<F::Word>, rows: usize, weight: &PackedWeight<F::Word>, output: &mut [f32]) {
+fn run_tasks<F: Format>(input: &InputTiles<F::Word>, rows: usize, weight: &WeightView<F::Word>, output: &mut [f32]) {
     let n = weight.n;
     assert_eq!(input.depth, weight.depth);
     assert_eq!(output.len(), rows * n);
@@ -471,7 +550,7 @@ unsafe impl Sync for SharedOutput {}
 /// `output` points at `rows * weight.n` floats; no other thread touches this block; `F` is available.
 unsafe fn block<F: Format>(
     input: &InputTiles<F::Word>,
-    weight: &PackedWeight<F::Word>,
+    weight: &WeightView<F::Word>,
     output: SharedOutput,
     rows: usize,
     [row, col]: [usize; 2],
@@ -482,7 +561,8 @@ unsafe fn block<F: Format>(
     while first < depth {
         let pass = KC.min(depth - first);
         for tile_col in (col..col_end).step_by(NR) {
-            let panel = &weight.panels[(tile_col / NR) * depth * NR + first * NR..][..pass * NR];
+            let (panel, panel_stride) = weight.panel(tile_col, first, pass);
+            let b = Words { start: panel.as_ptr(), stride: panel_stride };
             for tile_row in (row..row_end).step_by(MR) {
                 let (words, row_stride, word_stride) = input.tile(tile_row, first);
                 let (tile_rows, tile_cols) = ((row_end - tile_row).min(MR), (col_end - tile_col).min(NR));
@@ -502,18 +582,18 @@ unsafe fn block<F: Format>(
                 };
                 // SAFETY: `output + tile_row * n + tile_col` starts this task's tile; a full tile has
                 // `MR` rows of `NR` in-bounds columns at stride `n`; the input tile holds `MR` rows of
-                // `pass` words at the given strides, the panel slice `pass * NR` words.
+                // `pass` words at the given strides, the weight `pass` rows of `NR` words at its stride.
                 unsafe {
                     let c = output.0.add(tile_row * n + tile_col);
                     if tile_rows == MR && tile_cols == NR {
-                        F::kernel(pass, a, panel.as_ptr(), c, n);
+                        F::kernel(pass, a, b, c, n);
                     } else {
                         // An edge tile: through a full-size scratch tile.
                         let mut scratch = [0f32; MR * NR];
                         for r in 0..tile_rows {
                             std::ptr::copy_nonoverlapping(c.add(r * n), scratch.as_mut_ptr().add(r * NR), tile_cols);
                         }
-                        F::kernel(pass, a, panel.as_ptr(), scratch.as_mut_ptr(), NR);
+                        F::kernel(pass, a, b, scratch.as_mut_ptr(), NR);
                         for r in 0..tile_rows {
                             std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR), c.add(r * n), tile_cols);
                         }
@@ -612,12 +692,12 @@ fn convert_row_avx512(row: &[f32], out: &mut [u32]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn bf16_kernel(_: usize, _: InputTile<u32>, _: *const u32, _: *mut f32, _: usize) {
+unsafe fn bf16_kernel(_: usize, _: InputTile<u32>, _: Words<u32>, _: *mut f32, _: usize) {
     unreachable!("bf16 products are only offered on x86_64 with AVX512-BF16")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn f32_kernel(_: usize, _: InputTile<f32>, _: *const f32, _: *mut f32, _: usize) {
+unsafe fn f32_kernel(_: usize, _: InputTile<f32>, _: Words<f32>, _: *mut f32, _: usize) {
     unreachable!("packed f32 products are only offered on x86_64 with AVX-512")
 }
 
@@ -628,13 +708,13 @@ unsafe fn f32_kernel(_: usize, _: InputTile<f32>, _: *const f32, _: *mut f32, _:
 /// The CPU has AVX512-BF16; the pointers reach the elements described.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bf16,avx512f")]
-unsafe fn bf16_kernel(depth: usize, a: InputTile<u32>, b: *const u32, c: *mut f32, c_stride: usize) {
+unsafe fn bf16_kernel(depth: usize, a: InputTile<u32>, b: Words<u32>, c: *mut f32, c_stride: usize) {
     use std::arch::x86_64::*;
     // SAFETY: in bounds by the caller's contract; unaligned loads and stores throughout.
     unsafe {
         let mut sums = [[_mm512_setzero_ps(); NR / 16]; MR];
         for pair in 0..depth {
-            let row = b.add(pair * NR);
+            let row = b.start.add(pair * b.stride);
             let pairs = a.words.add(pair * a.word_stride);
             let columns: [__m512bh; NR / 16] =
                 std::array::from_fn(|v| std::mem::transmute(_mm512_loadu_si512(row.add(16 * v).cast())));
@@ -656,13 +736,13 @@ unsafe fn bf16_kernel(depth: usize, a: InputTile<u32>, b: *const u32, c: *mut f3
 /// The CPU has AVX-512F; the pointers reach the elements described.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_kernel(depth: usize, a: InputTile<f32>, b: *const f32, c: *mut f32, c_stride: usize) {
+unsafe fn f32_kernel(depth: usize, a: InputTile<f32>, b: Words<f32>, c: *mut f32, c_stride: usize) {
     use std::arch::x86_64::*;
     // SAFETY: in bounds by the caller's contract; unaligned loads and stores throughout.
     unsafe {
         let mut sums = [[_mm512_setzero_ps(); NR / 16]; MR];
         for index in 0..depth {
-            let row = b.add(index * NR);
+            let row = b.start.add(index * b.stride);
             let values = a.words.add(index * a.word_stride);
             let columns: [__m512; NR / 16] = std::array::from_fn(|v| _mm512_loadu_ps(row.add(16 * v)));
             for (r, sum) in sums.iter_mut().enumerate() {

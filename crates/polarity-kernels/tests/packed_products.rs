@@ -284,23 +284,28 @@ fn training_on_a_frozen_weight_in_f32_runs_packed_products_kept_across_steps() {
             (values(rows * k, case), values(k * n, case + 1), values(n, case + 2), values(rows * n, case + 3));
         let expected = reference(&x, &w, &bias, [rows, k, n], exact);
         let expected_dx = input_gradient(&dy, &w, [rows, k, n], exact);
-        let what = |name: &str| format!("{name}, [{rows}, {k}] x [{k}, {n}]");
-        let weight = frozen_base(&w, [k, n]);
         let bias = train_tensor(bias.clone(), [1, n]).reshape([n]);
-        let before = packed_weight_count();
-        for step in 0..2 {
-            let input = train_tensor(x.clone(), [rows, k]).require_grad();
-            let output = linear_with(input.clone(), weight.clone(), Some(bias.clone()));
-            assert_close(&output.clone().into_data().to_vec::<f32>().unwrap(), &expected, &what("y"));
-            let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
-            let grad = input.grad(&grads).expect("the input takes a gradient");
-            assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &expected_dx, &what("dx"));
-            assert_eq!(
-                packed_weight_count(),
-                before + 2,
-                "{}: step {step} packs the weight and its transpose once",
-                what("cache")
-            );
+        // A LoRA base's transposed view (packed; its transpose, row-major, read in place) and burn's
+        // row-major `[in, out]` (read in place; its transpose packed).
+        for (layout, weight) in
+            [("transposed view", frozen_base(&w, [k, n])), ("row-major", train_tensor(w.clone(), [k, n]))]
+        {
+            let what = |name: &str| format!("{name}, {layout} [{rows}, {k}] x [{k}, {n}]");
+            polarity_kernels::clear_packed_weights();
+            for step in 0..2 {
+                let input = train_tensor(x.clone(), [rows, k]).require_grad();
+                let output = linear_with(input.clone(), weight.clone(), Some(bias.clone()));
+                assert_close(&output.clone().into_data().to_vec::<f32>().unwrap(), &expected, &what("y"));
+                let grads = (output * train_tensor(dy.clone(), [rows, n])).sum().backward();
+                let grad = input.grad(&grads).expect("the input takes a gradient");
+                assert_close(&grad.into_data().to_vec::<f32>().unwrap(), &expected_dx, &what("dx"));
+                assert_eq!(
+                    packed_weight_count(),
+                    1,
+                    "{}: step {step} packs one of the weight and its transpose, once",
+                    what("cache")
+                );
+            }
         }
     }
     // Packed weights not kept: the same products, nothing held.

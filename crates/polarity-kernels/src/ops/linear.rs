@@ -270,9 +270,9 @@ fn untracked<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
 
 /// The product by a frozen weight for training, in format `F`: `x W + b`, and in the backward pass
 /// `dx = dy W^T`. In bf16 both products take bf16 operands and accumulate in f32 (PyTorch's autocast
-/// runs both in bf16 too); in f32 they are the float32 products. Both the weight and its transpose are
-/// packed once and kept by [`packed_product`]'s cache, so a LoRA step pays neither burn's casts of
-/// the frozen base nor a packing per product.
+/// runs both in bf16 too); in f32 they are the float32 products. The weight and its transpose are
+/// packed once and kept by [`packed_product`]'s cache (in f32, the one with contiguous rows is read in
+/// place instead), so a LoRA step pays neither burn's casts of the frozen base nor a packing per product.
 #[derive(Debug)]
 struct FrozenPackedLinear<F>(PhantomData<F>);
 
