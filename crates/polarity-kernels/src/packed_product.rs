@@ -408,7 +408,7 @@ impl Format for F32 {
 
     fn in_place<'a>(matrix: &StridedMatrix<'a>) -> Option<WeightView<'a, f32>> {
         let rows_contiguous = matrix.col_stride == 1 && matrix.row_stride > 0 && matrix.rows > 0;
-        rows_contiguous.then(|| WeightView {
+        rows_contiguous.then_some(WeightView {
             k: matrix.rows,
             n: matrix.cols,
             depth: matrix.rows,
