@@ -14,8 +14,9 @@
 //!   - SmolLM2-135M-Instruct, real weights from `../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf`
 //!     (dequantised to f32 on load; the group is skipped with a message if the file is absent), on
 //!     IMDB prompts at batch 8, sequence 128 (on CPUs with AVX512-BF16 also under bf16 autocast,
-//!     `smollm2/flex-bf16/b8_s128`, as `--precision bf16` evaluates); with `POLARITY_BENCH_LONG_PROMPTS=1` also at real prompt
-//!     lengths (`b8_max512`: 8 prompts of at most 512 tokens, padded to the longest; minutes);
+//!     `smollm2/flex-bf16/b8_s128`, as `--precision bf16` evaluates); with
+//!     `POLARITY_BENCH_LONG_PROMPTS=1` also at real prompt lengths (`b8_max512`: 8 prompts of at most
+//!     512 tokens, padded to the longest; minutes);
 //!     `reference_b8_max256` is the first label-scoring batch of the causal LM's reference inference
 //!     workload (`polarity::bench::Workload::causal_lm_reference`: balanced, seeded test reviews in prompts
 //!     of at most 256 tokens, batch 8), padded to its longest prompt;

@@ -12,9 +12,9 @@
 //! twice the f32 speed of those products: in inference and for a frozen weight in training (a LoRA
 //! model's base: the forward product and the input gradient, the weight and its transpose packed once
 //! and kept), and for a trained weight (full fine-tuning: the forward product, the input gradient and
-//! the weight gradient, packed per call; the gradient itself stays f32). The fused attention and the frozen quantised
-//! products keep their f32 kernels, and without AVX512-BF16 (or for f16) autocast changes the numbers,
-//! not the speed.
+//! the weight gradient, packed per call; the gradient itself stays f32). The fused attention and the
+//! frozen quantised products keep their f32 kernels, and without AVX512-BF16 (or for f16) autocast
+//! changes the numbers, not the speed.
 //!
 //! The setting is per thread and scoped, like PyTorch's: forward passes run under it, the backward
 //! pass needs nothing (the casts are in the graph).

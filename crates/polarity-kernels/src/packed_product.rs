@@ -151,8 +151,9 @@ static KEEP_PACKED_WEIGHTS: AtomicBool = AtomicBool::new(true);
 ///
 /// Kept copies make bf16 inference and a LoRA model's frozen base fast, at a memory cost: a frozen
 /// float32 weight in training is held twice (the weight and a packed copy of it or of its transpose,
-/// the other read in place), a bf16 weight's two packed copies take its size. Without keeping, bf16 products pack their weight per call and frozen
-/// float32 weights keep burn's product; the values are the same up to float rounding.
+/// the other read in place), a bf16 weight's two packed copies take its size. Without keeping, bf16
+/// products pack their weight per call and frozen float32 weights keep burn's product; the values are
+/// the same up to float rounding.
 ///
 /// ```
 /// polarity_kernels::set_keep_packed_weights(false);
@@ -300,13 +301,15 @@ fn along_rows(matrix: &StridedMatrix) -> bool {
     matrix.col_stride.unsigned_abs() <= matrix.row_stride.unsigned_abs()
 }
 
-/// Row `row`'s elements in `columns`, where the matrix's rows are contiguous.
-fn contiguous_row<'a>(matrix: &StridedMatrix<'a>, row: usize, columns: &Range<usize>) -> Option<&'a [f32]> {
-    let contiguous = matrix.col_stride == 1 && matrix.row_stride > 0;
-    contiguous.then(|| {
-        let start = matrix.offset + row * matrix.row_stride as usize + columns.start;
-        &matrix.data[start..start + columns.len()]
-    })
+/// Whether each row's elements lie next to each other, rows in increasing order (a row-major matrix).
+fn rows_contiguous(matrix: &StridedMatrix) -> bool {
+    matrix.col_stride == 1 && matrix.row_stride > 0
+}
+
+/// Row `row`'s elements in `columns` of a matrix whose rows are contiguous.
+fn contiguous_row<'a>(matrix: &StridedMatrix<'a>, row: usize, columns: &Range<usize>) -> &'a [f32] {
+    let start = matrix.offset + row * matrix.row_stride as usize + columns.start;
+    &matrix.data[start..start + columns.len()]
 }
 
 impl Format for Bf16 {
@@ -330,10 +333,10 @@ impl Format for Bf16 {
             let high = if 2 * pair + 1 < k { bf16_bits(element(&matrix, 2 * pair + 1, col)) as u32 } else { 0 };
             low | (high << 16)
         };
-        if contiguous_row(&matrix, 0, &columns).is_some() {
+        if rows_contiguous(&matrix) {
             // Two rows' floats at a time, vectorised.
             for (pair, out) in panel.chunks_exact_mut(NR).enumerate() {
-                let row = |index| contiguous_row(&matrix, index, &columns).unwrap_or_default();
+                let row = |index| contiguous_row(&matrix, index, &columns);
                 let high = (2 * pair + 1 < k).then(|| row(2 * pair + 1));
                 convert_row_pair(row(2 * pair), high, &mut out[..columns.len()]);
             }
@@ -387,9 +390,9 @@ impl Format for F32 {
 
     fn pack_panel(matrix: StridedMatrix, columns: Range<usize>, panel: &mut [f32]) {
         let width = columns.len();
-        if contiguous_row(&matrix, 0, &columns).is_some() {
+        if rows_contiguous(&matrix) {
             for (row, out) in panel.chunks_exact_mut(NR).enumerate() {
-                out[..width].copy_from_slice(contiguous_row(&matrix, row, &columns).unwrap_or_default());
+                out[..width].copy_from_slice(contiguous_row(&matrix, row, &columns));
             }
         } else if along_rows(&matrix) {
             for (row, out) in panel.chunks_exact_mut(NR).enumerate() {
@@ -407,8 +410,7 @@ impl Format for F32 {
     }
 
     fn in_place<'a>(matrix: &StridedMatrix<'a>) -> Option<WeightView<'a, f32>> {
-        let rows_contiguous = matrix.col_stride == 1 && matrix.row_stride > 0 && matrix.rows > 0;
-        rows_contiguous.then_some(WeightView {
+        (rows_contiguous(matrix) && matrix.rows > 0).then_some(WeightView {
             k: matrix.rows,
             n: matrix.cols,
             depth: matrix.rows,
@@ -439,22 +441,27 @@ fn bf16_bits(x: f32) -> u16 {
 /// burn-flex weight `weight` (read as `matrix`, its view; packed once and kept) and row-major
 /// `output: [rows, n]`. Call only where `F` is [available](Format::available).
 pub(crate) fn add_product<F: Format>(input: &[f32], weight: &FlexTensor, matrix: StridedMatrix, output: &mut [f32]) {
-    assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
-    assert!(matrix.in_bounds());
-    match F::in_place(&matrix) {
-        Some(view) => multiply::<F>(input, &view, output),
-        None => multiply::<F>(input, &packed::<F>(weight, matrix).view(), output),
-    }
+    product::<F>(input, matrix, output, || packed::<F>(weight, matrix));
 }
 
 /// [`add_product`] for a matrix used once (a weight that changes every step, a transpose needed by one
 /// backward pass): packed for this call and not cached.
 pub(crate) fn add_product_once<F: Format>(input: &[f32], matrix: StridedMatrix, output: &mut [f32]) {
+    product::<F>(input, matrix, output, || Arc::new(pack::<F>(matrix)));
+}
+
+/// `output += input x matrix`, reading `matrix` in place where the format can and from `packed()` otherwise.
+fn product<F: Format>(
+    input: &[f32],
+    matrix: StridedMatrix,
+    output: &mut [f32],
+    packed: impl FnOnce() -> Arc<PackedWeight<F::Word>>,
+) {
     assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
     assert!(matrix.in_bounds());
     match F::in_place(&matrix) {
         Some(view) => multiply::<F>(input, &view, output),
-        None => multiply::<F>(input, &pack::<F>(matrix).view(), output),
+        None => multiply::<F>(input, &packed().view(), output),
     }
 }
 

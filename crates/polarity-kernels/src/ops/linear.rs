@@ -419,27 +419,20 @@ const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
 /// `output: [rows, n]`, on all cores. The output comes in holding the bias rows or the residual, so a
 /// linear layer needs neither a zero fill nor separate passes adding them.
 fn add_product(input: &[f32], weight: StridedMatrix, output: &mut [f32]) {
-    let k = weight.rows;
-    assert!(k > 0 && input.len().is_multiple_of(k));
+    let (k, n) = (weight.rows, weight.cols);
+    assert!(weight.in_bounds() && k > 0 && input.len().is_multiple_of(k));
     let rows = input.len() / k;
-    let input = StridedMatrix { data: input, offset: 0, rows, cols: k, row_stride: k as isize, col_stride: 1 };
-    add_strided_product(input, weight, output);
-}
-
-/// `output += lhs x rhs` for strided `lhs: [m, k]` and `rhs: [k, n]` and a row-major `output: [m, n]`,
-/// in f32 on all cores.
-fn add_strided_product(lhs: StridedMatrix, rhs: StridedMatrix, output: &mut [f32]) {
-    let [m, k, n] = [lhs.rows, lhs.cols, rhs.cols];
-    assert!(lhs.in_bounds() && rhs.in_bounds() && rhs.rows == k && output.len() == m * n);
-    let parallelism = if m * k * n >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    // SAFETY: both operands are in bounds, `output` is row-major with the asserted length and a unique
-    // borrow, so it aliases neither input.
+    assert_eq!(output.len(), rows * n);
+    let parallelism =
+        if rows * k * n >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: `input` and `output` are row-major with the asserted lengths, `weight` is in bounds, and
+    // `output` is a unique borrow, so it aliases neither input.
     unsafe {
         product_with(
-            [m, k, n],
+            [rows, k, n],
             (output.as_mut_ptr(), n as isize, 1),
-            (lhs.data.as_ptr().wrapping_add(lhs.offset), lhs.row_stride, lhs.col_stride),
-            (rhs.data.as_ptr().wrapping_add(rhs.offset), rhs.row_stride, rhs.col_stride),
+            (input.as_ptr(), k as isize, 1),
+            (weight.data.as_ptr().wrapping_add(weight.offset), weight.row_stride, weight.col_stride),
             1.0,
             true,
             parallelism,
