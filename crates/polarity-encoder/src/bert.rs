@@ -355,7 +355,7 @@ pub struct BertIntermediate<B: Backend> {
 impl<B: Backend> BertIntermediate<B> {
     /// `activation(dense(hidden))`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.activation.forward(linear(&self.dense, hidden))
+        self.activation.after_linear(&self.dense, hidden)
     }
 }
 

@@ -49,6 +49,16 @@ impl Activation {
         }
     }
 
+    /// `activation(layer.forward(x))`: for the exact GELU [`polarity_kernels::linear_gelu`], which under
+    /// bf16 autocast on the CPU default applies the GELU inside the product and returns its bf16
+    /// operand for the next layer.
+    pub fn after_linear<B: Backend, const D: usize>(self, layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Gelu => polarity_kernels::linear_gelu(layer, x),
+            activation => activation.forward(polarity_kernels::linear(layer, x)),
+        }
+    }
+
     /// Applies the activation element-wise.
     pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {

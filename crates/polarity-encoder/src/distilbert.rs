@@ -307,7 +307,7 @@ pub struct Ffn<B: Backend> {
 impl<B: Backend> Ffn<B> {
     /// `dropout(lin2(activation(lin1(x)))) + x`: the network with its residual connection.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let activated = self.activation.forward(linear(&self.lin1, x.clone()));
+        let activated = self.activation.after_linear(&self.lin1, x.clone());
         linear_residual(&self.lin2, Some(&self.dropout), activated, x)
     }
 }

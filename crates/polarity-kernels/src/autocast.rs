@@ -12,8 +12,10 @@
 //! twice the f32 speed of those products: in inference and for a frozen weight in training (a LoRA
 //! model's base: the forward product and the input gradient, the weight and its transpose packed once
 //! and kept), and for a trained weight (full fine-tuning: the forward product, the input gradient and
-//! the weight gradient, packed per call; the gradient itself stays f32). The fused attention and the
-//! frozen quantised products keep their f32 kernels, and without AVX512-BF16 (or for f16) autocast
+//! the weight gradient, packed per call; the gradient itself stays f32). In inference the fused
+//! attention's two products per head run in bf16 too (the softmax in f32), and
+//! [`crate::linear_gelu`] hands the next layer its GELU output as bf16 pairs; attention in training and
+//! the frozen quantised products keep their f32 kernels, and without AVX512-BF16 (or for f16) autocast
 //! changes the numbers, not the speed.
 //!
 //! The setting is per thread and scoped, like PyTorch's: forward passes run under it, the backward

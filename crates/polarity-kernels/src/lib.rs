@@ -54,7 +54,7 @@ pub use ops::attention::{AttentionHeads, AttentionMask, attention};
 pub use ops::dropout::dropout;
 pub use ops::gelu::gelu;
 pub use ops::layer_norm::{LayerNorm, layer_norm};
-pub use ops::linear::{FrozenMatrix, frozen_linear, linear, linear_residual, linear_with, on_rows};
+pub use ops::linear::{FrozenMatrix, frozen_linear, linear, linear_gelu, linear_residual, linear_with, on_rows};
 pub use ops::rms_norm::rms_norm;
 pub use ops::rope::rotary;
 pub use ops::silu_gate::silu_mul;

@@ -4,9 +4,12 @@
 //!   later, Intel Cooper Lake, Sapphire Rapids and later). One `vdpbf16ps` multiplies 32 bf16 pairs
 //!   and adds them to 16 f32 lanes: twice the multiply-adds of an f32 FMA on the same register width,
 //!   from half the bytes. Under [`autocast`](crate::autocast::autocast)`(Some(FloatDType::BF16), ..)`
-//!   the linear layers of the CPU default run here, in inference and in training: the activations
-//!   are rounded to bf16 (round to nearest even, as PyTorch's autocast casts) and the products
-//!   accumulate in f32 into the bias rows or the residual, as the f32 path does.
+//!   the linear layers of the CPU default run here, in inference and in training, and in inference
+//!   attention's per-head products: the activations are rounded to bf16 (round to nearest even, as
+//!   PyTorch's autocast casts) and the products accumulate in f32, the bias added with the first pass
+//!   over each tile and the residual (if any) as the tile's starting values; an epilogue can finish
+//!   each output block while it is in cache (the GELU of the feed-forward layer, rounded to bf16
+//!   pairs for the next product).
 //! - [`F32`]: float32 FMA on AVX-512 CPUs, for the frozen weights of float32 training (a LoRA
 //!   model's base): of the weight and its transpose, the one whose rows are contiguous is read in
 //!   place and the other packed once, instead of the `gemm` crate's packing in every product of
@@ -30,8 +33,10 @@
 //!   32-bit word, broadcast to all lanes by the kernel; f32: the input itself).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -75,12 +80,20 @@ pub(crate) trait Format: Debug + Send + Sync + 'static {
     fn in_place<'a>(_matrix: &StridedMatrix<'a>) -> Option<WeightView<'a, Self::Word>> {
         None
     }
-    /// `c[MR, NR] += a[MR, depth words] x b[depth words, NR]` (see [`InputTile`]), `b` rows of `NR` words at
-    /// stride `b_stride` words (a panel slice, or a matrix read in place), `c` rows at stride `c_stride` floats.
+    /// `c[MR, NR] (+)= a[MR, depth words] x b[depth words, NR] (+ bias)` (see [`InputTile`] and
+    /// [`TileStart`]), `b` rows of `NR` words at stride `b.stride` words (a panel slice, or a matrix read
+    /// in place), `c` rows at stride `c_stride` floats.
     ///
     /// # Safety
     /// [`Format::available`]; the pointers reach the elements described.
-    unsafe fn kernel(depth: usize, a: InputTile<Self::Word>, b: Words<Self::Word>, c: *mut f32, c_stride: usize);
+    unsafe fn kernel(
+        depth: usize,
+        a: InputTile<Self::Word>,
+        b: Words<Self::Word>,
+        c: *mut f32,
+        c_stride: usize,
+        start: TileStart,
+    );
 }
 
 /// Rows of words from `start`, `stride` words apart.
@@ -88,6 +101,14 @@ pub(crate) trait Format: Debug + Send + Sync + 'static {
 pub(crate) struct Words<W> {
     start: *const W,
     stride: usize,
+}
+
+/// What a kernel call's sums are added to: the tile's values (`accumulate`; otherwise they are
+/// overwritten) and a bias row of `NR` floats (`bias`, null for none).
+#[derive(Clone, Copy)]
+pub(crate) struct TileStart {
+    accumulate: bool,
+    bias: *const f32,
 }
 
 /// bf16 operands (pairs in 32-bit words), f32 accumulation: AVX512-BF16.
@@ -306,6 +327,12 @@ fn rows_contiguous(matrix: &StridedMatrix) -> bool {
     matrix.col_stride == 1 && matrix.row_stride > 0
 }
 
+/// Whether each column's elements lie next to each other, columns in increasing order (the transpose of a
+/// row-major matrix).
+fn columns_contiguous(matrix: &StridedMatrix) -> bool {
+    matrix.row_stride == 1 && matrix.col_stride > 0
+}
+
 /// Row `row`'s elements in `columns` of a matrix whose rows are contiguous.
 fn contiguous_row<'a>(matrix: &StridedMatrix<'a>, row: usize, columns: &Range<usize>) -> &'a [f32] {
     let start = matrix.offset + row * matrix.row_stride as usize + columns.start;
@@ -340,6 +367,18 @@ impl Format for Bf16 {
                 let high = (2 * pair + 1 < k).then(|| row(2 * pair + 1));
                 convert_row_pair(row(2 * pair), high, &mut out[..columns.len()]);
             }
+        } else if columns_contiguous(&matrix) {
+            // A transposed row-major matrix (keys as the product's `kᵀ`): each column converted
+            // vectorised, then spread over the panel's rows.
+            let mut words = vec![MaybeUninit::uninit(); k.div_ceil(2)];
+            for (offset, col) in columns.enumerate() {
+                let start = matrix.offset + col * matrix.col_stride as usize;
+                convert_row(&matrix.data[start..start + k], 1.0, &mut words);
+                for (pair, word) in words.iter().enumerate() {
+                    // SAFETY: `convert_row` wrote every word.
+                    panel[pair * NR + offset] = unsafe { word.assume_init() };
+                }
+            }
         } else if along_rows(&matrix) {
             for (pair, out) in panel.chunks_exact_mut(NR).enumerate() {
                 columns.clone().zip(out.iter_mut()).for_each(|(col, slot)| *slot = word(pair, col));
@@ -352,25 +391,12 @@ impl Format for Bf16 {
     }
 
     fn input_words(input: &[f32], k: usize, parallel: bool) -> Cow<'_, [u32]> {
-        let pairs = k.div_ceil(2);
-        let mut converted = vec![0u32; input.len() / k * pairs];
-        let convert = |(source, target): (&[f32], &mut [u32])| {
-            for (row, out) in source.chunks_exact(k).zip(target.chunks_exact_mut(pairs)) {
-                convert_row(row, out);
-            }
-        };
-        let task_rows = 64;
-        if parallel {
-            input.par_chunks(task_rows * k).zip(converted.par_chunks_mut(task_rows * pairs)).for_each(convert);
-        } else {
-            input.chunks(task_rows * k).zip(converted.chunks_mut(task_rows * pairs)).for_each(convert);
-        }
-        Cow::Owned(converted)
+        Cow::Owned(converted_rows(input, k, parallel))
     }
 
-    unsafe fn kernel(depth: usize, a: InputTile<u32>, b: Words<u32>, c: *mut f32, c_stride: usize) {
+    unsafe fn kernel(depth: usize, a: InputTile<u32>, b: Words<u32>, c: *mut f32, c_stride: usize, start: TileStart) {
         // SAFETY: forwarded from the caller.
-        unsafe { bf16_kernel(depth, a, b, c, c_stride) }
+        unsafe { bf16_kernel(depth, a, b, c, c_stride, start) }
     }
 }
 
@@ -422,9 +448,9 @@ impl Format for F32 {
         })
     }
 
-    unsafe fn kernel(depth: usize, a: InputTile<f32>, b: Words<f32>, c: *mut f32, c_stride: usize) {
+    unsafe fn kernel(depth: usize, a: InputTile<f32>, b: Words<f32>, c: *mut f32, c_stride: usize, start: TileStart) {
         // SAFETY: forwarded from the caller.
-        unsafe { f32_kernel(depth, a, b, c, c_stride) }
+        unsafe { f32_kernel(depth, a, b, c, c_stride, start) }
     }
 }
 
@@ -437,59 +463,218 @@ fn bf16_bits(x: f32) -> u16 {
     (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
 
-/// `output += input x weight` in format `F`, for row-major `input: [rows, k]`, the float32 `[k, n]`
-/// burn-flex weight `weight` (read as `matrix`, its view; packed once and kept) and row-major
-/// `output: [rows, n]`. Call only where `F` is [available](Format::available).
-pub(crate) fn add_product<F: Format>(input: &[f32], weight: &FlexTensor, matrix: StridedMatrix, output: &mut [f32]) {
+/// A product's left operand: row-major `[rows, k]` floats, or rows already in the format's words
+/// (`k.div_ceil(ROWS_PER_WORD)` per row: the bf16 output of [`new_gelu_product`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Input<'a, W> {
+    Floats(&'a [f32]),
+    Words(&'a [W]),
+}
+
+impl<W> Input<'_, W> {
+    /// The rows of this operand by a `[k, n]` matrix (`k > 0`, checked with the operand's length).
+    fn rows<F: Format<Word = W>>(&self, matrix: &StridedMatrix) -> usize {
+        let k = matrix.rows;
+        let (len, width) = match self {
+            Input::Floats(floats) => (floats.len(), k),
+            Input::Words(words) => (words.len(), k.div_ceil(F::ROWS_PER_WORD)),
+        };
+        assert!(k > 0 && len.is_multiple_of(width), "input of {len} elements by a matrix of {k} rows");
+        assert!(matrix.in_bounds());
+        len / width
+    }
+}
+
+/// `output += input x weight (+ bias)` in format `F`, for `input: [rows, k]`, the float32 `[k, n]`
+/// burn-flex weight `weight` (read as `matrix`, its view; packed once and kept), `bias: [n]` and
+/// row-major `output: [rows, n]`. Call only where `F` is [available](Format::available).
+pub(crate) fn add_product<F: Format>(
+    input: Input<F::Word>,
+    weight: &FlexTensor,
+    matrix: StridedMatrix,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) {
+    let rows = input.rows::<F>(&matrix);
+    assert_eq!(output.len(), rows * matrix.cols);
+    let output = Output { values: SharedOutput(output.as_mut_ptr()), accumulate: true, bias, epilogue: None };
     product::<F>(input, matrix, output, || packed::<F>(weight, matrix));
 }
 
-/// [`add_product`] for a matrix used once (a weight that changes every step, a transpose needed by one
-/// backward pass): packed for this call and not cached.
-pub(crate) fn add_product_once<F: Format>(input: &[f32], matrix: StridedMatrix, output: &mut [f32]) {
-    product::<F>(input, matrix, output, || Arc::new(pack::<F>(matrix)));
+/// `input x weight (+ bias)` as [`add_product`] computes it, into a new row-major `[rows, n]` buffer
+/// (written once by the kernel: no zero fill, no pass adding the bias).
+pub(crate) fn new_product<F: Format>(
+    input: Input<F::Word>,
+    weight: &FlexTensor,
+    matrix: StridedMatrix,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let rows = input.rows::<F>(&matrix);
+    written(rows * matrix.cols, |values| {
+        let output = Output { values, accumulate: false, bias, epilogue: None };
+        product::<F>(input, matrix, output, || packed::<F>(weight, matrix));
+    })
 }
 
-/// `output += input x matrix`, reading `matrix` in place where the format can and from `packed()` otherwise.
-fn product<F: Format>(
-    input: &[f32],
+/// `activation(input x weight + bias)` rounded to bf16, as rows of `n / 2` bf16 pairs (`n` even; an
+/// [`Input::Words`] operand of the next product): the product as [`new_product`] computes it in bf16,
+/// each task applying `activation` (in place, on f32 values) to its output block and converting it
+/// while the block is in cache.
+pub(crate) fn new_activated_product(
+    input: Input<u32>,
+    weight: &FlexTensor,
     matrix: StridedMatrix,
-    output: &mut [f32],
+    bias: Option<&[f32]>,
+    activation: fn(&mut [f32]),
+) -> Vec<u32> {
+    let rows = input.rows::<Bf16>(&matrix);
+    let n = matrix.cols;
+    assert!(n.is_multiple_of(2), "bf16 pairs of an odd width ({n})");
+    let mut words = Vec::<u32>::with_capacity(rows * n / 2);
+    let pairs = SharedOutput(words.as_mut_ptr());
+    // The f32 sums, read back by the tasks' epilogues only.
+    let mut sums = Vec::<f32>::with_capacity(rows * n);
+    let values = SharedOutput(sums.as_mut_ptr());
+    let epilogue = move |block_rows: Range<usize>, columns: Range<usize>| {
+        for row in block_rows {
+            // SAFETY: the block's rows and columns lie inside the `[rows, n]` output, whose sums the task
+            // has just written, and this task alone touches them (and their `n / 2`-word rows of pairs,
+            // `columns` starting at a multiple of `NC`, an even number).
+            unsafe {
+                let sums = std::slice::from_raw_parts_mut(values.at(row * n + columns.start), columns.len());
+                activation(sums);
+                let out = pairs.at((row * n + columns.start) / 2).cast::<MaybeUninit<u32>>();
+                convert_row(sums, 1.0, std::slice::from_raw_parts_mut(out, columns.len() / 2));
+            }
+        }
+    };
+    let output = Output { values, accumulate: false, bias, epilogue: Some(&epilogue) };
+    product::<Bf16>(input, matrix, output, || packed::<Bf16>(weight, matrix));
+    // SAFETY: the capacity is `rows * n / 2` words, and the epilogues converted every block of the
+    // output (the tasks cover it).
+    unsafe { words.set_len(rows * n / 2) };
+    words
+}
+
+/// [`new_product`] without a bias for a matrix used once (a weight that changes every step, a transpose
+/// needed by one backward pass): packed for this call and not cached.
+pub(crate) fn new_product_once<F: Format>(input: &[f32], matrix: StridedMatrix) -> Vec<f32> {
+    let input = Input::Floats(input);
+    let rows = input.rows::<F>(&matrix);
+    written(rows * matrix.cols, |values| {
+        let output = Output { values, accumulate: false, bias: None, epilogue: None };
+        product::<F>(input, matrix, output, || Arc::new(pack::<F>(matrix)));
+    })
+}
+
+/// A new buffer of `len` floats, every one of them written by `write` (a product that does not
+/// accumulate: see [`run_tasks`]).
+fn written(len: usize, write: impl FnOnce(SharedOutput)) -> Vec<f32> {
+    let mut values = Vec::<f32>::with_capacity(len);
+    write(SharedOutput(values.as_mut_ptr()));
+    // SAFETY: the capacity is `len`, and `write` initialised all `len` floats.
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// `output (+)= input x matrix (+ bias)`, reading `matrix` in place where the format can and from
+/// `packed()` otherwise; `output` reaches `rows * n` floats.
+fn product<F: Format>(
+    input: Input<F::Word>,
+    matrix: StridedMatrix,
+    output: Output,
     packed: impl FnOnce() -> Arc<PackedWeight<F::Word>>,
 ) {
     assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
-    assert!(matrix.in_bounds());
     match F::in_place(&matrix) {
         Some(view) => multiply::<F>(input, &view, output),
         None => multiply::<F>(input, &packed().view(), output),
     }
 }
 
-/// `output += lhsᵀ x rhs` in format `F` for `lhs: [rows, m]` and `rhs: [rows, n]` (the weight gradient
-/// `xᵀ dy` of a linear layer), into a row-major `output: [m, n]`: both operands are packed into panels
-/// for this call, `lhs`'s panels read as the kernel's input rows.
-pub(crate) fn add_transposed_product_once<F: Format>(lhs: StridedMatrix, rhs: StridedMatrix, output: &mut [f32]) {
+/// `lhsᵀ x rhs` in format `F` for `lhs: [rows, m]` and `rhs: [rows, n]` (the weight gradient `xᵀ dy`
+/// of a linear layer), as a new row-major `[m, n]` buffer: both operands are packed into panels for
+/// this call, `lhs`'s panels read as the kernel's input rows.
+pub(crate) fn new_transposed_product_once<F: Format>(lhs: StridedMatrix, rhs: StridedMatrix) -> Vec<f32> {
     assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
     assert!(lhs.in_bounds() && rhs.in_bounds() && lhs.rows == rhs.rows);
     let (m, n) = (lhs.cols, rhs.cols);
-    assert_eq!(output.len(), m * n);
     if lhs.rows == 0 || m == 0 || n == 0 {
-        return;
+        return vec![0.0; m * n];
     }
     let (lhs, rhs) = (pack::<F>(lhs), pack::<F>(rhs));
     let input = InputTiles { words: &lhs.panels, depth: lhs.depth, layout: InputLayout::Panels };
-    run_tasks::<F>(&input, m, &rhs.view(), output);
+    written(m * n, |values| {
+        run_tasks::<F>(&input, m, &rhs.view(), Output { values, accumulate: false, bias: None, epilogue: None })
+    })
 }
 
-fn multiply<F: Format>(input: &[f32], weight: &WeightView<F::Word>, output: &mut [f32]) {
-    let (k, n) = (weight.k, weight.n);
-    assert!(k > 0 && input.len().is_multiple_of(k));
-    let rows = input.len() / k;
-    assert_eq!(output.len(), rows * n);
+/// `output = (scale * input) x matrix` in bf16 for the small products of one attention head, on the
+/// calling thread (above the parallel threshold, on all cores): `input: [rows, k]` with contiguous rows
+/// (a head's queries, or its softmax weights), `matrix: [k, n]` read through its strides (the keys'
+/// transpose, or the values), both converted into this thread's scratch buffers; `output` row-major
+/// `[rows, n]`. Call only where [`bf16_products_available`].
+pub(crate) fn small_bf16_product(input: StridedMatrix, scale: f32, matrix: StridedMatrix, output: &mut [f32]) {
+    thread_local! {
+        /// The converted input and the packed matrix, reused from call to call (taken while in use,
+        /// so that a product nested inside another's parallel loop gets buffers of its own).
+        static SCRATCH: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    }
+    assert!(Bf16::available(), "bf16 products need AVX512-BF16");
+    let ([rows, k], n) = ([input.rows, input.cols], matrix.cols);
+    assert!(k > 0 && matrix.rows == k && output.len() == rows * n);
+    assert!(input.in_bounds() && matrix.in_bounds() && (rows_contiguous(&input) || rows == 1));
     if rows == 0 || n == 0 {
         return;
     }
-    let words = F::input_words(input, k, rows * k * n >= PARALLEL_PRODUCT);
+    let depth = k.div_ceil(2);
+    let (mut words, mut panels) = SCRATCH.take();
+    words.resize(rows * depth, 0);
+    for (row, out) in words.chunks_exact_mut(depth).enumerate() {
+        convert_row(contiguous_row(&input, row, &(0..k)), scale, as_uninit(out));
+    }
+    panels.resize(n.div_ceil(NR) * depth * NR, 0);
+    for (index, panel) in panels.chunks_exact_mut(depth * NR).enumerate() {
+        // The columns past `n` in the last panel keep stale words: they only reach the scratch columns
+        // of edge tiles, which are not copied out.
+        Bf16::pack_panel(matrix, index * NR..n.min(index * NR + NR), panel);
+    }
+    let view = WeightView { k, n, depth, source: WeightSource::Panels(&panels) };
+    let input = InputTiles { words: &words, depth, layout: InputLayout::Rows };
+    let output = Output { values: SharedOutput(output.as_mut_ptr()), accumulate: false, bias: None, epilogue: None };
+    run_tasks::<Bf16>(&input, rows, &view, output);
+    SCRATCH.set((words, panels));
+}
+
+/// `words` as slots to write words into.
+fn as_uninit(words: &mut [u32]) -> &mut [MaybeUninit<u32>] {
+    // SAFETY: `MaybeUninit<u32>` has `u32`'s layout, and the callers write initialised words only.
+    unsafe { &mut *(words as *mut [u32] as *mut [MaybeUninit<u32>]) }
+}
+
+/// Where a product's sums go: `rows * n` floats at `values`, added to (`accumulate`) or written over,
+/// and `bias` (`n` floats) added once; `epilogue(rows, columns)` runs on each finished output block.
+#[derive(Clone, Copy)]
+struct Output<'a> {
+    values: SharedOutput,
+    accumulate: bool,
+    bias: Option<&'a [f32]>,
+    epilogue: Option<&'a (dyn Fn(Range<usize>, Range<usize>) + Sync)>,
+}
+
+fn multiply<F: Format>(input: Input<F::Word>, weight: &WeightView<F::Word>, output: Output) {
+    let (k, n, depth) = (weight.k, weight.n, weight.depth);
+    let rows = match input {
+        Input::Floats(floats) => floats.len() / k,
+        Input::Words(words) => words.len() / depth,
+    };
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let words = match input {
+        Input::Floats(floats) => F::input_words(floats, k, rows * k * n >= PARALLEL_PRODUCT),
+        Input::Words(words) => Cow::Borrowed(words),
+    };
     run_tasks::<F>(&InputTiles { words: &words, depth: weight.depth, layout: InputLayout::Rows }, rows, weight, output);
 }
 
@@ -523,18 +708,18 @@ impl<W> InputTiles<'_, W> {
     }
 }
 
-/// `output += input x weight` for `rows` input rows, in `[MC, NC]` blocks on all cores (for products
-/// above the parallel threshold).
-fn run_tasks<F: Format>(input: &InputTiles<F::Word>, rows: usize, weight: &WeightView<F::Word>, output: &mut [f32]) {
+/// `output (+)= input x weight (+ bias)` for `rows` input rows, in `[MC, NC]` blocks on all cores
+/// (for products above the parallel threshold). Every output float is written, also where `output`
+/// does not accumulate (`weight.depth > 0`).
+fn run_tasks<F: Format>(input: &InputTiles<F::Word>, rows: usize, weight: &WeightView<F::Word>, output: Output) {
     let n = weight.n;
     assert_eq!(input.depth, weight.depth);
-    assert_eq!(output.len(), rows * n);
+    assert!(weight.depth > 0 && output.bias.is_none_or(|bias| bias.len() == n));
     let parallel = rows * weight.k * n >= PARALLEL_PRODUCT;
     let tasks: Vec<[usize; 2]> =
         (0..rows.div_ceil(MC)).flat_map(|i| (0..n.div_ceil(NC)).map(move |j| [i * MC, j * NC])).collect();
-    let output = SharedOutput(output.as_mut_ptr());
     let run = |&[row, col]: &[usize; 2]| {
-        // SAFETY: tasks cover disjoint `[MC, NC]` blocks of `output`, whose length is `rows * n`.
+        // SAFETY: tasks cover disjoint `[MC, NC]` blocks of the output, which reaches `rows * n` floats.
         unsafe { block::<F>(input, weight, output, rows, [row, col]) }
     };
     if parallel {
@@ -546,19 +731,32 @@ fn run_tasks<F: Format>(input: &InputTiles<F::Word>, rows: usize, weight: &Weigh
 
 /// The output pointer shared by the tasks, each writing its own block.
 #[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
+struct SharedOutput<T = f32>(*mut T);
 // SAFETY: the tasks write disjoint blocks (see `run_tasks`).
-unsafe impl Send for SharedOutput {}
-unsafe impl Sync for SharedOutput {}
+unsafe impl<T> Send for SharedOutput<T> {}
+unsafe impl<T> Sync for SharedOutput<T> {}
 
-/// One task: the output block at `[row, col]` (at most `MC` x `NC`), all of `k`.
+impl<T> SharedOutput<T> {
+    /// The pointer to element `index` (a method, so that closures capture the shared wrapper rather
+    /// than its raw pointer).
+    ///
+    /// # Safety
+    /// `index` lies inside the buffer.
+    unsafe fn at(self, index: usize) -> *mut T {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(index) }
+    }
+}
+
+/// One task: the output block at `[row, col]` (at most `MC` x `NC`), all of `k`. The first pass over
+/// `k` adds the bias and, unless the output accumulates, writes the block over.
 ///
 /// # Safety
-/// `output` points at `rows * weight.n` floats; no other thread touches this block; `F` is available.
+/// `output.values` points at `rows * weight.n` floats; no other thread touches this block; `F` is available.
 unsafe fn block<F: Format>(
     input: &InputTiles<F::Word>,
     weight: &WeightView<F::Word>,
-    output: SharedOutput,
+    output: Output,
     rows: usize,
     [row, col]: [usize; 2],
 ) {
@@ -570,9 +768,21 @@ unsafe fn block<F: Format>(
         for tile_col in (col..col_end).step_by(NR) {
             let (panel, panel_stride) = weight.panel(tile_col, first, pass);
             let b = Words { start: panel.as_ptr(), stride: panel_stride };
+            let tile_cols = (col_end - tile_col).min(NR);
+            // The bias of the tile's columns, through a zero-padded copy for the last columns.
+            let mut padded_bias = [0f32; NR];
+            let bias = match output.bias.filter(|_| first == 0) {
+                Some(bias) if tile_cols == NR => bias[tile_col..].as_ptr(),
+                Some(bias) => {
+                    padded_bias[..tile_cols].copy_from_slice(&bias[tile_col..col_end]);
+                    padded_bias.as_ptr()
+                }
+                None => std::ptr::null(),
+            };
+            let start = TileStart { accumulate: output.accumulate || first > 0, bias };
             for tile_row in (row..row_end).step_by(MR) {
                 let (words, row_stride, word_stride) = input.tile(tile_row, first);
-                let (tile_rows, tile_cols) = ((row_end - tile_row).min(MR), (col_end - tile_col).min(NR));
+                let tile_rows = (row_end - tile_row).min(MR);
                 // The last rows of an input that is not a multiple of `MR` rows: through a zero-padded
                 // copy of the tile's words.
                 let mut padded: [F::Word; MR * KC];
@@ -589,18 +799,25 @@ unsafe fn block<F: Format>(
                 };
                 // SAFETY: `output + tile_row * n + tile_col` starts this task's tile; a full tile has
                 // `MR` rows of `NR` in-bounds columns at stride `n`; the input tile holds `MR` rows of
-                // `pass` words at the given strides, the weight `pass` rows of `NR` words at its stride.
+                // `pass` words at the given strides, the weight `pass` rows of `NR` words at its stride,
+                // the bias (if any) `NR` floats.
                 unsafe {
-                    let c = output.0.add(tile_row * n + tile_col);
+                    let c = output.values.0.add(tile_row * n + tile_col);
                     if tile_rows == MR && tile_cols == NR {
-                        F::kernel(pass, a, b, c, n);
+                        F::kernel(pass, a, b, c, n, start);
                     } else {
                         // An edge tile: through a full-size scratch tile.
                         let mut scratch = [0f32; MR * NR];
-                        for r in 0..tile_rows {
-                            std::ptr::copy_nonoverlapping(c.add(r * n), scratch.as_mut_ptr().add(r * NR), tile_cols);
+                        if start.accumulate {
+                            for r in 0..tile_rows {
+                                std::ptr::copy_nonoverlapping(
+                                    c.add(r * n),
+                                    scratch.as_mut_ptr().add(r * NR),
+                                    tile_cols,
+                                );
+                            }
                         }
-                        F::kernel(pass, a, b, scratch.as_mut_ptr(), NR);
+                        F::kernel(pass, a, b, scratch.as_mut_ptr(), NR, start);
                         for r in 0..tile_rows {
                             std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR), c.add(r * n), tile_cols);
                         }
@@ -609,6 +826,9 @@ unsafe fn block<F: Format>(
             }
         }
         first += pass;
+    }
+    if let Some(epilogue) = output.epilogue {
+        epilogue(row..row_end, col..col_end);
     }
 }
 
@@ -620,14 +840,39 @@ pub(crate) struct InputTile<W> {
     word_stride: usize,
 }
 
-/// One input row to bf16 pairs (the last pair's high half zero when the row's width is odd).
-fn convert_row(row: &[f32], out: &mut [u32]) {
+/// The row-major `input` (rows of `k` floats) as rows of `k.div_ceil(2)` bf16 pairs, on all cores if
+/// `parallel`; each word written once (no zero fill first).
+fn converted_rows(input: &[f32], k: usize, parallel: bool) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let len = input.len() / k * pairs;
+    let mut converted = Vec::with_capacity(len);
+    let convert = |(source, target): (&[f32], &mut [MaybeUninit<u32>])| {
+        for (row, out) in source.chunks_exact(k).zip(target.chunks_exact_mut(pairs)) {
+            convert_row(row, 1.0, out);
+        }
+    };
+    let task_rows = 64;
+    let target = &mut converted.spare_capacity_mut()[..len];
+    if parallel {
+        input.par_chunks(task_rows * k).zip(target.par_chunks_mut(task_rows * pairs)).for_each(convert);
+    } else {
+        input.chunks(task_rows * k).zip(target.chunks_mut(task_rows * pairs)).for_each(convert);
+    }
+    // SAFETY: the capacity is `len`, and every row of every chunk was converted into it.
+    unsafe { converted.set_len(len) };
+    converted
+}
+
+/// One input row times `scale` to bf16 pairs (the last pair's high half zero when the row's width is
+/// odd); `out` holds `row.len().div_ceil(2)` words.
+fn convert_row(row: &[f32], scale: f32, out: &mut [MaybeUninit<u32>]) {
+    assert_eq!(out.len(), row.len().div_ceil(2));
     #[cfg(target_arch = "x86_64")]
     if Bf16::available() {
         // SAFETY: the CPU has the features `convert_row_avx512` is compiled for.
-        return unsafe { convert_row_avx512(row, out) };
+        return unsafe { convert_row_avx512(row, scale, out) };
     }
-    convert_row_scalar(row, out);
+    convert_row_scalar(row, scale, out);
 }
 
 /// Two rows to bf16 pairs column by column: `out[c] = (low[c], high[c])`, `high` zero when absent.
@@ -672,39 +917,64 @@ fn convert_row_pair_avx512(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
     convert_row_pair_scalar(&low[whole..], high.map(|high| &high[whole..]), &mut out[whole..]);
 }
 
-fn convert_row_scalar(row: &[f32], out: &mut [u32]) {
+fn convert_row_scalar(row: &[f32], scale: f32, out: &mut [MaybeUninit<u32>]) {
     for (pair, word) in row.chunks(2).zip(out.iter_mut()) {
-        let low = bf16_bits(pair[0]) as u32;
-        let high = pair.get(1).map_or(0, |x| bf16_bits(*x) as u32);
-        *word = low | (high << 16);
+        let low = bf16_bits(pair[0] * scale) as u32;
+        let high = pair.get(1).map_or(0, |x| bf16_bits(*x * scale) as u32);
+        word.write(low | (high << 16));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
-fn convert_row_avx512(row: &[f32], out: &mut [u32]) {
+fn convert_row_avx512(row: &[f32], scale: f32, out: &mut [MaybeUninit<u32>]) {
     use std::arch::x86_64::*;
     let whole = row.len() / 32 * 32;
     for (source, target) in row[..whole].chunks_exact(32).zip(out.chunks_exact_mut(16)) {
         // SAFETY: `source` holds 32 floats and `target` 16 words (64 bytes); unaligned loads and stores.
         unsafe {
-            let low = _mm512_loadu_ps(source.as_ptr());
-            let high = _mm512_loadu_ps(source.as_ptr().add(16));
+            let scale = _mm512_set1_ps(scale);
+            let low = _mm512_mul_ps(_mm512_loadu_ps(source.as_ptr()), scale);
+            let high = _mm512_mul_ps(_mm512_loadu_ps(source.as_ptr().add(16)), scale);
             // The second argument fills the lower 16 elements: the row's order is kept.
             let converted = _mm512_cvtne2ps_pbh(high, low);
             _mm512_storeu_si512(target.as_mut_ptr().cast(), std::mem::transmute::<__m512bh, __m512i>(converted));
         }
     }
-    convert_row_scalar(&row[whole..], &mut out[whole / 2..]);
+    convert_row_scalar(&row[whole..], scale, &mut out[whole / 2..]);
 }
 
+/// Stores a kernel's accumulators `sums` into the output tile `c` (rows at stride `c_stride`): added to
+/// its values where `start` accumulates, the bias row added where it has one. A macro, so that it is
+/// part of each kernel's body (a call would spill the 24 accumulators to the stack).
+///
+/// Safety (of the expansion): `c` reaches `MR` rows of `NR` floats at stride `c_stride`, `start.bias`
+/// (unless null) `NR` floats; inside an `unsafe` block of an AVX-512F function.
+#[cfg(target_arch = "x86_64")]
+macro_rules! store_sums {
+    ($sums:ident, $c:ident, $c_stride:ident, $start:ident) => {
+        if !$start.bias.is_null() {
+            let bias: [__m512; NR / 16] = std::array::from_fn(|v| _mm512_loadu_ps($start.bias.add(16 * v)));
+            for sum in &mut $sums {
+                sum.iter_mut().zip(&bias).for_each(|(lane, bias)| *lane = _mm512_add_ps(*lane, *bias));
+            }
+        }
+        for (r, sum) in $sums.iter().enumerate() {
+            for (v, lane) in sum.iter().enumerate() {
+                let out = $c.add(r * $c_stride + 16 * v);
+                let value = if $start.accumulate { _mm512_add_ps(_mm512_loadu_ps(out), *lane) } else { *lane };
+                _mm512_storeu_ps(out, value);
+            }
+        }
+    };
+}
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn bf16_kernel(_: usize, _: InputTile<u32>, _: Words<u32>, _: *mut f32, _: usize) {
+unsafe fn bf16_kernel(_: usize, _: InputTile<u32>, _: Words<u32>, _: *mut f32, _: usize, _: TileStart) {
     unreachable!("bf16 products are only offered on x86_64 with AVX512-BF16")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn f32_kernel(_: usize, _: InputTile<f32>, _: Words<f32>, _: *mut f32, _: usize) {
+unsafe fn f32_kernel(_: usize, _: InputTile<f32>, _: Words<f32>, _: *mut f32, _: usize, _: TileStart) {
     unreachable!("packed f32 products are only offered on x86_64 with AVX-512")
 }
 
@@ -715,7 +985,7 @@ unsafe fn f32_kernel(_: usize, _: InputTile<f32>, _: Words<f32>, _: *mut f32, _:
 /// The CPU has AVX512-BF16; the pointers reach the elements described.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bf16,avx512f")]
-unsafe fn bf16_kernel(depth: usize, a: InputTile<u32>, b: Words<u32>, c: *mut f32, c_stride: usize) {
+unsafe fn bf16_kernel(depth: usize, a: InputTile<u32>, b: Words<u32>, c: *mut f32, c_stride: usize, start: TileStart) {
     use std::arch::x86_64::*;
     // SAFETY: in bounds by the caller's contract; unaligned loads and stores throughout.
     unsafe {
@@ -732,7 +1002,7 @@ unsafe fn bf16_kernel(depth: usize, a: InputTile<u32>, b: Words<u32>, c: *mut f3
                 }
             }
         }
-        store_sums(sums, c, c_stride);
+        store_sums!(sums, c, c_stride, start);
     }
 }
 
@@ -743,7 +1013,7 @@ unsafe fn bf16_kernel(depth: usize, a: InputTile<u32>, b: Words<u32>, c: *mut f3
 /// The CPU has AVX-512F; the pointers reach the elements described.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_kernel(depth: usize, a: InputTile<f32>, b: Words<f32>, c: *mut f32, c_stride: usize) {
+unsafe fn f32_kernel(depth: usize, a: InputTile<f32>, b: Words<f32>, c: *mut f32, c_stride: usize, start: TileStart) {
     use std::arch::x86_64::*;
     // SAFETY: in bounds by the caller's contract; unaligned loads and stores throughout.
     unsafe {
@@ -759,26 +1029,7 @@ unsafe fn f32_kernel(depth: usize, a: InputTile<f32>, b: Words<f32>, c: *mut f32
                 }
             }
         }
-        store_sums(sums, c, c_stride);
-    }
-}
-
-/// Adds the accumulators to the output tile `c` (rows at stride `c_stride`).
-///
-/// # Safety
-/// `c` reaches `MR` rows of `NR` floats at stride `c_stride`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn store_sums(sums: [[std::arch::x86_64::__m512; NR / 16]; MR], c: *mut f32, c_stride: usize) {
-    use std::arch::x86_64::*;
-    for (r, sum) in sums.iter().enumerate() {
-        for (v, lane) in sum.iter().enumerate() {
-            // SAFETY: in bounds by the caller's contract; unaligned loads and stores.
-            unsafe {
-                let out = c.add(r * c_stride + 16 * v);
-                _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), *lane));
-            }
-        }
+        store_sums!(sums, c, c_stride, start);
     }
 }
 
@@ -828,9 +1079,12 @@ mod tests {
             return;
         }
         let row: Vec<f32> = (0..77).map(|i| ((i * 7919) % 1013) as f32 * 0.37 - 150.0 + 1.0 / (i + 1) as f32).collect();
-        let (mut vector, mut scalar) = (vec![0u32; 39], vec![0u32; 39]);
-        convert_row(&row, &mut vector);
-        convert_row_scalar(&row, &mut scalar);
-        assert_eq!(vector, scalar);
+        let scalar: Vec<u32> = row
+            .chunks(2)
+            .map(|pair| bf16_bits(pair[0]) as u32 | (pair.get(1).map_or(0, |x| bf16_bits(*x) as u32) << 16))
+            .collect();
+        assert_eq!(converted_rows(&row, 77, false), scalar);
+        let rows: Vec<f32> = row.iter().chain(&row).chain(&row).copied().collect();
+        assert_eq!(converted_rows(&rows, 77, true), [&scalar[..], &scalar, &scalar].concat());
     }
 }

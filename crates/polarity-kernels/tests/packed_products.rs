@@ -1,5 +1,5 @@
 //! The CPU default's packed linear layers against exact products: in bf16 (AVX512-BF16) against the
-//! products of the bf16-rounded operands, frozen weights in float32 training (AVX-512) against the
+//! products of the bf16-rounded operands (and attention's two products under bf16 autocast), frozen weights in float32 training (AVX-512) against the
 //! float32 operands' products; and the packed-weight cache's lifetime rules. On a CPU without the
 //! features a test needs it says so and checks nothing else (the layers then take burn's paths).
 
@@ -326,4 +326,141 @@ fn training_on_a_frozen_weight_in_f32_runs_packed_products_kept_across_steps() {
     let grads = output.sum().backward();
     assert!(weight.grad(&grads).is_some());
     assert_eq!(packed_weight_count(), 0, "a trained f32 weight is not packed");
+}
+
+/// Attention under bf16 autocast for one `(sequence, head)` block, from the operands as the kernel
+/// rounds them: `scale * q` and the keys rounded to bf16 for the scores, the unnormalised softmax
+/// weights and the values rounded for the weighted sum, the normaliser from the unrounded weights; in
+/// f64. `visible(i, j)`: whether query `i` sees key `j`; `at(x, row, col)` reads a projection.
+fn attention_reference(
+    [q, k, v]: [&dyn Fn(usize, usize) -> f32; 3],
+    [len, head_dim]: [usize; 2],
+    visible: &dyn Fn(usize, usize) -> bool,
+) -> Vec<f32> {
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut out = vec![0f32; len * head_dim];
+    for i in 0..len {
+        let keys: Vec<usize> = (0..len).filter(|&j| visible(i, j)).collect();
+        let scores: Vec<f64> =
+            keys.iter().map(|&j| (0..head_dim).map(|c| bf16(q(i, c) * scale) * bf16(k(j, c))).sum()).collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        for c in 0..head_dim {
+            let sum: f64 = keys.iter().zip(&weights).map(|(&j, w)| bf16(*w as f32) * bf16(v(j, c))).sum();
+            out[i * head_dim + c] = (sum / total) as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn bf16_attention_multiplies_the_rounded_operands() {
+    use polarity_kernels::{AttentionHeads, AttentionMask, attention};
+    let _serial = serial();
+    if !available() {
+        return;
+    }
+    let device = Default::default();
+    // Several key panels and edge tiles (lengths past 48), an odd head width, grouped-query heads;
+    // padded batches (bidirectional and causal) and packed sequences.
+    for (case, (heads, lengths, causal, packed)) in [
+        (AttentionHeads { heads: 2, kv_heads: 2, head_dim: 64 }, vec![100, 37], false, false),
+        (AttentionHeads { heads: 4, kv_heads: 2, head_dim: 5 }, vec![60, 60], true, false),
+        (AttentionHeads { heads: 3, kv_heads: 3, head_dim: 32 }, vec![50, 1, 97], false, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (batch, seq_len) = if packed { (1, lengths.iter().sum()) } else { (lengths.len(), lengths[0]) };
+        let [q_width, kv_width] = [heads.heads, heads.kv_heads].map(|count| count * heads.head_dim);
+        let projection = |width: usize, seed: usize| -> Vec<f32> {
+            values(batch * seq_len * width, seed).into_iter().map(|x| 0.4 * x).collect()
+        };
+        let (q, k, v) = (projection(q_width, case), projection(kv_width, case + 1), projection(kv_width, case + 2));
+        let as_tensor = |values: &[f32], width: usize| {
+            Tensor::<Flex, 3>::from_data(TensorData::new(values.to_vec(), [batch, seq_len, width]), &device)
+        };
+        let mask = if packed {
+            AttentionMask::packed(lengths.clone(), causal)
+        } else {
+            let rows: Vec<i64> = lengths.iter().flat_map(|&n| (0..seq_len).map(move |j| i64::from(j < n))).collect();
+            let padding = Tensor::<Flex, 2, Int>::from_data(TensorData::new(rows, [batch, seq_len]), &device);
+            if causal { AttentionMask::causal(Some(padding)) } else { AttentionMask::bidirectional(padding) }
+        };
+        let run =
+            || attention(as_tensor(&q, q_width), as_tensor(&k, kv_width), as_tensor(&v, kv_width), heads, &mask, None);
+        let actual = autocast(Some(FloatDType::BF16), run).into_data().to_vec::<f32>().unwrap();
+        let (mut max_error, mut max_f32_error) = (0f32, 0f32);
+        let f32_result = run().into_data().to_vec::<f32>().unwrap();
+        // Each sequence's real tokens: its first row and length in the projections.
+        let sequences: Vec<(usize, usize)> = if packed {
+            lengths.iter().scan(0, |first, &len| Some((std::mem::replace(first, *first + len), len))).collect()
+        } else {
+            lengths.iter().enumerate().map(|(b, &len)| (b * seq_len, len)).collect()
+        };
+        for &(first, len) in &sequences {
+            for h in 0..heads.heads {
+                let kv_h = h / (heads.heads / heads.kv_heads);
+                let d = heads.head_dim;
+                let read = |x: &[f32], width: usize, head: usize| {
+                    let x = x.to_vec();
+                    move |row: usize, col: usize| x[(first + row) * width + head * d + col]
+                };
+                let (qr, kr, vr) = (read(&q, q_width, h), read(&k, kv_width, kv_h), read(&v, kv_width, kv_h));
+                let visible = |i: usize, j: usize| !causal || j <= i;
+                let expected = attention_reference([&qr, &kr, &vr], [len, d], &visible);
+                for i in 0..len {
+                    for c in 0..d {
+                        let index = (first + i) * q_width + h * d + c;
+                        max_error = max_error.max((actual[index] - expected[i * d + c]).abs());
+                        max_f32_error = max_f32_error.max((f32_result[index] - expected[i * d + c]).abs());
+                    }
+                }
+            }
+        }
+        assert!(max_error < 1e-3, "case {case}: bf16 attention off the rounded operands' result by {max_error}");
+        // The check tells the two apart: float32 attention is further from the rounded operands' result.
+        assert!(max_f32_error > 4.0 * max_error, "case {case}: f32 {max_f32_error} vs bf16 {max_error}");
+    }
+}
+
+#[test]
+fn bf16_gelu_products_hand_their_rounded_output_to_the_next_product() {
+    use polarity_kernels::linear_gelu;
+    let _serial = serial();
+    if !available() {
+        return;
+    }
+    let device = Default::default();
+    let floats = |x: Tensor<Flex, 2>| x.into_data().to_vec::<f32>().unwrap();
+    // Edge tiles, several column blocks of tasks, a depth of several passes (3072 inputs).
+    for (case, [rows, k, n, m]) in [[13, 77, 50, 30], [130, 384, 1536, 384], [9, 3072, 96, 20]].into_iter().enumerate()
+    {
+        let first = LinearConfig::new(k, n).init::<Flex>(&device);
+        let second = LinearConfig::new(n, m).init::<Flex>(&device);
+        let x = values(rows * k, case);
+        let residual = values(rows * m, case + 1);
+        let hidden = autocast(Some(FloatDType::BF16), || linear_gelu(&first, tensor(x.clone(), [rows, k])));
+        assert_eq!(hidden.dtype(), burn::tensor::DType::BF16, "case {case}");
+        let hidden_values: Vec<f32> = hidden.clone().cast(FloatDType::F32).into_data().to_vec().unwrap();
+
+        // The GELU of the rounded operands' product, rounded to bf16: within one bf16 step (the kernel's
+        // f32 sums and fast erf may round the other way at a tie).
+        let bias = |layer: &burn::nn::Linear<Flex>| floats(layer.bias.as_ref().unwrap().val().unsqueeze());
+        let product = reference(&x, &floats(first.weight.val()), &bias(&first), [rows, k, n], bf16);
+        let expected = floats(polarity_kernels::composed::gelu(tensor(product, [rows, n])));
+        for (actual, expected) in hidden_values.iter().zip(&expected) {
+            let step = expected.abs() / 128.0 + 1e-6;
+            assert!((actual - half_round(*expected)).abs() <= step, "case {case}: gelu {actual} vs {expected}");
+        }
+
+        // The next product takes the bf16 values as its operand: the product of exactly those values.
+        let next = autocast(Some(FloatDType::BF16), || {
+            linear_residual(&second, None, hidden.unsqueeze::<3>(), tensor(residual.clone(), [rows, m]).unsqueeze())
+        });
+        let mut expected = reference(&hidden_values, &floats(second.weight.val()), &bias(&second), [rows, n, m], bf16);
+        expected.iter_mut().zip(&residual).for_each(|(y, r)| *y += r);
+        assert_close(&next.into_data().to_vec::<f32>().unwrap(), &expected, &format!("case {case}: next product"));
+    }
 }

@@ -10,15 +10,17 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::nn::Dropout;
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
 use burn_flex::{Flex, FlexTensor};
 
-use crate::autocast::matmul;
+use crate::autocast::{compute_dtype, matmul};
 use crate::autodiff::{fused_node, into_autodiff, into_tensor};
 use crate::dispatch::{Op, Path};
 use crate::flex::{self, new_flex};
 use crate::ops::dropout::{self, random_seed};
-use cpu::{AttentionShape, WeightDropout};
+use crate::packed_product::bf16_products_available;
+use cpu::{AttentionShape, Products, WeightDropout};
 
 static ATTENTION: Op = Op::new("attention");
 
@@ -152,7 +154,9 @@ fn packed_bias<B: Backend>(lengths: &[usize], causal: bool, shape: [usize; 3], d
 /// the weighted sum, without materialising split heads, repeated key/value heads, the bias or the
 /// merged output. Under autodiff over burn-flex the kernel is one graph node with a fused backward
 /// pass, and `dropout` (burn's dropout is only active under autodiff) is applied to the weights inside
-/// it. On other backends it is [`composed`].
+/// it. In inference under bf16 autocast on a CPU with AVX512-BF16 the kernel's two products take bf16
+/// operands with f32 accumulation (the softmax stays f32), as PyTorch's autocast runs attention. On
+/// other backends it is [`composed`].
 pub fn attention<B: Backend>(
     query: Tensor<B, 3>,
     key: Tensor<B, 3>,
@@ -189,7 +193,7 @@ pub fn attention<B: Backend>(
         }
         let (query, key, value) = (flex::into_flex(query), flex::into_flex(key), flex::into_flex(value));
         let mut output = vec![0f32; batch * seq_len * q_width];
-        cpu::attention_packed(query.storage(), key.storage(), value.storage(), lengths, shape, &mut output);
+        cpu::attention_packed(query.storage(), key.storage(), value.storage(), lengths, shape, products(), &mut output);
         return flex::from_flex(new_flex(output, [batch, seq_len, q_width].into()));
     }
     let keep = mask.keep(batch, seq_len);
@@ -205,8 +209,17 @@ pub fn attention<B: Backend>(
     }
     let (query, key, value) = (flex::into_flex(query), flex::into_flex(key), flex::into_flex(value));
     let mut output = vec![0f32; batch * seq_len * q_width];
-    cpu::attention(query.storage(), key.storage(), value.storage(), keep, shape, &mut output);
+    cpu::attention(query.storage(), key.storage(), value.storage(), keep, shape, products(), &mut output);
     flex::from_flex(new_flex(output, [batch, seq_len, q_width].into()))
+}
+
+/// The products of an inference call: bf16 under bf16 autocast where the CPU has AVX512-BF16 (as the
+/// linear layers), f32 otherwise.
+fn products() -> Products {
+    match compute_dtype() {
+        Some(FloatDType::BF16) if bf16_products_available() => Products::Bf16,
+        _ => Products::F32,
+    }
 }
 
 /// Scaled dot-product attention on `[batch, seq, heads * head_dim]` projections: heads split,
@@ -347,7 +360,7 @@ fn on_autodiff<B: Backend>(
                     &mut weights,
                 );
             } else {
-                cpu::attention(q.storage(), k.storage(), v.storage(), keep, shape, &mut output);
+                cpu::attention(q.storage(), k.storage(), v.storage(), keep, shape, Products::F32, &mut output);
             }
             prep.finish(new_flex(output, output_shape))
         }
@@ -365,7 +378,8 @@ mod cpu {
 
     use crate::math;
     use crate::ops::dropout::cpu::{dropout_mask_slice, keep_threshold};
-    use crate::product::product;
+    use crate::packed_product::small_bf16_product;
+    use crate::product::{StridedMatrix, product};
     use crate::reduce::{LANES, dot};
 
     /// The maximum of `values` where `keep` is 1 (`-inf` when nothing is kept).
@@ -417,6 +431,14 @@ mod cpu {
             tail += *x;
         }
         1.0 / (lanes.iter().sum::<f32>() + tail)
+    }
+
+    /// The operand type of an inference call's two products per head.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Products {
+        F32,
+        /// bf16 operands, f32 accumulation (bf16 autocast on a CPU with AVX512-BF16).
+        Bf16,
     }
 
     /// The shape of one attention call on `[batch, seq, heads * head_dim]` projections.
@@ -618,14 +640,23 @@ mod cpu {
     /// `output: [batch, seq, heads * head_dim]`, so no head split, merge or repeat is materialised.
     ///
     /// `keep` is `[batch, seq]`: 1 for a real key, 0 for padding.
-    pub fn attention(q: &[f32], k: &[f32], v: &[f32], keep: &[f32], shape: AttentionShape, output: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)] // q, k, v, the mask, the shape, how to multiply, the output
+    pub fn attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        keep: &[f32],
+        shape: AttentionShape,
+        products: Products,
+        output: &mut [f32],
+    ) {
         shape.check(q.len(), k.len(), keep.len());
         assert!(v.len() == k.len() && output.len() == q.len());
         let out = SharedMut(output.as_mut_ptr());
         (0..shape.batch * shape.heads).into_par_iter().for_each(|task| {
             let block = HeadBlock::of_batch(task, keep, shape);
             // SAFETY: `output` outlives the parallel loop and each task writes its own block.
-            unsafe { attend_for_inference(block, q, k, v, shape, out) };
+            unsafe { attend_for_inference(block, q, k, v, shape, products, out) };
         });
     }
 
@@ -633,12 +664,14 @@ mod cpu {
     /// `[total, heads * head_dim]` projections (`total` is their sum), each token attending to the
     /// tokens of its own sequence only (and with `shape.causal`, to those at or before it). `shape`'s
     /// `batch` and `seq_len` are unused.
+    #[allow(clippy::too_many_arguments)] // as `attention`
     pub fn attention_packed(
         q: &[f32],
         k: &[f32],
         v: &[f32],
         lengths: &[usize],
         shape: AttentionShape,
+        products: Products,
         output: &mut [f32],
     ) {
         let total: usize = lengths.iter().sum();
@@ -654,7 +687,7 @@ mod cpu {
             let keep = &ones[..lengths[sequence]];
             let block = HeadBlock { first_row: first_rows[sequence], keep, head: task % shape.heads, index: task };
             // SAFETY: `output` outlives the parallel loop and each task writes its own block.
-            unsafe { attend_for_inference(block, q, k, v, packed, out) };
+            unsafe { attend_for_inference(block, q, k, v, packed, products, out) };
         });
     }
 
@@ -668,16 +701,72 @@ mod cpu {
         k: &[f32],
         v: &[f32],
         shape: AttentionShape,
+        products: Products,
         output: SharedMut,
     ) {
         SCRATCH.with_borrow_mut(|(weights, row_scales)| {
             let s = block.keep.len();
             weights.resize(s * s, 0.0);
-            // SAFETY: forwarded from the caller.
-            unsafe {
-                attend(block, q, k, v, shape, &mut weights[..s * s], WeightUse::Inference { row_scales }, output)
-            };
+            let weights = &mut weights[..s * s];
+            match products {
+                // SAFETY: forwarded from the caller.
+                Products::F32 => unsafe {
+                    attend(block, q, k, v, shape, weights, WeightUse::Inference { row_scales }, output)
+                },
+                // SAFETY: forwarded from the caller.
+                Products::Bf16 => unsafe { attend_bf16(block, q, k, v, shape, weights, row_scales, output) },
+            }
         })
+    }
+
+    /// [`attend`] for inference with both products in bf16 (f32 accumulation, the softmax in f32), as
+    /// PyTorch's autocast runs attention: `scale * q kᵀ` from the rounded `scale * q` and keys, then the
+    /// rounded unnormalised weights times the rounded values, each output row scaled by its softmax
+    /// factor on its way into the output.
+    ///
+    /// # Safety
+    /// As [`attend`]; `bf16_products_available()`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend_bf16(
+        block: HeadBlock,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        shape: AttentionShape,
+        weights: &mut [f32],
+        scratch: &mut Vec<f32>,
+        output: SharedMut,
+    ) {
+        let AttentionShape { heads, kv_heads, head_dim: d, causal, .. } = shape;
+        let HeadBlock { first_row, keep, head: h, .. } = block;
+        let s = keep.len();
+        let (qb, kvb) = (shape.q_block(first_row, h), shape.kv_block(first_row, h / (heads / kv_heads)));
+        let rows = |data, block: Block| StridedMatrix {
+            data,
+            offset: block.offset,
+            rows: s,
+            cols: d,
+            row_stride: block.row_stride,
+            col_stride: 1,
+        };
+        let (queries, keys, values) = (rows(q, qb), rows(k, kvb), rows(v, kvb));
+        let keys_transposed = StridedMatrix { rows: d, cols: s, row_stride: 1, col_stride: kvb.row_stride, ..keys };
+        small_bf16_product(queries, 1.0 / (d as f32).sqrt(), keys_transposed, weights);
+        let (row_scales, context) = {
+            scratch.resize(s + s * d, 0.0);
+            scratch.split_at_mut(s)
+        };
+        softmax_rows(weights, keep, causal, Some(row_scales));
+        let weights =
+            StridedMatrix { data: weights, offset: 0, rows: s, cols: s, row_stride: s as isize, col_stride: 1 };
+        small_bf16_product(weights, 1.0, values, context);
+        for (i, (row, row_scale)) in context.chunks_exact(d).zip(row_scales.iter()).enumerate() {
+            // SAFETY: row i of this head's output block: `d` floats inside the output (the caller's
+            // contract), written by this task alone, and no other reference to them is alive.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(output.0.add(qb.offset + i * qb.row_stride as usize), d) };
+            out.iter_mut().zip(row).for_each(|(out, x)| *out = x * row_scale);
+        }
     }
 
     /// The training forward pass: as [`attention`], with optional dropout on the weights, and the

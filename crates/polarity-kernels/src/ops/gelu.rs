@@ -68,6 +68,12 @@ fn on_autodiff<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 /// The kernels on `f32` slices, in parallel chunks.
+/// The exact GELU of `values` in place, vectorised, on the calling thread (an epilogue of a product's
+/// output block).
+pub(crate) fn gelu_in_place(values: &mut [f32]) {
+    cpu::gelu_slice(values);
+}
+
 mod cpu {
     use multiversion::multiversion;
     use rayon::prelude::*;
@@ -76,7 +82,7 @@ mod cpu {
     use crate::threading::CHUNK;
 
     #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
-    fn gelu_slice(values: &mut [f32]) {
+    pub(super) fn gelu_slice(values: &mut [f32]) {
         for v in values {
             *v = math::gelu(*v);
         }

@@ -8,6 +8,7 @@
 //!
 //! [`frozen_linear`] is the product by a frozen, decoded-on-demand matrix as one autodiff node (QLoRA).
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -16,16 +17,16 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::nn::{Dropout, Linear};
 use burn::prelude::*;
-use burn::tensor::{FloatDType, TensorPrimitive};
-use burn_flex::{Flex, FlexTensor};
+use burn::tensor::{Bytes, DType, FloatDType, TensorPrimitive, bf16};
+use burn_flex::{Flex, FlexTensor, Layout};
 use rayon::prelude::*;
 
-use crate::autocast::cast_target;
+use crate::autocast::{cast_target, compute_dtype};
 use crate::autodiff::{finish, fused_node, into_autodiff, into_tensor};
 use crate::dispatch::{Op, Path};
 use crate::flex::{self, new_flex};
 use crate::ops::dropout;
-use crate::packed_product::{self, Bf16, F32, Format, bf16_products_available, keeps_packed_weights};
+use crate::packed_product::{self, Bf16, F32, Format, Input, bf16_products_available, keeps_packed_weights};
 use crate::product::{StridedMatrix, product_with};
 use crate::threading::CHUNK;
 
@@ -127,10 +128,12 @@ pub fn linear_residual<B: Backend, const D: usize>(
     }
 }
 
-/// Whether [`linear`] takes `x` (`[..., k]`), `weight` (`[k, n]`), `bias` (`[n]`) and `residual`
-/// (`x`'s shape with `n` last): float32 burn-flex tensors of matching shapes, without autodiff.
+/// Whether [`linear`] takes `x` (`[..., k]`, of type `x_dtype` as far as the path goes), `weight`
+/// (`[k, n]`), `bias` (`[n]`) and `residual` (`x`'s shape with `n` last): float32 burn-flex tensors of
+/// matching shapes, without autodiff.
 fn fits_linear<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
+    x_dtype: DType,
     weight: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
     residual: Option<&Tensor<B, D>>,
@@ -143,7 +146,7 @@ fn fits_linear<B: Backend, const D: usize>(
         && bias.is_none_or(|bias| bias.dims() == [n])
         && residual.is_none_or(|residual| residual.dims() == output_dims);
     let dtypes =
-        [x.dtype(), weight.dtype()].into_iter().chain(bias.map(Tensor::dtype)).chain(residual.map(Tensor::dtype));
+        [x_dtype, weight.dtype()].into_iter().chain(bias.map(Tensor::dtype)).chain(residual.map(Tensor::dtype));
     // Under autodiff burn's linear is the graph: there is no fused node for it.
     fits && LINEAR.path::<B>(dtypes) == Path::FlexInference
 }
@@ -154,6 +157,9 @@ enum ProductPrecision {
     F32,
     /// bf16 operands, f32 accumulation ([`crate::packed_product`]).
     Bf16,
+    /// As `Bf16`, with `x` already a bf16 tensor ([`linear_gelu`]'s output): its pairs are the kernel's
+    /// input words as they stand.
+    Bf16Pairs,
 }
 
 /// Whether [`linear`] runs as one fused product, and in which type: float32 without autocast, bf16
@@ -165,12 +171,90 @@ fn fused_precision<B: Backend, const D: usize>(
     bias: Option<&Tensor<B, 1>>,
     residual: Option<&Tensor<B, D>>,
 ) -> Option<ProductPrecision> {
-    let precision = match cast_target(x.dtype()) {
-        None => ProductPrecision::F32,
-        Some(FloatDType::BF16) if bf16_products_available() => ProductPrecision::Bf16,
-        Some(_) => return None,
+    let bf16_autocast = compute_dtype() == Some(FloatDType::BF16) && bf16_products_available();
+    let precision = match x.dtype() {
+        DType::BF16 if bf16_autocast && x.dims()[D - 1].is_multiple_of(2) => ProductPrecision::Bf16Pairs,
+        dtype => match cast_target(dtype) {
+            None => ProductPrecision::F32,
+            Some(FloatDType::BF16) if bf16_autocast => ProductPrecision::Bf16,
+            Some(_) => return None,
+        },
     };
-    fits_linear(x, weight, bias, residual).then_some(precision)
+    let x_dtype = if precision == ProductPrecision::Bf16Pairs { DType::F32 } else { x.dtype() };
+    fits_linear(x, x_dtype, weight, bias, residual).then_some(precision)
+}
+
+/// `gelu(layer.forward(x))` with the exact GELU: the first half of a transformer's feed-forward block.
+///
+/// Under bf16 autocast on the CPU default (inference, AVX512-BF16, an even output width) it is one
+/// product whose tasks apply the GELU to their block of the output and round it to bf16 while the
+/// block is in cache, and the result is a **bf16** tensor: the operand of the next product as it
+/// stands, which [`linear_residual`] and [`linear`] multiply without converting it again (PyTorch's
+/// autocast, too, returns a linear layer's output, and so the GELU's, in bf16). Everywhere else it is
+/// `gelu(linear(layer, x))`, in `x`'s type.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::nn::LinearConfig;
+/// use burn::prelude::*;
+///
+/// let device = Default::default();
+/// let layer = LinearConfig::new(4, 6).init::<Flex>(&device);
+/// let x = Tensor::<Flex, 3>::ones([2, 3, 4], &device);
+/// let fused = polarity_kernels::linear_gelu(&layer, x.clone());
+/// let composed = polarity_kernels::gelu(layer.forward(x));
+/// fused.into_data().assert_approx_eq::<f32>(&composed.into_data(), burn::tensor::Tolerance::absolute(1e-5));
+/// ```
+pub fn linear_gelu<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()));
+    match fused_precision(&x, &weight, bias.as_ref(), None) {
+        Some(precision @ (ProductPrecision::Bf16 | ProductPrecision::Bf16Pairs))
+            if weight.dims()[1].is_multiple_of(2) =>
+        {
+            let mut dims = x.dims();
+            dims[D - 1] = weight.dims()[1];
+            let (x, weight) = (flex::into_flex(x), flex::as_flex(weight));
+            let bias = bias.map(flex::into_flex);
+            let bias = bias.as_ref().map(|bias| bias.storage::<f32>());
+            let words = operand_words(&x, precision);
+            let pairs = packed_product::new_activated_product(
+                operand(&x, &words),
+                &weight,
+                strided_matrix(&weight),
+                bias,
+                crate::ops::gelu::gelu_in_place,
+            );
+            let output = FlexTensor::new(Bytes::from_elems(pairs), Layout::contiguous(dims.into()), DType::BF16);
+            flex::from_flex(output)
+        }
+        _ => crate::gelu(linear(layer, x)),
+    }
+}
+
+/// A bf16 operand's pairs (for [`ProductPrecision::Bf16Pairs`]): the tensor's own buffer read as 32-bit
+/// words, or a copy where that buffer is not aligned to them.
+fn operand_words(x: &FlexTensor, precision: ProductPrecision) -> Option<Cow<'_, [u32]>> {
+    if precision != ProductPrecision::Bf16Pairs {
+        return None;
+    }
+    let halves = x.storage::<bf16>();
+    // SAFETY: every bit pattern is a valid `u32`; `align_to` only borrows the aligned middle.
+    let (before, words, after) = unsafe { halves.align_to::<u32>() };
+    Some(if before.is_empty() && after.is_empty() {
+        Cow::Borrowed(words)
+    } else {
+        Cow::Owned(
+            halves.chunks_exact(2).map(|pair| pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16).collect(),
+        )
+    })
+}
+
+/// The product's left operand: `x`'s floats, or its bf16 pairs.
+fn operand<'a>(x: &'a FlexTensor, words: &'a Option<Cow<'a, [u32]>>) -> Input<'a, u32> {
+    match words {
+        Some(words) => Input::Words(words),
+        None => Input::Floats(x.storage()),
+    }
 }
 
 /// `x weight + bias + residual` as one GEMM on float32 burn-flex tensors (shapes as [`fits_linear`]
@@ -190,30 +274,41 @@ fn fused_linear<B: Backend, const D: usize>(
     let (x, weight) = (flex::into_flex(x), flex::as_flex(weight));
     let bias = bias.map(flex::into_flex);
     let bias = bias.as_ref().map(|bias| bias.storage::<f32>());
-    let mut output = match residual {
-        Some(residual) => {
-            let mut output = flex::into_flex(residual);
-            if let Some(bias) = bias {
-                add_to_rows(output.storage_mut(), bias);
-            }
-            output
-        }
-        None => {
-            let values = match bias {
-                Some(bias) => repeat_rows(bias, rows),
-                None => vec![0.0; rows * n],
-            };
-            new_flex(values, dims.into())
-        }
-    };
     let matrix = strided_matrix(&weight);
     debug_assert_eq!([matrix.rows, matrix.cols], [k, n]);
-    match precision {
-        ProductPrecision::F32 => add_product(x.storage(), matrix, output.storage_mut()),
-        ProductPrecision::Bf16 => {
-            packed_product::add_product::<Bf16>(x.storage(), &weight, matrix, output.storage_mut())
+    let words = operand_words(&x, precision);
+    let input = operand(&x, &words);
+    let output = match (precision, residual) {
+        // The bias goes in with the kernel's first pass over each tile.
+        (ProductPrecision::Bf16 | ProductPrecision::Bf16Pairs, Some(residual)) => {
+            let mut output = flex::into_flex(residual);
+            packed_product::add_product::<Bf16>(input, &weight, matrix, bias, output.storage_mut());
+            output
         }
-    }
+        (ProductPrecision::Bf16 | ProductPrecision::Bf16Pairs, None) => {
+            new_flex(packed_product::new_product::<Bf16>(input, &weight, matrix, bias), dims.into())
+        }
+        (ProductPrecision::F32, residual) => {
+            let mut output = match residual {
+                Some(residual) => {
+                    let mut output = flex::into_flex(residual);
+                    if let Some(bias) = bias {
+                        add_to_rows(output.storage_mut(), bias);
+                    }
+                    output
+                }
+                None => {
+                    let values = match bias {
+                        Some(bias) => repeat_rows(bias, rows),
+                        None => vec![0.0; rows * n],
+                    };
+                    new_flex(values, dims.into())
+                }
+            };
+            add_product(x.storage(), matrix, output.storage_mut());
+            output
+        }
+    };
     flex::from_flex(output)
 }
 
@@ -287,8 +382,8 @@ impl<F: Format> Backward<Flex, 1> for FrozenPackedLinear<F> {
         let weight = ops.state;
         let transpose = transposed(strided_matrix(&weight));
         let rows = grad_output.layout().shape()[0];
-        let mut grad_input = vec![0.0; rows * transpose.cols];
-        packed_product::add_product::<F>(grad_output.storage(), &weight, transpose, &mut grad_input);
+        let grad_input =
+            packed_product::new_product::<F>(Input::Floats(grad_output.storage()), &weight, transpose, None);
         grads.register::<Flex>(node.id, new_flex(grad_input, [rows, transpose.cols].into()));
     }
 }
@@ -303,11 +398,10 @@ fn frozen_packed_linear<F: Format, B: Backend>(
     let weight = into_autodiff(weight).primitive;
     let input = x.primitive.to_contiguous();
     let [rows, n] = [input.layout().shape()[0], weight.layout().shape()[1]];
-    let mut output = match bias {
-        Some(bias) => repeat_rows(into_autodiff(bias).primitive.to_contiguous().storage(), rows),
-        None => vec![0.0; rows * n],
-    };
-    packed_product::add_product::<F>(input.storage(), &weight, strided_matrix(&weight), &mut output);
+    let bias = bias.map(|bias| into_autodiff(bias).primitive.to_contiguous());
+    let bias = bias.as_ref().map(|bias| bias.storage::<f32>());
+    let output =
+        packed_product::new_product::<F>(Input::Floats(input.storage()), &weight, strided_matrix(&weight), bias);
     let prepared = fused_node(FrozenPackedLinear::<F>(PhantomData), [&x]);
     into_tensor(finish(prepared, || weight, new_flex(output, [rows, n].into())))
 }
@@ -342,8 +436,7 @@ impl Backward<Flex, 2> for Bf16Linear {
         let matrix = strided_matrix(&weight);
         let ([k, n], rows) = ([matrix.rows, matrix.cols], grad_output.layout().shape()[0]);
         if let Some(node) = input_node {
-            let mut grad_input = vec![0.0; rows * k];
-            packed_product::add_product_once::<Bf16>(grad_output.storage(), transposed(matrix), &mut grad_input);
+            let grad_input = packed_product::new_product_once::<Bf16>(grad_output.storage(), transposed(matrix));
             grads.register::<Flex>(node.id, new_flex(grad_input, [rows, k].into()));
         }
         if let Some(node) = weight_node {
@@ -355,11 +448,9 @@ impl Backward<Flex, 2> for Bf16Linear {
                 row_stride: cols as isize,
                 col_stride: 1,
             };
-            let mut grad_weight = vec![0.0; k * n];
-            packed_product::add_transposed_product_once::<Bf16>(
+            let grad_weight = packed_product::new_transposed_product_once::<Bf16>(
                 row_major(input.storage(), k),
                 row_major(grad_output.storage(), n),
-                &mut grad_weight,
             );
             grads.register::<Flex>(node.id, new_flex(grad_weight, [k, n].into()));
         }
@@ -371,8 +462,7 @@ fn bf16_linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<T
     let (x, weight) = (into_autodiff(x), into_autodiff(weight));
     let (input, weight_values) = (x.primitive.to_contiguous(), weight.primitive.clone());
     let [rows, n] = [input.layout().shape()[0], weight_values.layout().shape()[1]];
-    let mut output = vec![0.0; rows * n];
-    packed_product::add_product_once::<Bf16>(input.storage(), strided_matrix(&weight_values), &mut output);
+    let output = packed_product::new_product_once::<Bf16>(input.storage(), strided_matrix(&weight_values));
     let prepared = fused_node(Bf16Linear, [&x, &weight]);
     let product: Tensor<B, 2> =
         into_tensor(finish(prepared, || (input, weight_values), new_flex(output, [rows, n].into())));
