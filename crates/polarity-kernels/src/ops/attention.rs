@@ -557,6 +557,12 @@ mod cpu {
             let (b, s) = (task / shape.heads, shape.seq_len);
             Self { first_row: b * s, keep: &keep[b * s..(b + 1) * s], head: task % shape.heads, index: task }
         }
+
+        /// This block's query head and its key/value head in the projections.
+        fn projections(&self, shape: AttentionShape) -> (Block, Block) {
+            let kv_head = self.head / (shape.heads / shape.kv_heads);
+            (shape.q_block(self.first_row, self.head), shape.kv_block(self.first_row, kv_head))
+        }
     }
 
     /// One `(sequence, head)` block of the forward pass: the softmax weights into `weights` (`[len, len]`
@@ -575,10 +581,10 @@ mod cpu {
         usage: WeightUse,
         output: SharedMut,
     ) {
-        let AttentionShape { heads, kv_heads, head_dim: d, causal, .. } = shape;
-        let HeadBlock { first_row, keep, head: h, index } = block;
+        let AttentionShape { head_dim: d, causal, .. } = shape;
+        let HeadBlock { keep, index, .. } = block;
         let s = keep.len();
-        let (qb, kvb) = (shape.q_block(first_row, h), shape.kv_block(first_row, h / (heads / kv_heads)));
+        let (qb, kvb) = block.projections(shape);
         let scale = 1.0 / (d as f32).sqrt();
         // SAFETY: the blocks lie inside q, k, v and output (lengths checked by the callers: `s` rows of
         // stride `width` from `h * d < width`), `weights` holds `s * s` floats.
@@ -737,10 +743,9 @@ mod cpu {
         scratch: &mut Vec<f32>,
         output: SharedMut,
     ) {
-        let AttentionShape { heads, kv_heads, head_dim: d, causal, .. } = shape;
-        let HeadBlock { first_row, keep, head: h, .. } = block;
-        let s = keep.len();
-        let (qb, kvb) = (shape.q_block(first_row, h), shape.kv_block(first_row, h / (heads / kv_heads)));
+        let AttentionShape { head_dim: d, causal, .. } = shape;
+        let s = block.keep.len();
+        let (qb, kvb) = block.projections(shape);
         let rows = |data, block: Block| StridedMatrix {
             data,
             offset: block.offset,
@@ -756,7 +761,7 @@ mod cpu {
             scratch.resize(s + s * d, 0.0);
             scratch.split_at_mut(s)
         };
-        softmax_rows(weights, keep, causal, Some(row_scales));
+        softmax_rows(weights, block.keep, causal, Some(row_scales));
         let weights =
             StridedMatrix { data: weights, offset: 0, rows: s, cols: s, row_stride: s as isize, col_stride: 1 };
         small_bf16_product(weights, 1.0, values, context);
