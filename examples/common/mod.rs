@@ -15,7 +15,7 @@ use polarity_train::{CheckpointConfig, TrainerConfig, Warmup};
 /// Logs to stderr at `RUST_LOG`'s level (default: warnings, and the recipes' progress), runs `run` and turns an error into
 /// a readable report (see [`error_report`]) and a failing exit code.
 pub fn main_with(run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
-    allocator::keep_freed_memory();
+    allocator::configure_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
