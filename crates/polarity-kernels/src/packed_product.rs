@@ -300,14 +300,24 @@ fn pack<F: Format>(matrix: StridedMatrix) -> PackedWeight<F::Word> {
     let (k, n) = (matrix.rows, matrix.cols);
     let depth = k.div_ceil(F::ROWS_PER_WORD);
     let mut panels = vec![F::Word::default(); n.div_ceil(NR) * depth * NR];
-    if panels.is_empty() {
-        return PackedWeight { k, n, depth, panels };
-    }
-    panels
-        .par_chunks_mut(depth * NR)
-        .enumerate()
-        .for_each(|(panel_index, panel)| F::pack_panel(matrix, panel_index * NR..n.min(panel_index * NR + NR), panel));
+    fill_panels::<F>(matrix, depth, &mut panels, true);
     PackedWeight { k, n, depth, panels }
+}
+
+/// Packs `matrix` (`[k, n]`) into `panels` (`n.div_ceil(NR)` panels of `depth * NR` words), one task per
+/// panel on all cores if `parallel`.
+fn fill_panels<F: Format>(matrix: StridedMatrix, depth: usize, panels: &mut [F::Word], parallel: bool) {
+    if panels.is_empty() {
+        return;
+    }
+    let n = matrix.cols;
+    let fill =
+        |(index, panel): (usize, &mut [F::Word])| F::pack_panel(matrix, index * NR..n.min(index * NR + NR), panel);
+    if parallel {
+        panels.par_chunks_mut(depth * NR).enumerate().for_each(fill);
+    } else {
+        panels.chunks_mut(depth * NR).enumerate().for_each(fill);
+    }
 }
 
 /// Element `(row, col)` of a strided matrix.
@@ -464,7 +474,7 @@ fn bf16_bits(x: f32) -> u16 {
 }
 
 /// A product's left operand: row-major `[rows, k]` floats, or rows already in the format's words
-/// (`k.div_ceil(ROWS_PER_WORD)` per row: the bf16 output of [`new_gelu_product`]).
+/// (`k.div_ceil(ROWS_PER_WORD)` per row: the bf16 output of [`new_activated_product`]).
 #[derive(Clone, Copy)]
 pub(crate) enum Input<'a, W> {
     Floats(&'a [f32]),
@@ -498,7 +508,7 @@ pub(crate) fn add_product<F: Format>(
     let rows = input.rows::<F>(&matrix);
     assert_eq!(output.len(), rows * matrix.cols);
     let output = Output { values: SharedOutput(output.as_mut_ptr()), accumulate: true, bias, epilogue: None };
-    product::<F>(input, matrix, output, || packed::<F>(weight, matrix));
+    product::<F>(input, rows, matrix, output, || packed::<F>(weight, matrix));
 }
 
 /// `input x weight (+ bias)` as [`add_product`] computes it, into a new row-major `[rows, n]` buffer
@@ -512,7 +522,7 @@ pub(crate) fn new_product<F: Format>(
     let rows = input.rows::<F>(&matrix);
     written(rows * matrix.cols, |values| {
         let output = Output { values, accumulate: false, bias, epilogue: None };
-        product::<F>(input, matrix, output, || packed::<F>(weight, matrix));
+        product::<F>(input, rows, matrix, output, || packed::<F>(weight, matrix));
     })
 }
 
@@ -549,7 +559,7 @@ pub(crate) fn new_activated_product(
         }
     };
     let output = Output { values, accumulate: false, bias, epilogue: Some(&epilogue) };
-    product::<Bf16>(input, matrix, output, || packed::<Bf16>(weight, matrix));
+    product::<Bf16>(input, rows, matrix, output, || packed::<Bf16>(weight, matrix));
     // SAFETY: the capacity is `rows * n / 2` words, and the epilogues converted every block of the
     // output (the tasks cover it).
     unsafe { words.set_len(rows * n / 2) };
@@ -563,7 +573,7 @@ pub(crate) fn new_product_once<F: Format>(input: &[f32], matrix: StridedMatrix) 
     let rows = input.rows::<F>(&matrix);
     written(rows * matrix.cols, |values| {
         let output = Output { values, accumulate: false, bias: None, epilogue: None };
-        product::<F>(input, matrix, output, || Arc::new(pack::<F>(matrix)));
+        product::<F>(input, rows, matrix, output, || Arc::new(pack::<F>(matrix)));
     })
 }
 
@@ -577,18 +587,19 @@ fn written(len: usize, write: impl FnOnce(SharedOutput)) -> Vec<f32> {
     values
 }
 
-/// `output (+)= input x matrix (+ bias)`, reading `matrix` in place where the format can and from
-/// `packed()` otherwise; `output` reaches `rows * n` floats.
+/// `output (+)= input x matrix (+ bias)` for `rows` input rows ([`Input::rows`]), reading `matrix` in
+/// place where the format can and from `packed()` otherwise; `output` reaches `rows * n` floats.
 fn product<F: Format>(
     input: Input<F::Word>,
+    rows: usize,
     matrix: StridedMatrix,
     output: Output,
     packed: impl FnOnce() -> Arc<PackedWeight<F::Word>>,
 ) {
     assert!(F::available(), "{} products need their CPU features", std::any::type_name::<F>());
     match F::in_place(&matrix) {
-        Some(view) => multiply::<F>(input, &view, output),
-        None => multiply::<F>(input, &packed().view(), output),
+        Some(view) => multiply::<F>(input, rows, &view, output),
+        None => multiply::<F>(input, rows, &packed().view(), output),
     }
 }
 
@@ -623,7 +634,7 @@ pub(crate) fn small_bf16_product(input: StridedMatrix, scale: f32, matrix: Strid
     assert!(Bf16::available(), "bf16 products need AVX512-BF16");
     let ([rows, k], n) = ([input.rows, input.cols], matrix.cols);
     assert!(k > 0 && matrix.rows == k && output.len() == rows * n);
-    assert!(input.in_bounds() && matrix.in_bounds() && (rows_contiguous(&input) || rows == 1));
+    assert!(input.in_bounds() && matrix.in_bounds() && rows_contiguous(&input));
     if rows == 0 || n == 0 {
         return;
     }
@@ -633,12 +644,10 @@ pub(crate) fn small_bf16_product(input: StridedMatrix, scale: f32, matrix: Strid
     for (row, out) in words.chunks_exact_mut(depth).enumerate() {
         convert_row(contiguous_row(&input, row, &(0..k)), scale, as_uninit(out));
     }
+    // The columns past `n` in the last panel keep stale words: they only reach the scratch columns of
+    // edge tiles, which are not copied out.
     panels.resize(n.div_ceil(NR) * depth * NR, 0);
-    for (index, panel) in panels.chunks_exact_mut(depth * NR).enumerate() {
-        // The columns past `n` in the last panel keep stale words: they only reach the scratch columns
-        // of edge tiles, which are not copied out.
-        Bf16::pack_panel(matrix, index * NR..n.min(index * NR + NR), panel);
-    }
+    fill_panels::<Bf16>(matrix, depth, &mut panels, false);
     let view = WeightView { k, n, depth, source: WeightSource::Panels(&panels) };
     let input = InputTiles { words: &words, depth, layout: InputLayout::Rows };
     let output = Output { values: SharedOutput(output.as_mut_ptr()), accumulate: false, bias: None, epilogue: None };
@@ -662,12 +671,8 @@ struct Output<'a> {
     epilogue: Option<&'a (dyn Fn(Range<usize>, Range<usize>) + Sync)>,
 }
 
-fn multiply<F: Format>(input: Input<F::Word>, weight: &WeightView<F::Word>, output: Output) {
-    let (k, n, depth) = (weight.k, weight.n, weight.depth);
-    let rows = match input {
-        Input::Floats(floats) => floats.len() / k,
-        Input::Words(words) => words.len() / depth,
-    };
+fn multiply<F: Format>(input: Input<F::Word>, rows: usize, weight: &WeightView<F::Word>, output: Output) {
+    let (k, n) = (weight.k, weight.n);
     if rows == 0 || n == 0 {
         return;
     }

@@ -525,6 +525,17 @@ mod cpu {
     unsafe impl Send for SharedMut {}
     unsafe impl Sync for SharedMut {}
 
+    impl SharedMut {
+        /// Row `i` of a head's `block` of the output: its `d` floats.
+        ///
+        /// # Safety
+        /// The row lies inside the output, this task alone writes it, and no other reference to it is alive.
+        unsafe fn row<'a>(self, block: Block, i: usize, d: usize) -> &'a mut [f32] {
+            // SAFETY: forwarded from the caller.
+            unsafe { std::slice::from_raw_parts_mut(self.0.add(block.offset + i * block.row_stride as usize), d) }
+        }
+    }
+
     thread_local! {
         /// Per-thread scratch, reused across calls: the `[seq, seq]` weights, and the dropout mask or the
         /// rows' softmax factors.
@@ -631,10 +642,8 @@ mod cpu {
         }
         if let Some(row_scales) = row_scales {
             for (i, row_scale) in row_scales.iter().enumerate() {
-                // SAFETY: row i of this block: `d` floats inside the output (as above), written by this
-                // task alone, and no other reference to them is alive.
-                let row =
-                    unsafe { std::slice::from_raw_parts_mut(output.0.add(qb.offset + i * qb.row_stride as usize), d) };
+                // SAFETY: as above.
+                let row = unsafe { output.row(qb, i, d) };
                 row.iter_mut().for_each(|x| *x *= row_scale);
             }
         }
@@ -766,10 +775,8 @@ mod cpu {
             StridedMatrix { data: weights, offset: 0, rows: s, cols: s, row_stride: s as isize, col_stride: 1 };
         small_bf16_product(weights, 1.0, values, context);
         for (i, (row, row_scale)) in context.chunks_exact(d).zip(row_scales.iter()).enumerate() {
-            // SAFETY: row i of this head's output block: `d` floats inside the output (the caller's
-            // contract), written by this task alone, and no other reference to them is alive.
-            let out =
-                unsafe { std::slice::from_raw_parts_mut(output.0.add(qb.offset + i * qb.row_stride as usize), d) };
+            // SAFETY: row i of this head's block, inside the output by the caller's contract.
+            let out = unsafe { output.row(qb, i, d) };
             out.iter_mut().zip(row).for_each(|(out, x)| *out = x * row_scale);
         }
     }
